@@ -1,0 +1,75 @@
+"""ringcomm: ring collectives for numpy (and MLX) in pure Python, wire-compatible with MLX's ring.
+
+    import ringcomm, numpy as np
+    group = ringcomm.init()            # MLX_RANK / MLX_HOSTFILE, as mlx.launch sets them
+    total = ringcomm.all_sum(np.ones(4, np.float32))
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from transports.errors import (CommError, CommTimeoutError, ConfigError, GroupBrokenError,
+                               PeerLostError, RingcommError)
+
+from .dtypes import SUPPORTED_DTYPES
+from .group import Group
+from .init import default_group, init
+
+__all__ = ["CommError", "CommTimeoutError", "ConfigError", "Group", "GroupBrokenError",
+           "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
+           "all_min", "all_sum", "barrier", "init", "recv", "recv_like", "send", "sum_scatter"]
+
+
+def _group(group: Group | None) -> Group:
+    return default_group() if group is None else group
+
+
+def all_sum(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Sum ``x`` over every rank of ``group``."""
+    return _group(group).all_sum(x, out=out)
+
+
+def all_max(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Element-wise maximum of ``x`` over every rank of ``group``."""
+    return _group(group).all_max(x, out=out)
+
+
+def all_min(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Element-wise minimum of ``x`` over every rank of ``group``."""
+    return _group(group).all_min(x, out=out)
+
+
+def all_gather(x: Any, *, group: Group | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Concatenate every rank's ``x`` along axis 0."""
+    return _group(group).all_gather(x, out=out)
+
+
+def sum_scatter(x: Any, *, group: Group | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Sum ``x`` over every rank and return this rank's slice of axis 0."""
+    return _group(group).sum_scatter(x, out=out)
+
+
+def send(x: Any, dst: int, *, group: Group | None = None) -> np.ndarray:
+    """Send ``x`` to the neighbouring rank ``dst``."""
+    return _group(group).send(x, dst)
+
+
+def recv(shape: Sequence[int] | int, dtype: Any, src: int, *, group: Group | None = None,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """Receive an array of ``shape`` and ``dtype`` from the neighbouring rank ``src``."""
+    return _group(group).recv(shape, dtype, src, out=out)
+
+
+def recv_like(x: Any, src: int, *, group: Group | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Receive an array shaped and typed like ``x`` from the neighbouring rank ``src``."""
+    return _group(group).recv_like(x, src, out=out)
+
+
+def barrier(*, group: Group | None = None) -> None:
+    """Block until every rank of ``group`` has reached the barrier."""
+    _group(group).barrier()

@@ -1,0 +1,103 @@
+"""Runs a plan over a transport: post each stream's step, reduce what arrives, advance.
+
+Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
+time, and are folded into the working buffer with ``ufunc(..., out=...)`` as each piece
+completes; everything else is received straight into the working buffer.  Extra memory per
+call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from transports import Channel, Kind, Transport
+
+from .plans import Plan, Step
+
+SCRATCH_BYTES = 1 << 20
+
+
+class _Stream:
+    __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch")
+
+    def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
+        self.steps = steps
+        self.index = 0
+        self.pending = 0
+        self.recv_pos = 0  # next byte of a reducing receive still to be posted
+        self.chunk = 0     # bytes of the reducing receive in flight
+        self.scratch = scratch
+
+
+class ScratchPool:
+    """Reusable receive scratch, one buffer per concurrent stream, so steady loops allocate nothing."""
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+
+    def get(self, count: int) -> list[np.ndarray]:
+        while len(self._buffers) < count:
+            self._buffers.append(np.empty(SCRATCH_BYTES, np.uint8))
+        return self._buffers[:count]
+
+
+def run(transport: Transport, plan: Plan, work: np.ndarray, ufunc: np.ufunc | None,
+        deadline: float, scratch: ScratchPool) -> None:
+    """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type)."""
+    if not plan:
+        return
+    raw = memoryview(work.view(np.uint8))
+    itemsize = work.itemsize
+    owner: dict[Channel, _Stream] = {}
+
+    def start(st: _Stream) -> None:
+        step = st.steps[st.index]
+        st.pending = 0
+        if step.send is not None:
+            s = step.send
+            owner[Channel(s.side, s.conn, Kind.SEND)] = st
+            st.pending += 1
+            transport.post_send(s.side, s.conn, raw[s.start:s.stop])
+        if step.recv is not None:
+            r = step.recv
+            owner[Channel(r.side, r.conn, Kind.RECV)] = st
+            st.pending += 1
+            if step.reduce and r.stop > r.start:
+                st.recv_pos = r.start
+                post_reduce_chunk(st, r)
+            else:
+                transport.post_recv(r.side, r.conn, raw[r.start:r.stop])
+
+    def post_reduce_chunk(st: _Stream, r) -> None:
+        st.chunk = min(r.stop - st.recv_pos, SCRATCH_BYTES)
+        transport.post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
+
+    def received(st: _Stream) -> bool:
+        """Fold a completed scratch piece into ``work``; False while the step wants more."""
+        r = st.steps[st.index].recv
+        if not st.steps[st.index].reduce or r.stop == r.start:
+            return True
+        lo, n = st.recv_pos // itemsize, st.chunk // itemsize
+        dst = work[lo:lo + n]
+        ufunc(dst, st.scratch[:st.chunk].view(work.dtype), out=dst)
+        st.recv_pos += st.chunk
+        if st.recv_pos < r.stop:
+            post_reduce_chunk(st, r)
+            return False
+        return True
+
+    streams = [_Stream(steps, buf) for steps, buf in zip(plan, scratch.get(len(plan)))]
+    active = len(streams)
+    for st in streams:
+        start(st)
+    while active:
+        for ch in transport.wait(deadline):
+            st = owner[ch]
+            if ch.kind is Kind.RECV and not received(st):
+                continue
+            st.pending -= 1
+            if st.pending == 0:
+                st.index += 1
+                if st.index < len(st.steps):
+                    start(st)
+                else:
+                    active -= 1

@@ -1,0 +1,188 @@
+"""A group of ranks on one ring, and the collectives that run on it."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from transports import CommError, GroupBrokenError, Side, Transport
+
+from . import engine, plans
+from .dtypes import reducer, wire_dtype
+
+
+class Group:
+    """The ranks of one ring.  Collectives are eager: they run when called and block until done.
+
+    Every call shares the group's ``timeout`` (seconds).  After any communication failure the
+    group is broken and every later call raises ``GroupBrokenError`` at once.
+    """
+
+    def __init__(self, transport: Transport, timeout: float) -> None:
+        self._transport = transport
+        self.timeout = timeout
+        self._scratch = engine.ScratchPool()
+        self._broken: BaseException | None = None
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def rank(self) -> int:
+        return self._transport.rank
+
+    def size(self) -> int:
+        return self._transport.size
+
+    def close(self) -> None:
+        """Close every connection.  Later calls raise ``GroupBrokenError``."""
+        if self._broken is None:
+            self._broken = GroupBrokenError(f"rank {self.rank()}: the group was closed")
+        self._transport.close()
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ringcomm.Group rank {self.rank()} of {self.size()}>"
+
+    # -- collectives ---------------------------------------------------------------------------
+
+    def all_sum(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Element-wise sum over all ranks; every rank gets the same bytes."""
+        return self._all_reduce("all_sum", "sum", x, out)
+
+    def all_max(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        return self._all_reduce("all_max", "max", x, out)
+
+    def all_min(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        return self._all_reduce("all_min", "min", x, out)
+
+    def all_gather(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,))."""
+        a = _contiguous(x)
+        n, r = self.size(), self.rank()
+        shape = (n,) if a.ndim == 0 else (n * a.shape[0], *a.shape[1:])
+        result = _output(out, shape, a.dtype, "all_gather")
+        flat = result.reshape(-1).view(np.uint8)
+        nbytes = a.nbytes
+        flat[r * nbytes:(r + 1) * nbytes] = a.reshape(-1).view(np.uint8)
+        self._run("all_gather", plans.all_gather(nbytes, n, r, self._connections()), flat, None)
+        return result
+
+    def sum_scatter(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Sum over all ranks, then return this rank's slice of axis 0 (which must divide by size)."""
+        a = _contiguous(x)
+        n, r = self.size(), self.rank()
+        if a.ndim == 0 or a.shape[0] % n:
+            raise ValueError(f"sum_scatter: axis 0 of an array of shape {a.shape} must divide by "
+                             f"the group size {n}")
+        rows = a.shape[0] // n
+        result = _output(out, (rows, *a.shape[1:]), a.dtype, "sum_scatter")
+        work = a.reshape(-1).copy()
+        self._run("sum_scatter", plans.reduce_scatter(work.size, a.itemsize, n, r,
+                                                      self._connections()),
+                  work, reducer("sum", a.dtype))
+        block = work.size // n
+        result.reshape(-1)[...] = work[r * block:(r + 1) * block]
+        return result
+
+    def send(self, x: Any, dst: int) -> np.ndarray:
+        """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
+        a = _contiguous(x)
+        side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
+        plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
+        self._run("send", plan, a.reshape(-1).view(np.uint8), None)
+        return a
+
+    def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``."""
+        dtype = wire_dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        result = _output(out, shape, dtype, "recv")
+        side = self._neighbour_side(src, "recv", "src", (Side.LEFT, Side.RIGHT))
+        raw = result.reshape(-1).view(np.uint8)
+        self._run("recv", plans.point_to_point(raw.size, side, self._connections(),
+                                               sending=False), raw, None)
+        return result
+
+    def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Receive an array shaped and typed like ``x`` from neighbour ``src``."""
+        a = np.asarray(x)
+        return self.recv(a.shape, a.dtype, src, out=out)
+
+    def barrier(self) -> None:
+        """Return once every rank of the group has called barrier()."""
+        self._all_reduce("barrier", "sum", np.zeros(1, np.uint8), None)
+
+    # -- machinery -----------------------------------------------------------------------------
+
+    def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
+        a = _contiguous(x)
+        n = self.size()
+        result = _output(out, a.shape, a.dtype, name)
+        flat = result.reshape(-1)
+        if flat.size >= n:
+            np.copyto(flat, a.reshape(-1))
+            work = flat
+        else:  # MLX pads fewer elements than ranks with zeros to one element per rank
+            work = np.zeros(n, a.dtype)
+            work[:a.size] = a.reshape(-1)
+        plan = plans.all_reduce(flat.size, a.itemsize, n, self.rank(), self._connections())
+        self._run(name, plan, work, reducer(op, a.dtype))
+        if work is not flat:
+            flat[...] = work[:flat.size]
+        return result
+
+    def _run(self, name: str, plan: plans.Plan, work: np.ndarray, ufunc: np.ufunc | None) -> None:
+        if self._broken is not None:
+            raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
+                                   f"{self._broken}") from self._broken
+        try:
+            engine.run(self._transport, plan, work, ufunc, time.monotonic() + self.timeout,
+                       self._scratch)
+        except CommError as e:
+            e.op = e.op or name
+            self._broken = e
+            raise
+        except BaseException as e:  # e.g. KeyboardInterrupt mid-transfer: the streams are torn
+            self._broken = e
+            raise
+
+    def _connections(self) -> int:
+        return self._transport.connections
+
+    def _neighbour_side(self, peer: int, name: str, arg: str, order: tuple[Side, Side]) -> Side:
+        n, r = self.size(), self.rank()
+        if not isinstance(peer, (int, np.integer)) or not 0 <= peer < n:
+            raise ValueError(f"{name}: {arg}={peer!r} is not a rank of this group of size {n}")
+        if peer == r:
+            raise ValueError(f"{name}: rank {r} cannot {name} to itself")
+        for side in order:  # MLX checks right first for send, left first for recv
+            if self._transport.peer(side) == peer:
+                return side
+        raise ValueError(f"{name}: rank {peer} is not a ring neighbour of rank {r} (neighbours: "
+                         f"{self._transport.peer(Side.LEFT)} and {self._transport.peer(Side.RIGHT)}"
+                         "); the ring backend only sends between neighbours")
+
+
+def _contiguous(x: Any) -> np.ndarray:
+    """A C-contiguous little-endian view of ``x`` (a copy only when the layout needs one)."""
+    a = np.asarray(x)
+    return np.ascontiguousarray(a, dtype=wire_dtype(a.dtype))
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
+            name: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray)
+               else f"shape {out.shape}, dtype {out.dtype}")
+        raise ValueError(f"{name}: out= must be a writeable C-contiguous numpy array of shape "
+                         f"{tuple(shape)} and dtype {dtype}; got {got}")
+    return out

@@ -1,0 +1,152 @@
+"""Schedules of the ring collectives, as plans: lists of (send range, receive range) steps.
+
+A plan is a tuple of streams that run at the same time; a stream is a tuple of steps that run
+in order, each step starting when the previous one's send and receive have both completed.
+Ranges are byte offsets into one working buffer.  Building a plan touches no network, so the
+schedules are checked by unit tests; ``engine.run`` executes them over any transport.
+
+all_sum/all_max/all_min, all_gather, send and recv follow MLX's ring backend byte for byte
+(``docs/wire-protocol.md``); sum_scatter is ringcomm's own reduce-scatter on the same ring.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from transports import Side
+
+SUB_OP_BYTES = 262144    # MLX: one sub-operation per this many bytes (per rank), up to 2K
+SMALL_SEND_BYTES = 1024  # MLX: a send/recv is cut into pieces of at least this size
+
+
+class Move(NamedTuple):
+    """Bytes ``[start, stop)`` of the working buffer over connection ``conn`` on ``side``."""
+
+    side: Side
+    conn: int
+    start: int
+    stop: int
+
+
+class Step(NamedTuple):
+    send: Move | None
+    recv: Move | None
+    reduce: bool = False  # combine the received bytes into the range instead of overwriting
+
+
+Stream = tuple[Step, ...]
+Plan = tuple[Stream, ...]
+Mover = Callable[[Side, int], Move]  # (side, segment index) -> Move
+
+
+def all_reduce(count: int, itemsize: int, size: int, rank: int, connections: int) -> Plan:
+    """MLX's ring all-reduce of ``count`` elements.
+
+    When ``count < size`` the caller pads to ``size`` zeroed elements: one sub-reduction over
+    them on pair 0, direction -1.  Otherwise ``m = max(min(2K, B // (n * 262144)), 1)``
+    sub-reductions of ``ceil(count/m)`` elements, on pair ``i // 2``, direction +1 for even
+    ``i`` and -1 for odd, all at once.
+    """
+    if size == 1:
+        return ()
+    if count < size:
+        return (_all_reduce_stream(0, size, -1, 0, itemsize, size, rank),)
+    m = _sub_op_count(count * itemsize // size, connections)
+    step = _ceil(count, m)
+    return tuple(_all_reduce_stream(i * step, min(count, (i + 1) * step), _direction(i), i // 2,
+                                    itemsize, size, rank) for i in range(m))
+
+
+def all_gather(nbytes: int, size: int, rank: int, connections: int) -> Plan:
+    """MLX's ring all-gather of ``nbytes`` per rank into a buffer of ``size * nbytes``.
+
+    The caller copies its own block to ``[rank * nbytes, (rank + 1) * nbytes)`` first.  Each
+    block is cut into ``m = max(min(2K, B // 262144), 1)`` byte ranges of ``ceil(B/m)``;
+    range ``i`` travels on pair ``i // 2`` in direction +1 (even) or -1 (odd).
+    """
+    if size == 1:
+        return ()
+    m = _sub_op_count(nbytes, connections)
+    length = _ceil(nbytes, m)
+    return tuple(
+        _ring_steps(rank, _direction(i), size, size - 1,
+                    _block_mover(i // 2, nbytes, min(i * length, nbytes),
+                                 min((i + 1) * length, nbytes)))
+        for i in range(m))
+
+
+def reduce_scatter(count: int, itemsize: int, size: int, rank: int, connections: int) -> Plan:
+    """ringcomm's sum_scatter: the reduce-scatter phase, arranged so rank r ends with block r.
+
+    ``count`` divides by ``size``; block ``j`` is elements ``[j*count/size, (j+1)*count/size)``.
+    Blocks are cut into sub-ranges as all_gather cuts its blocks; sub-reduction ``i`` reduces
+    sub-range ``i`` of every block in direction ``d`` (+1 even, -1 odd), sending block
+    ``r + d`` first and receiving block ``r + 2d``, so that its last receive completes block
+    ``r``.  See docs/wire-protocol.md.
+    """
+    if size == 1:
+        return ()
+    block = count // size
+    m = _sub_op_count(block * itemsize, connections)
+    step = _ceil(block, m)
+    return tuple(
+        _ring_steps((rank + _direction(i)) % size, _direction(i), size, size - 1,
+                    _block_mover(i // 2, block * itemsize, min(i * step, block) * itemsize,
+                                 min((i + 1) * step, block) * itemsize), reduce=True)
+        for i in range(m))
+
+
+def point_to_point(nbytes: int, side: Side, connections: int, *, sending: bool) -> Plan:
+    """MLX's send/recv: pieces of ``max(1024, ceil(B/K))`` bytes, piece ``i`` on connection ``i``."""
+    piece = max(SMALL_SEND_BYTES, _ceil(nbytes, connections))
+    moves = (Move(side, i, i * piece, min(nbytes, (i + 1) * piece))
+             for i in range(connections) if i * piece < nbytes)
+    return tuple((Step(m, None) if sending else Step(None, m),) for m in moves)
+
+
+def _all_reduce_stream(lo: int, hi: int, direction: int, pair: int, itemsize: int, size: int,
+                       rank: int) -> Stream:
+    """One sub-reduction over elements [lo, hi): n-1 reducing steps, then n-1 copying steps."""
+    count = hi - lo
+    seg = _ceil(count, size)
+
+    def move(side: Side, j: int) -> Move:
+        return Move(side, pair, (lo + min(j * seg, count)) * itemsize,
+                    (lo + min((j + 1) * seg, count)) * itemsize)
+
+    last = (rank + (size - 1) * direction) % size  # where phase 1 left the send index
+    return (_ring_steps(rank, direction, size, size - 1, move, reduce=True)
+            + _ring_steps(last, direction, size, size - 1, move))
+
+
+def _ring_steps(first_send: int, direction: int, size: int, count: int, move: Mover,
+                reduce: bool = False) -> Stream:
+    """``count`` steps that send segment ``s`` and receive segment ``s + d``, then advance by d."""
+    send_side, recv_side = _sides(direction)
+    steps = []
+    s = first_send
+    for _ in range(count):
+        steps.append(Step(move(send_side, s), move(recv_side, (s + direction) % size), reduce))
+        s = (s + direction) % size
+    return tuple(steps)
+
+
+def _block_mover(pair: int, block_bytes: int, lo: int, hi: int) -> Mover:
+    """Moves of byte range [lo, hi) within block ``j`` of a buffer of equal blocks."""
+    return lambda side, j: Move(side, pair, j * block_bytes + lo, j * block_bytes + hi)
+
+
+def _direction(i: int) -> int:
+    return 1 if i % 2 == 0 else -1
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _sides(direction: int) -> tuple[Side, Side]:
+    """(send side, receive side): direction +1 sends left and receives from the right."""
+    return (Side.LEFT, Side.RIGHT) if direction > 0 else (Side.RIGHT, Side.LEFT)
+
+
+def _sub_op_count(nbytes: int, connections: int) -> int:
+    return max(min(2 * connections, nbytes // SUB_OP_BYTES), 1)
