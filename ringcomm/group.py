@@ -172,7 +172,7 @@ class Group:
 def _contiguous(x: Any) -> np.ndarray:
     """A C-contiguous little-endian view of ``x`` (a copy only when the layout needs one)."""
     a = np.asarray(x)
-    return np.ascontiguousarray(a, dtype=wire_dtype(a.dtype))
+    return np.asarray(a, dtype=wire_dtype(a.dtype), order="C")  # keeps 0-d arrays 0-d
 
 
 def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,

@@ -1,0 +1,130 @@
+"""A localhost ring of N rank processes that lives for the whole test session.
+
+Each test sends a function to every rank (by reference: it must live in an importable module)
+and gets back what each rank returned, so that a hypothesis example costs one collective,
+not a process start-up.  A rank that raises, or a ring that stops answering, marks the
+cluster broken; the next ``ClusterCache.get`` starts a fresh one.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+import traceback
+from typing import Any, Callable
+
+from ringcomm.launch import localhost_hostfile
+from transports.hostfile import write_hostfile
+
+RANK_TIMEOUT = 60.0   # the ranks' group timeout: a hang inside a collective fails here
+REPLY_TIMEOUT = 120.0  # the controller's wait for a reply from a rank
+
+
+class RankError(AssertionError):
+    """A rank raised; the message carries its traceback."""
+
+
+def _serve(rank: int, hostfile: str, conn, timeout: float) -> None:
+    import ringcomm
+    try:
+        group = ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            break
+        if job is None:
+            break
+        fn, args = job
+        try:
+            conn.send(("ok", fn(group, *args)))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+    group.close()
+
+
+class Cluster:
+    def __init__(self, size: int, connections: int = 1) -> None:
+        self.size, self.connections = size, connections
+        self.broken = False
+        self._dir = tempfile.TemporaryDirectory(prefix="ringcomm-cluster-")
+        hostfile = os.path.join(self._dir.name, "hostfile.json")
+        write_hostfile(hostfile, localhost_hostfile(size, connections))
+        ctx = mp.get_context("spawn")
+        self._conns, self._procs = [], []
+        for rank in range(size):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(rank, hostfile, child, RANK_TIMEOUT),
+                               daemon=True, name=f"ringcomm-rank-{rank}")
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._collect("init")
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """Call ``fn(group, *args)`` on every rank at once; return the results in rank order."""
+        return self.run_each(fn, [args] * self.size)
+
+    def run_each(self, fn: Callable[..., Any], per_rank_args: list[tuple]) -> list[Any]:
+        """Like ``run`` with different arguments for each rank."""
+        if self.broken:
+            raise RuntimeError("cluster is broken")
+        for conn, args in zip(self._conns, per_rank_args):
+            conn.send((fn, args))
+        return self._collect(getattr(fn, "__name__", "job"))
+
+    def _collect(self, what: str) -> list[Any]:
+        results, errors = [], []
+        for rank, conn in enumerate(self._conns):
+            if not conn.poll(REPLY_TIMEOUT):
+                self.broken = True
+                self.close()
+                raise TimeoutError(f"rank {rank} did not answer {what} within {REPLY_TIMEOUT} s")
+            status, value = conn.recv()
+            if status == "error":
+                errors.append(f"--- rank {rank} ---\n{value}")
+            results.append(value)
+        if errors:
+            self.broken = True
+            raise RankError(f"{what} failed on {len(errors)} of {self.size} ranks:\n"
+                            + "\n".join(errors))
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._dir.cleanup()
+
+
+class ClusterCache:
+    """One live cluster per (size, connections), replaced when broken."""
+
+    def __init__(self) -> None:
+        self._clusters: dict[tuple[int, int], Cluster] = {}
+
+    def get(self, size: int, connections: int = 1) -> Cluster:
+        key = (size, connections)
+        cluster = self._clusters.get(key)
+        if cluster is None or cluster.broken:
+            if cluster is not None:
+                cluster.close()
+            cluster = self._clusters[key] = Cluster(size, connections)
+        return cluster
+
+    def close(self) -> None:
+        for cluster in self._clusters.values():
+            cluster.close()
+        self._clusters.clear()

@@ -1,0 +1,57 @@
+"""The localhost launcher: hostfile, environment, prefixed output, failure handling."""
+from __future__ import annotations
+
+import sys
+import time
+
+from tests.procs import launch
+
+ALLSUM = """
+import numpy as np, ringcomm, sys
+g = ringcomm.init(strict=True)
+print("sum", ringcomm.all_sum(np.array([g.rank() + 1], np.int64))[0], "of", g.size())
+print("args", sys.argv[1:])
+"""
+
+
+def test_runs_every_rank_with_prefixed_output(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(ALLSUM)
+    result = launch("-n", "3", "--connections-per-ip", "2", str(script), "a", "b")
+    assert result.returncode == 0, result.stderr
+    lines = sorted(result.stdout.splitlines())
+    assert lines == sorted([f"[{r}] sum 6 of 3" for r in range(3)]
+                           + [f"[{r}] args ['a', 'b']" for r in range(3)])
+
+
+def test_command_after_double_dash_env_and_starting_port(tmp_path):
+    from ringcomm.launch import free_ports
+    port = free_ports(1)[0]
+    result = launch("-n", "2", "-p", str(port), "--env", "GREETING=hi", "--",
+                    sys.executable, "-c",
+                    "import os; print(os.environ['GREETING'], os.environ['MLX_RANK'], "
+                    "open(os.environ['MLX_HOSTFILE']).read())")
+    assert result.returncode == 0, result.stderr
+    assert f'[0] hi 0 [["127.0.0.1:{port}"], ["127.0.0.1:{port + 1}"]]' in result.stdout
+    assert "[1] hi 1" in result.stdout
+
+
+def test_a_failing_rank_stops_the_others_and_the_exit_code_says_so(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("import os, sys, time\n"
+                      "print('started', flush=True)\n"
+                      "if os.environ['MLX_RANK'] == '2':\n"
+                      "    print('bad input', file=sys.stderr); sys.exit(3)\n"
+                      "time.sleep(60)\n")
+    start = time.monotonic()
+    result = launch("-n", "4", str(script))
+    assert result.returncode == 3
+    assert time.monotonic() - start < 30, "the sleeping ranks were not stopped"
+    assert "[2] bad input" in result.stderr
+    assert "rank 2 failed first (exit code 3)" in result.stderr
+
+
+def test_usage_errors():
+    assert launch("-n", "2").returncode == 2
+    assert launch("-n", "0", "x.py").returncode == 2
+    assert launch("-n", "2", "--env", "NOEQUALS", "x.py").returncode == 2

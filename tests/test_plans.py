@@ -1,0 +1,140 @@
+"""The schedules, checked without a network.
+
+A lockstep simulator plays every rank's plan at once over simulated byte streams, one per
+socket direction (rank r's RIGHT[i] is rank r+1's LEFT[i]): each step's sends are queued,
+then each receive must find exactly its bytes waiting.  This proves that the plans pair up
+on the wire and compute the right result; the formulas are checked against the spec.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from ringcomm import plans
+from ringcomm.plans import SUB_OP_BYTES, Move, Side
+
+
+def simulate(rank_plans: list[plans.Plan], buffers: list[np.ndarray], ufunc=None) -> dict:
+    """Run the ranks' plans in lockstep; return the bytes carried by each socket direction."""
+    size = len(rank_plans)
+    wire: dict[tuple[int, Side, int], bytearray] = {}
+    carried: dict[tuple[int, Side, int], int] = {}
+
+    def dest(rank: int, m: Move) -> tuple[int, Side, int]:
+        peer = (rank + (1 if m.side is Side.RIGHT else -1)) % size
+        return peer, Side.LEFT if m.side is Side.RIGHT else Side.RIGHT, m.conn
+
+    streams = {len(p) for p in rank_plans}
+    assert len(streams) == 1, "ranks disagree on the number of streams"
+    for s in range(streams.pop()):
+        lengths = {len(p[s]) for p in rank_plans}
+        assert len(lengths) == 1, "ranks disagree on a stream's number of steps"
+    depth = max((len(stream) for p in rank_plans for stream in p), default=0)
+    for t in range(depth):
+        for r, plan in enumerate(rank_plans):
+            raw = buffers[r].view(np.uint8)
+            for stream in plan:
+                if t < len(stream) and stream[t].send is not None:
+                    m = stream[t].send
+                    wire.setdefault(dest(r, m), bytearray()).extend(raw[m.start:m.stop].tobytes())
+                    carried[(r, m.side, m.conn)] = carried.get((r, m.side, m.conn), 0) + m.stop - m.start
+        for r, plan in enumerate(rank_plans):
+            raw = buffers[r].view(np.uint8)
+            for stream in plan:
+                if t >= len(stream) or stream[t].recv is None:
+                    continue
+                m, n = stream[t].recv, stream[t].recv.stop - stream[t].recv.start
+                queue = wire.get((r, m.side, m.conn), bytearray())
+                assert len(queue) >= n, f"rank {r} step {t}: receive of {n} bytes finds {len(queue)}"
+                data = np.frombuffer(bytes(queue[:n]), np.uint8)
+                del queue[:n]
+                if stream[t].reduce:
+                    dst = buffers[r][m.start // buffers[r].itemsize:m.stop // buffers[r].itemsize]
+                    ufunc(dst, data.view(buffers[r].dtype), out=dst)
+                else:
+                    raw[m.start:m.stop] = data
+    assert all(not q for q in wire.values()), "bytes were sent that nobody received"
+    return carried
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3),
+       count=st.one_of(st.integers(0, 100), st.integers(SUB_OP_BYTES // 4, 13 * SUB_OP_BYTES // 4)))
+def test_all_reduce_plan_sums_on_every_rank(size, connections, count):
+    padded = max(count, size)
+    inputs = [np.arange(padded, dtype=np.int32) * (r + 1) for r in range(size)]
+    bufs = [x.copy() for x in inputs]
+    simulate([plans.all_reduce(count, 4, size, r, connections) for r in range(size)], bufs, np.add)
+    for b in bufs:
+        np.testing.assert_array_equal(b, sum(inputs))
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3),
+       nbytes=st.one_of(st.integers(0, 100), st.integers(SUB_OP_BYTES - 3, 7 * SUB_OP_BYTES)))
+def test_all_gather_plan_gathers_every_block(size, connections, nbytes):
+    blocks = [np.full(nbytes, r + 1, np.uint8) for r in range(size)]
+    bufs = []
+    for r in range(size):
+        b = np.zeros(size * nbytes, np.uint8)
+        b[r * nbytes:(r + 1) * nbytes] = blocks[r]
+        bufs.append(b)
+    simulate([plans.all_gather(nbytes, size, r, connections) for r in range(size)], bufs)
+    for b in bufs:
+        np.testing.assert_array_equal(b, np.concatenate(blocks))
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3),
+       block=st.one_of(st.integers(0, 50), st.integers(SUB_OP_BYTES // 8, SUB_OP_BYTES)))
+def test_reduce_scatter_plan_leaves_block_r_on_rank_r(size, connections, block):
+    inputs = [np.arange(size * block, dtype=np.int64) + 1000 * r for r in range(size)]
+    bufs = [x.copy() for x in inputs]
+    simulate([plans.reduce_scatter(size * block, 8, size, r, connections) for r in range(size)],
+             bufs, np.add)
+    total = sum(inputs)
+    for r, b in enumerate(bufs):
+        np.testing.assert_array_equal(b[r * block:(r + 1) * block], total[r * block:(r + 1) * block])
+
+
+@pytest.mark.parametrize("nbytes,connections,pieces", [
+    (0, 2, []), (10, 1, [(0, 10)]), (1500, 2, [(0, 1024), (1024, 1500)]),
+    (4096, 2, [(0, 2048), (2048, 4096)]), (5, 3, [(0, 5)]), (3001, 3, [(0, 1024), (1024, 2048), (2048, 3001)])])
+def test_point_to_point_pieces_follow_mlx(nbytes, connections, pieces):
+    plan = plans.point_to_point(nbytes, Side.RIGHT, connections, sending=True)
+    assert [(s[0].send.start, s[0].send.stop) for s in plan] == pieces
+    assert [s[0].send.conn for s in plan] == list(range(len(pieces)))
+
+
+@pytest.mark.parametrize("count,itemsize,size,connections,subs", [
+    (1, 4, 2, 1, 1),                              # count < size: one padded sub-reduction
+    (2 * SUB_OP_BYTES // 4 - 1, 4, 2, 1, 1),      # just under 256 KiB per rank
+    (2 * SUB_OP_BYTES // 4, 4, 2, 1, 1),
+    (4 * SUB_OP_BYTES // 4, 4, 2, 1, 2),          # 2 * 256 KiB per rank: both directions
+    (100 * SUB_OP_BYTES, 4, 2, 2, 4),             # capped at 2K
+    (100 * SUB_OP_BYTES, 4, 4, 3, 6),
+])
+def test_sub_reduction_count_and_sockets(count, itemsize, size, connections, subs):
+    plan = plans.all_reduce(count, itemsize, size, 0, connections)
+    assert len(plan) == subs
+    for i, stream in enumerate(plan):
+        send_side = Side.LEFT if (i % 2 == 0 and count >= size) else Side.RIGHT
+        assert {s.send.side for s in stream} == {send_side}
+        assert {s.send.conn for s in stream} == {i // 2}
+        assert len(stream) == 2 * (size - 1)
+        assert [s.reduce for s in stream] == [True] * (size - 1) + [False] * (size - 1)
+
+
+def test_first_steps_of_a_three_rank_all_reduce():
+    # 9 elements of 4 bytes, 3 ranks, direction +1: segments of 3 elements, rank 1 sends
+    # segment 1 (bytes 12-24) left and receives segment 2 (bytes 24-36) from the right.
+    plan = plans.all_reduce(9, 4, 3, 1, 1)
+    first = plan[0][0]
+    assert first.send == Move(Side.LEFT, 0, 12, 24) and first.recv == Move(Side.RIGHT, 0, 24, 36)
+    assert first.reduce
+    # all-gather phase begins by sending the segment phase 1 completed: segment 0 at rank 1
+    assert plan[0][2].send == Move(Side.LEFT, 0, 0, 12)
+
+
+def test_size_one_needs_no_plan():
+    assert plans.all_reduce(10, 4, 1, 0, 1) == ()
+    assert plans.all_gather(10, 1, 0, 1) == ()
+    assert plans.reduce_scatter(10, 4, 1, 0, 1) == ()
