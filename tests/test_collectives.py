@@ -74,3 +74,19 @@ def test_collective_matches_numpy(clusters, size, connections, op, data):
 @given(data=st.data())
 def test_collective_on_eight_ranks(clusters, op, data):
     check(clusters.get(8, 1), op, data.draw(cases(8, 1, op)))
+
+
+BRANCH_RINGS = [(2, 1), (2, 2), (3, 1), (4, 2)]
+
+
+@pytest.mark.parametrize("size,connections", BRANCH_RINGS, ids=[f"n{n}-k{k}" for n, k in BRANCH_RINGS])
+@pytest.mark.parametrize("op", ["all_sum", "all_gather", "sum_scatter"])
+def test_every_branch_of_the_schedule(clusters, size, connections, op):
+    """Deterministic sizes at each edge: fewer than size, each sub-operation count +-1."""
+    cluster = clusters.get(size, connections)
+    per_rank = size if op == "all_sum" else 1
+    counts = [0, 1, size - 1, size + 1] + [
+        j * per_rank * SUB_OP_BYTES // 4 + d for j in range(1, 2 * connections + 2) for d in (-1, 1)]
+    for count in counts:
+        shape = (size * count,) if op == "sum_scatter" else (count,)
+        check(cluster, op, ("int32", shape, count, False))

@@ -55,3 +55,12 @@ def test_usage_errors():
     assert launch("-n", "2").returncode == 2
     assert launch("-n", "0", "x.py").returncode == 2
     assert launch("-n", "2", "--env", "NOEQUALS", "x.py").returncode == 2
+
+
+def test_examples_run_on_four_ranks():
+    for example in ("examples/allsum.py", "examples/selfcheck.py", "examples/demo.py"):
+        result = launch("-n", "4", example)
+        assert result.returncode == 0, (example, result.stdout, result.stderr)
+        assert len(result.stdout.splitlines()) == 4, result.stdout
+    assert "all right" in launch("-n", "3", "--connections-per-ip", "2",
+                                 "examples/selfcheck.py").stdout
