@@ -1,5 +1,17 @@
-"""The element types a ring can carry (MLX's), and how each is reduced."""
+"""The element types a ring can carry (MLX's), and how each is reduced.
+
+Reductions are bit-for-bit MLX's (``mlx/distributed/reduction_ops.h``), which matters for
+mixed rings: every rank must hold the same bytes.
+- sum: ``local + received`` in the type (logical or for bool).  MLX's float16 and bfloat16
+  write any NaN result as one canonical NaN (float16 ``0x7D00`` with the sign of the sum,
+  bfloat16 ``0x7FC0``); ringcomm does the same.
+- max: ``std::max(local, received)``, i.e. ``received if local < received else local``; min:
+  ``received if received < local else local``.  A NaN on either side keeps ``local``, and of
+  two equal zeros ``local`` wins: not numpy's ``maximum``/``minimum``, which propagate NaN.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import ml_dtypes
 import numpy as np
@@ -8,11 +20,12 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
     np.uint64, np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.complex64))
 
+Combine = Callable[[np.ndarray, np.ndarray], None]
+"""``combine(local, received)`` folds ``received`` into ``local`` in place."""
+
 _SUPPORTED = frozenset(SUPPORTED_DTYPES)
 _BOOL = np.dtype(np.bool_)
-# MLX reduces bool with logical or for sum and max, logical and for min.
-_UFUNCS = {"sum": (np.add, np.logical_or), "max": (np.maximum, np.logical_or),
-           "min": (np.minimum, np.logical_and)}
+_INEXACT = frozenset(d for d in SUPPORTED_DTYPES if d.kind in "fc" or d.name == "bfloat16")
 
 
 def wire_dtype(dtype: np.dtype) -> np.dtype:
@@ -25,7 +38,43 @@ def wire_dtype(dtype: np.dtype) -> np.dtype:
     return le
 
 
-def reducer(op: str, dtype: np.dtype) -> np.ufunc:
-    """The element-wise ufunc that combines two buffers for ``op`` ("sum", "max", "min")."""
-    numeric, logical = _UFUNCS[op]
-    return logical if dtype == _BOOL else numeric
+def reducer(op: str, dtype: np.dtype) -> Combine:
+    """How ``op`` ("sum", "max" or "min") folds a received buffer into the local one."""
+    if op == "sum":
+        if dtype in _CANONICAL_NAN:
+            return _sum_canonical_nan(_CANONICAL_NAN[dtype])
+        return _inplace(np.logical_or if dtype == _BOOL else np.add)
+    if dtype == _BOOL:
+        return _inplace(np.logical_or if op == "max" else np.logical_and)
+    if dtype not in _INEXACT:  # integers: no NaN, no signed zero, so numpy's ufunc is MLX's op
+        return _inplace(np.maximum if op == "max" else np.minimum)
+    less = _complex_less if dtype.kind == "c" else np.less
+    if op == "max":
+        return lambda local, received: np.copyto(local, received, where=less(local, received))
+    return lambda local, received: np.copyto(local, received, where=less(received, local))
+
+
+def _inplace(ufunc: np.ufunc) -> Combine:
+    return lambda local, received: ufunc(local, received, out=local)
+
+
+# (bits of MLX's NaN, mask of the sign bits it keeps) for the 16-bit floats
+_CANONICAL_NAN = {np.dtype(np.float16): (0x7D00, 0x8000),
+                  np.dtype(ml_dtypes.bfloat16): (0x7FC0, 0x0000)}
+
+
+def _sum_canonical_nan(nan: tuple[int, int]) -> Combine:
+    bits, sign = nan
+
+    def combine(local: np.ndarray, received: np.ndarray) -> None:
+        np.add(local, received, out=local)
+        is_nan = np.isnan(local)
+        if is_nan.any():
+            raw = local.view(np.uint16)
+            np.copyto(raw, (raw & sign) | bits, where=is_nan)
+    return combine
+
+
+def _complex_less(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MLX's complex64 order (``complex.h``): by real part, then by imaginary part."""
+    return (b.real > a.real) | ((b.real == a.real) & (b.imag > a.imag))

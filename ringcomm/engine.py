@@ -1,7 +1,7 @@
 """Runs a plan over a transport: post each stream's step, reduce what arrives, advance.
 
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
-time, and are folded into the working buffer with ``ufunc(..., out=...)`` as each piece
+time, and are folded into the working buffer in place (``np.add(..., out=...)`` for sums) as each piece
 completes; everything else is received straight into the working buffer.  Extra memory per
 call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
 """
@@ -11,6 +11,7 @@ import numpy as np
 
 from transports import Channel, Kind, Transport
 
+from .dtypes import Combine
 from .plans import Plan, Step
 
 SCRATCH_BYTES = 1 << 20
@@ -40,7 +41,7 @@ class ScratchPool:
         return self._buffers[:count]
 
 
-def run(transport: Transport, plan: Plan, work: np.ndarray, ufunc: np.ufunc | None,
+def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
         deadline: float, scratch: ScratchPool) -> None:
     """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type)."""
     if not plan:
@@ -77,8 +78,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, ufunc: np.ufunc | No
         if not st.steps[st.index].reduce or r.stop == r.start:
             return True
         lo, n = st.recv_pos // itemsize, st.chunk // itemsize
-        dst = work[lo:lo + n]
-        ufunc(dst, st.scratch[:st.chunk].view(work.dtype), out=dst)
+        combine(work[lo:lo + n], st.scratch[:st.chunk].view(work.dtype))
         st.recv_pos += st.chunk
         if st.recv_pos < r.stop:
             post_reduce_chunk(st, r)
@@ -89,15 +89,16 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, ufunc: np.ufunc | No
     active = len(streams)
     for st in streams:
         start(st)
-    while active:
-        for ch in transport.wait(deadline):
-            st = owner[ch]
-            if ch.kind is Kind.RECV and not received(st):
-                continue
-            st.pending -= 1
-            if st.pending == 0:
-                st.index += 1
-                if st.index < len(st.steps):
-                    start(st)
-                else:
-                    active -= 1
+    with np.errstate(all="ignore"):  # inf - inf is a NaN like any other here, as in MLX
+        while active:
+            for ch in transport.wait(deadline):
+                st = owner[ch]
+                if ch.kind is Kind.RECV and not received(st):
+                    continue
+                st.pending -= 1
+                if st.pending == 0:
+                    st.index += 1
+                    if st.index < len(st.steps):
+                        start(st)
+                    else:
+                        active -= 1

@@ -9,7 +9,7 @@ import numpy as np
 from transports import CommError, GroupBrokenError, Side, Transport
 
 from . import engine, plans
-from .dtypes import reducer, wire_dtype
+from .dtypes import Combine, reducer, wire_dtype
 
 
 class Group:
@@ -137,12 +137,13 @@ class Group:
             flat[...] = work[:flat.size]
         return result
 
-    def _run(self, name: str, plan: plans.Plan, work: np.ndarray, ufunc: np.ufunc | None) -> None:
+    def _run(self, name: str, plan: plans.Plan, work: np.ndarray,
+             combine: Combine | None) -> None:
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
         try:
-            engine.run(self._transport, plan, work, ufunc, time.monotonic() + self.timeout,
+            engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
                        self._scratch)
         except CommError as e:
             e.op = e.op or name

@@ -12,18 +12,23 @@ from .group import Group
 
 DEFAULT_TIMEOUT = 300.0
 BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
+# Connection set-up protocols.  "mlx" is MLX's bare set-up (no handshake), which lets ringcomm
+# and MLX processes share a ring; it is the only one today and so the default.
+PROTOCOLS = ("mlx",)
 
 _default_group: Group | None = None
 
 
 def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
          hostfile: str | os.PathLike | Sequence | None = None,
-         timeout: float | None = None) -> Group:
+         timeout: float | None = None, protocol: str | None = None) -> Group:
     """Join the ring described by ``MLX_RANK`` and ``MLX_HOSTFILE`` (or the explicit arguments).
 
     With nothing configured this returns a group of size 1, as MLX does, or raises
     ``ConfigError`` when ``strict``.  ``hostfile`` is a path or the parsed JSON list.
     ``timeout`` (default ``RINGCOMM_TIMEOUT`` or 300 s) bounds set-up and every later call.
+    ``protocol`` (default ``RINGCOMM_PROTOCOL`` or "mlx") picks the connection set-up;
+    "mlx" is MLX's own, so MLX processes can take ranks in the same ring.
     The group becomes the default for calls made with ``group=None``.
     """
     global _default_group
@@ -34,6 +39,7 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
         raise ConfigError("the RDMA transport is not part of this ringcomm build yet; "
                           "use backend='tcp' (or 'ring')")
     timeout = _timeout(timeout)
+    _protocol(protocol)
     rank_text = os.environ.get("MLX_RANK") if rank is None else rank
     hostfile = os.environ.get("MLX_HOSTFILE") if hostfile is None else hostfile
     if rank_text is None and hostfile is None:
@@ -69,6 +75,14 @@ def _rank(value: object, size: int) -> int:
         raise ConfigError(f"rank {rank} is out of range: the hostfile describes {size} ranks "
                           f"(0 to {size - 1})")
     return rank
+
+
+def _protocol(value: str | None) -> str:
+    value = os.environ.get("RINGCOMM_PROTOCOL", "mlx") if value is None else value
+    if value not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {value!r} (from the protocol argument or "
+                          f"RINGCOMM_PROTOCOL); choose one of: {', '.join(PROTOCOLS)}")
+    return value
 
 
 def _timeout(value: float | None) -> float:

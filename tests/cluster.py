@@ -1,5 +1,8 @@
 """A localhost ring of N rank processes that lives for the whole test session.
 
+Each rank is a ringcomm process or, for the interoperability tests, an MLX process running
+MLX's own ring backend (``mx.distributed.init(backend="ring")``) on the same hostfile.
+
 Each test sends a function to every rank (by reference: it must live in an importable module)
 and gets back what each rank returned, so that a hypothesis example costs one collective,
 not a process start-up.  A rank that raises, or a ring that stops answering, marks the
@@ -24,10 +27,18 @@ class RankError(AssertionError):
     """A rank raised; the message carries its traceback."""
 
 
-def _serve(rank: int, hostfile: str, conn, timeout: float) -> None:
+def _join(impl: str, rank: int, hostfile: str, timeout: float):
+    if impl == "mlx":
+        os.environ.update(MLX_RANK=str(rank), MLX_HOSTFILE=hostfile)
+        import mlx.core as mx
+        return mx.distributed.init(strict=True, backend="ring")
     import ringcomm
+    return ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout, protocol="mlx")
+
+
+def _serve(impl: str, rank: int, hostfile: str, conn, timeout: float) -> None:
     try:
-        group = ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout)
+        group = _join(impl, rank, hostfile, timeout)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -44,12 +55,15 @@ def _serve(rank: int, hostfile: str, conn, timeout: float) -> None:
             conn.send(("ok", fn(group, *args)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
-    group.close()
+    if impl == "ringcomm":
+        group.close()
 
 
 class Cluster:
-    def __init__(self, size: int, connections: int = 1) -> None:
+    def __init__(self, size: int, connections: int = 1,
+                 impls: tuple[str, ...] | None = None) -> None:
         self.size, self.connections = size, connections
+        self.impls = impls or ("ringcomm",) * size
         self.broken = False
         self._dir = tempfile.TemporaryDirectory(prefix="ringcomm-cluster-")
         hostfile = os.path.join(self._dir.name, "hostfile.json")
@@ -58,7 +72,8 @@ class Cluster:
         self._conns, self._procs = [], []
         for rank in range(size):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(rank, hostfile, child, RANK_TIMEOUT),
+            proc = ctx.Process(target=_serve,
+                               args=(self.impls[rank], rank, hostfile, child, RANK_TIMEOUT),
                                daemon=True, name=f"ringcomm-rank-{rank}")
             proc.start()
             child.close()
@@ -85,7 +100,10 @@ class Cluster:
                 self.broken = True
                 self.close()
                 raise TimeoutError(f"rank {rank} did not answer {what} within {REPLY_TIMEOUT} s")
-            status, value = conn.recv()
+            try:
+                status, value = conn.recv()
+            except EOFError:
+                status, value = "error", f"the rank process died (exit code {self._procs[rank].exitcode})"
             if status == "error":
                 errors.append(f"--- rank {rank} ---\n{value}")
             results.append(value)
@@ -110,18 +128,26 @@ class Cluster:
 
 
 class ClusterCache:
-    """One live cluster per (size, connections), replaced when broken."""
+    """Live clusters by (size, connections, impls): replaced when broken, and the least
+    recently used closed when more than ``max_ranks`` rank processes would be alive."""
 
-    def __init__(self) -> None:
-        self._clusters: dict[tuple[int, int], Cluster] = {}
+    def __init__(self, max_ranks: int = 24) -> None:
+        self._clusters: dict[tuple, Cluster] = {}  # in order of use, oldest first
+        self.max_ranks = max_ranks
 
-    def get(self, size: int, connections: int = 1) -> Cluster:
-        key = (size, connections)
-        cluster = self._clusters.get(key)
-        if cluster is None or cluster.broken:
-            if cluster is not None:
-                cluster.close()
-            cluster = self._clusters[key] = Cluster(size, connections)
+    def get(self, size: int, connections: int = 1,
+            impls: tuple[str, ...] | None = None) -> Cluster:
+        key = (size, connections, impls or ("ringcomm",) * size)
+        cluster = self._clusters.pop(key, None)
+        if cluster is not None and cluster.broken:
+            cluster.close()
+            cluster = None
+        if cluster is None:
+            while self._clusters and sum(c.size for c in self._clusters.values()) + size \
+                    > self.max_ranks:
+                self._clusters.pop(next(iter(self._clusters))).close()
+            cluster = Cluster(size, connections, key[2])
+        self._clusters[key] = cluster
         return cluster
 
     def close(self) -> None:

@@ -9,40 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra.numpy import array_shapes
 
 from ringcomm.plans import SUB_OP_BYTES
 from tests import workload
+from tests.strategies import cases
 
 RINGS = [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)]
 
 
-@st.composite
-def cases(draw, size: int, connections: int, op: str):
-    dtype_name = draw(st.sampled_from(sorted(workload.DTYPES)))
-    itemsize = workload.DTYPES[dtype_name].itemsize
-    per_rank = size if op in ("all_sum", "all_max", "all_min") else 1
-    branches = [  # element counts at the schedule's edges
-        c for j in range(1, 2 * connections + 2)
-        for c in (j * per_rank * SUB_OP_BYTES // itemsize - 1,
-                  j * per_rank * SUB_OP_BYTES // itemsize + 1)]
-    kind = draw(st.sampled_from(["shape", "shape", "few", "branch"]))
-    if kind == "shape":
-        shape = draw(array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9))
-    elif kind == "few":
-        shape = (draw(st.integers(0, size + 1)),)
-    else:
-        shape = (draw(st.sampled_from(branches)),)
-    if op == "sum_scatter":  # axis 0 must divide by the group size
-        base = shape or (1,)
-        shape = (size * base[0], *base[1:])
-    strided = bool(shape) and draw(st.booleans())
-    return dtype_name, tuple(shape), draw(st.integers(0, 2**32 - 1)), strided
-
-
 def check(cluster, op, case):
-    dtype_name, shape, seed, strided = case
-    results = cluster.run(workload.run_op, op, dtype_name, shape, seed, strided)
+    dtype_name, shape, seed, strided = case[:4]
+    results = cluster.run(workload.run_op, op, *case)
     wants = workload.expected(op, dtype_name, shape, seed, cluster.size, strided)
     dtype = workload.DTYPES[dtype_name]
     for rank, (got, want) in enumerate(zip(results, wants)):

@@ -13,7 +13,7 @@ from ringcomm import ConfigError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for var in ("MLX_RANK", "MLX_HOSTFILE", "RINGCOMM_TIMEOUT"):
+    for var in ("MLX_RANK", "MLX_HOSTFILE", "RINGCOMM_TIMEOUT", "RINGCOMM_PROTOCOL"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -131,3 +131,12 @@ def test_missing_peer_times_out_at_the_deadline(tmp_path):
     # rank 0 accepts first: with nobody to connect, the deadline must end the wait
     with pytest.raises(ringcomm.CommTimeoutError, match="rank 0: init: no connection arrived"):
         ringcomm.init(rank=0, hostfile=[[f"127.0.0.1:{free}"], ["127.0.0.1:1"]], timeout=0.5)
+
+
+def test_protocol_switch(monkeypatch):
+    assert ringcomm.init(protocol="mlx").size() == 1
+    monkeypatch.setenv("RINGCOMM_PROTOCOL", "mlx")
+    assert ringcomm.init().size() == 1
+    monkeypatch.setenv("RINGCOMM_PROTOCOL", "tls")
+    with pytest.raises(ConfigError, match="unknown protocol 'tls'.*RINGCOMM_PROTOCOL"):
+        ringcomm.init()

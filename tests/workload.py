@@ -15,9 +15,20 @@ INEXACT = frozenset(n for n, d in DTYPES.items() if d.kind in "fc" or n == "bflo
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "sendrecv")
 
 
+# Special float inputs.  "nan" mixes in NaN of both signs, signed zeros and infinities.  "inf"
+# leaves out explicit NaN: when two NaN meet in a sum, which one's sign survives depends on how
+# the summing loop was compiled (MLX's vector body and tail differ), so only sums whose NaN
+# all come from inf - inf (one default NaN) have a single right answer.
+SPECIAL_VALUES = {"nan": (np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0),
+                  "inf": (0.0, -0.0, np.inf, -np.inf, 1.0)}
+
+
 def make_input(seed: int, rank: int, dtype_name: str, shape: tuple[int, ...],
-               strided: bool = False) -> np.ndarray:
-    """Random values over the dtype's range (integers wrap when summed: that is tested too)."""
+               strided: bool = False, special: str = "") -> np.ndarray:
+    """Random values over the dtype's range (integers wrap when summed: that is tested too).
+
+    ``special`` ("nan" or "inf", see SPECIAL_VALUES) mixes special values into float inputs.
+    """
     dtype = DTYPES[dtype_name]
     rng = np.random.default_rng([seed, rank])
     full = (shape[0] * 2, *shape[1:]) if strided and shape else shape
@@ -30,13 +41,18 @@ def make_input(seed: int, rank: int, dtype_name: str, shape: tuple[int, ...],
         a = (rng.uniform(-100, 100, full) + 1j * rng.uniform(-100, 100, full)).astype(dtype)
     else:
         a = rng.uniform(-4, 4, full).astype(dtype)
+    if special and dtype_name in INEXACT:
+        values = np.array(SPECIAL_VALUES[special])
+        a = np.where(rng.random(full) < 0.5, rng.choice(values, size=full), a).astype(dtype)
+        if dtype.kind == "c":
+            a.imag = np.where(rng.random(full) < 0.3, rng.choice(values, size=full), a.imag)
     return a[::2] if strided and shape else a  # a non-contiguous view
 
 
 def run_op(group: ringcomm.Group, op: str, dtype_name: str, shape: tuple[int, ...], seed: int,
-           strided: bool) -> np.ndarray:
+           strided: bool, special: str = "") -> np.ndarray:
     """Rank side: run ``op`` on this rank's input and return the result."""
-    x = make_input(seed, group.rank(), dtype_name, shape, strided)
+    x = make_input(seed, group.rank(), dtype_name, shape, strided, special)
     if op == "sendrecv":  # to the right, from the left; even ranks send first
         r, n = group.rank(), group.size()
         if n == 1:
@@ -48,6 +64,45 @@ def run_op(group: ringcomm.Group, op: str, dtype_name: str, shape: tuple[int, ..
         ringcomm.send(x, (r + 1) % n, group=group)
         return got
     return getattr(ringcomm, op)(x, group=group)
+
+
+def run_op_any(group, op: str, dtype_name: str, shape: tuple[int, ...], seed: int,
+               strided: bool, special: str = "") -> np.ndarray:
+    """Rank side for mixed rings: ringcomm's call on a ringcomm rank, MLX's on an MLX rank."""
+    if isinstance(group, ringcomm.Group):
+        return run_op(group, op, dtype_name, shape, seed, strided, special)
+    import mlx.core as mx
+    dist = mx.distributed
+    x = to_mx(make_input(seed, group.rank(), dtype_name, shape, strided, special))
+    if op == "sendrecv":
+        r, n = group.rank(), group.size()
+        if r % 2 == 0:
+            mx.eval(dist.send(x, (r + 1) % n, group=group))
+            y = dist.recv_like(x, (r - 1) % n, group=group)
+        else:
+            y = dist.recv_like(x, (r - 1) % n, group=group)
+            mx.eval(y)
+            mx.eval(dist.send(x, (r + 1) % n, group=group))
+    else:
+        y = getattr(dist, op)(x, group=group)
+    mx.eval(y)
+    return from_mx(y)
+
+
+def to_mx(a: np.ndarray):
+    """numpy -> mx.array, bfloat16 included (through its bits)."""
+    import mlx.core as mx
+    if a.dtype == DTYPES["bfloat16"]:
+        return mx.array(np.asarray(a, order="C").view(np.uint16)).view(mx.bfloat16)
+    name = "bool_" if a.dtype.kind == "b" else a.dtype.name
+    return mx.array(a, dtype=getattr(mx, name))  # mx.array alone turns float64 into float32
+
+
+def from_mx(y) -> np.ndarray:
+    import mlx.core as mx
+    if y.dtype == mx.bfloat16:
+        return np.array(y.view(mx.uint16)).view(DTYPES["bfloat16"])
+    return np.array(y)
 
 
 def expected(op: str, dtype_name: str, shape: tuple[int, ...], seed: int, size: int,
