@@ -1,5 +1,9 @@
 """Runs a plan over a transport: post each stream's step, reduce what arrives, advance.
 
+With an operation header (ringcomm protocol), each stream's first send is preceded by the
+header on the same connection, and its first receive reads the peer's header and checks it
+before any byte of data is taken.
+
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
 time, and are folded into the working buffer in place (``np.add(..., out=...)`` for sums) as each piece
 completes; everything else is received straight into the working buffer.  Extra memory per
@@ -7,18 +11,23 @@ call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused ac
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from transports import Channel, Kind, Transport
+from transports import Channel, Kind, Side, Transport
 
 from .dtypes import Combine
 from .plans import Plan, Step
+
+HeaderCheck = Callable[[bytes, Side], None]
 
 SCRATCH_BYTES = 1 << 20
 
 
 class _Stream:
-    __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch")
+    __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "header_out",
+                 "header_in")
 
     def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
         self.steps = steps
@@ -27,6 +36,8 @@ class _Stream:
         self.recv_pos = 0  # next byte of a reducing receive still to be posted
         self.chunk = 0     # bytes of the reducing receive in flight
         self.scratch = scratch
+        self.header_out = False  # the header send is in flight; the data send follows
+        self.header_in: bytearray | None = None  # the peer's header is being received
 
 
 class ScratchPool:
@@ -42,8 +53,12 @@ class ScratchPool:
 
 
 def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
-        deadline: float, scratch: ScratchPool) -> None:
-    """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type)."""
+        deadline: float, scratch: ScratchPool, header: bytes | None = None,
+        check: HeaderCheck | None = None) -> None:
+    """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type).
+
+    ``header`` leads every stream's first send; ``check(bytes, side)`` vets the peer's.
+    """
     if not plan:
         return
     raw = memoryview(work.view(np.uint8))
@@ -53,27 +68,55 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     def start(st: _Stream) -> None:
         step = st.steps[st.index]
         st.pending = 0
+        with_header = header is not None and st.index == 0
         if step.send is not None:
             s = step.send
             owner[Channel(s.side, s.conn, Kind.SEND)] = st
             st.pending += 1
-            transport.post_send(s.side, s.conn, raw[s.start:s.stop])
+            if with_header:
+                st.header_out = True
+                transport.post_send(s.side, s.conn, memoryview(header))
+            else:
+                transport.post_send(s.side, s.conn, raw[s.start:s.stop])
         if step.recv is not None:
             r = step.recv
             owner[Channel(r.side, r.conn, Kind.RECV)] = st
             st.pending += 1
-            if step.reduce and r.stop > r.start:
-                st.recv_pos = r.start
-                post_reduce_chunk(st, r)
+            if with_header:
+                st.header_in = bytearray(len(header))
+                transport.post_recv(r.side, r.conn, memoryview(st.header_in))
             else:
-                transport.post_recv(r.side, r.conn, raw[r.start:r.stop])
+                post_data_recv(st, step)
+
+    def post_data_recv(st: _Stream, step: Step) -> None:
+        r = step.recv
+        if step.reduce and r.stop > r.start:
+            st.recv_pos = r.start
+            post_reduce_chunk(st, r)
+        else:
+            transport.post_recv(r.side, r.conn, raw[r.start:r.stop])
 
     def post_reduce_chunk(st: _Stream, r) -> None:
         st.chunk = min(r.stop - st.recv_pos, SCRATCH_BYTES)
         transport.post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
 
+    def sent(st: _Stream) -> bool:
+        """False when only the header went: the step's data follows on the same connection."""
+        if not st.header_out:
+            return True
+        st.header_out = False
+        s = st.steps[st.index].send
+        transport.post_send(s.side, s.conn, raw[s.start:s.stop])
+        return False
+
     def received(st: _Stream) -> bool:
         """Fold a completed scratch piece into ``work``; False while the step wants more."""
+        if st.header_in is not None:  # the peer's header: vet it, then take the data
+            got, st.header_in = bytes(st.header_in), None
+            step = st.steps[st.index]
+            check(got, step.recv.side)
+            post_data_recv(st, step)
+            return False
         r = st.steps[st.index].recv
         if not st.steps[st.index].reduce or r.stop == r.start:
             return True
@@ -93,7 +136,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         while active:
             for ch in transport.wait(deadline):
                 st = owner[ch]
-                if ch.kind is Kind.RECV and not received(st):
+                if not (received(st) if ch.kind is Kind.RECV else sent(st)):
                     continue
                 st.pending -= 1
                 if st.pending == 0:

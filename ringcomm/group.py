@@ -10,6 +10,7 @@ from transports import CommError, GroupBrokenError, Side, Transport
 
 from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype
+from .header import OpHeader, check
 
 
 class Group:
@@ -19,11 +20,17 @@ class Group:
     group is broken and every later call raises ``GroupBrokenError`` at once.
     """
 
-    def __init__(self, transport: Transport, timeout: float) -> None:
+    def __init__(self, transport: Transport, timeout: float, *, headers: bool = False,
+                 job: int = 0) -> None:
         self._transport = transport
         self.timeout = timeout
         self._scratch = engine.ScratchPool()
         self._broken: BaseException | None = None
+        self._headers = headers  # send and check an OpHeader with every operation
+        self._job = job
+        self._calls = 0          # collectives so far: the header's seq
+        self._messages = {(Side.LEFT, True): 0, (Side.RIGHT, True): 0,   # sends per side
+                          (Side.LEFT, False): 0, (Side.RIGHT, False): 0}  # receives per side
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -69,7 +76,8 @@ class Group:
         flat = result.reshape(-1).view(np.uint8)
         nbytes = a.nbytes
         flat[r * nbytes:(r + 1) * nbytes] = a.reshape(-1).view(np.uint8)
-        self._run("all_gather", plans.all_gather(nbytes, n, r, self._connections()), flat, None)
+        self._run("all_gather", plans.all_gather(nbytes, n, r, self._connections()), flat, None,
+                  a.dtype, a.shape)
         return result
 
     def sum_scatter(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -84,7 +92,7 @@ class Group:
         work = a.reshape(-1).copy()
         self._run("sum_scatter", plans.reduce_scatter(work.size, a.itemsize, n, r,
                                                       self._connections()),
-                  work, reducer("sum", a.dtype))
+                  work, reducer("sum", a.dtype), a.dtype, a.shape)
         block = work.size // n
         result.reshape(-1)[...] = work[r * block:(r + 1) * block]
         return result
@@ -94,7 +102,8 @@ class Group:
         a = _contiguous(x)
         side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
         plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
-        self._run("send", plan, a.reshape(-1).view(np.uint8), None)
+        self._run("send", plan, a.reshape(-1).view(np.uint8), None, a.dtype, a.shape,
+                  message=(side, True))
         return a
 
     def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
@@ -106,7 +115,8 @@ class Group:
         side = self._neighbour_side(src, "recv", "src", (Side.LEFT, Side.RIGHT))
         raw = result.reshape(-1).view(np.uint8)
         self._run("recv", plans.point_to_point(raw.size, side, self._connections(),
-                                               sending=False), raw, None)
+                                               sending=False), raw, None, dtype, shape,
+                  message=(side, False))
         return result
 
     def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -115,7 +125,7 @@ class Group:
         return self.recv(a.shape, a.dtype, src, out=out)
 
     def barrier(self) -> None:
-        """Return once every rank of the group has called barrier()."""
+        """Return once every rank of the group has called barrier() (an all_sum of one byte)."""
         self._all_reduce("barrier", "sum", np.zeros(1, np.uint8), None)
 
     # -- machinery -----------------------------------------------------------------------------
@@ -132,26 +142,50 @@ class Group:
             work = np.zeros(n, a.dtype)
             work[:a.size] = a.reshape(-1)
         plan = plans.all_reduce(flat.size, a.itemsize, n, self.rank(), self._connections())
-        self._run(name, plan, work, reducer(op, a.dtype))
+        self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape)
         if work is not flat:
             flat[...] = work[:flat.size]
         return result
 
-    def _run(self, name: str, plan: plans.Plan, work: np.ndarray,
-             combine: Combine | None) -> None:
+    def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
+             dtype: np.dtype, shape: tuple[int, ...],
+             message: tuple[Side, bool] | None = None) -> None:
+        """Run one operation's plan; ``message`` is (side, sending) for send and recv."""
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
+        if self.size() == 1:
+            return
+        header = check_header = None
+        if self._headers:
+            if message is None:
+                self._calls += 1
+                seq = self._calls
+            else:
+                self._messages[message] += 1
+                seq = self._messages[message]
+            expected = OpHeader(seq, "send" if message else name, dtype, tuple(shape), self._job)
+            header = expected.pack()
+            transport = self._transport
+
+            def check_header(got: bytes, side: Side) -> None:
+                check(expected, got, rank=self.rank(), peer=transport.peer(side),
+                      side=side.name.lower())
         try:
             engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
-                       self._scratch)
+                       self._scratch, header, check_header)
         except CommError as e:
             e.op = e.op or name
-            self._broken = e
+            self._fail(e)
             raise
         except BaseException as e:  # e.g. KeyboardInterrupt mid-transfer: the streams are torn
-            self._broken = e
+            self._fail(e)
             raise
+
+    def _fail(self, error: BaseException) -> None:
+        """Break the group, and tell the other ranks (they stop at once instead of waiting)."""
+        self._broken = error
+        self._transport.abort(error)
 
     def _connections(self) -> int:
         return self._transport.connections

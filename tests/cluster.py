@@ -27,18 +27,18 @@ class RankError(AssertionError):
     """A rank raised; the message carries its traceback."""
 
 
-def _join(impl: str, rank: int, hostfile: str, timeout: float):
+def _join(impl: str, rank: int, hostfile: str, timeout: float, protocol: str):
     if impl == "mlx":
         os.environ.update(MLX_RANK=str(rank), MLX_HOSTFILE=hostfile)
         import mlx.core as mx
         return mx.distributed.init(strict=True, backend="ring")
     import ringcomm
-    return ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout, protocol="mlx")
+    return ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout, protocol=protocol)
 
 
-def _serve(impl: str, rank: int, hostfile: str, conn, timeout: float) -> None:
+def _serve(impl: str, rank: int, hostfile: str, conn, timeout: float, protocol: str) -> None:
     try:
-        group = _join(impl, rank, hostfile, timeout)
+        group = _join(impl, rank, hostfile, timeout, protocol)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -64,6 +64,7 @@ class Cluster:
                  impls: tuple[str, ...] | None = None) -> None:
         self.size, self.connections = size, connections
         self.impls = impls or ("ringcomm",) * size
+        protocol = "mlx" if "mlx" in self.impls else "ringcomm"  # MLX speaks only its own
         self.broken = False
         self._dir = tempfile.TemporaryDirectory(prefix="ringcomm-cluster-")
         hostfile = os.path.join(self._dir.name, "hostfile.json")
@@ -73,7 +74,8 @@ class Cluster:
         for rank in range(size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_serve,
-                               args=(self.impls[rank], rank, hostfile, child, RANK_TIMEOUT),
+                               args=(self.impls[rank], rank, hostfile, child, RANK_TIMEOUT,
+                                     protocol),
                                daemon=True, name=f"ringcomm-rank-{rank}")
             proc.start()
             child.close()

@@ -62,6 +62,10 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Release every connection; idempotent."""
 
+    def abort(self, error: BaseException) -> None:
+        """Stop after a failure: tell the neighbours (where the protocol can), then close."""
+        self.close()
+
 
 class LoneTransport(Transport):
     """The transport of a group of one rank: there is nobody to talk to."""

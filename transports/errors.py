@@ -29,6 +29,8 @@ class CommError(RingcommError):
         self.peer = peer
         self.address = address
         self.op = op
+        self.origin: int | None = None  # for a failure relayed around the ring: who saw it
+        self.failed: int | None = None  # ... and which rank it blamed
 
     def __str__(self) -> str:
         where = f"rank {self.rank}"
@@ -46,3 +48,7 @@ class PeerLostError(CommError):
 
 class CommTimeoutError(CommError, TimeoutError):
     """An operation did not finish before its deadline: a peer is frozen, slow, or missing."""
+
+
+class MismatchError(CommError, ValueError):
+    """Ranks called different collectives, or the same one with other dtypes or sizes."""

@@ -15,14 +15,25 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import struct
 import time
 from typing import Sequence
 
 from .base import Channel, Kind, Side, Transport
-from .errors import CommError, CommTimeoutError, ConfigError, PeerLostError
+from .errors import CommError, CommTimeoutError, ConfigError, MismatchError, PeerLostError
+from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, REJECT, Hello, job_digest, mac, mismatch,
+                        new_hello, parse_hello, reject, verify)
 from .hostfile import Address
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
+FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
+MAX_RETRY_WAIT = 1.0      # ... up to this, until the deadline
+HANDSHAKE_SECONDS = 5.0   # a peer that began a handshake must finish it within this
+MAX_PENDING = 64          # unverified connections held at once by an acceptor
+ABORT = struct.Struct("!4sBIIH")  # "RCAB" kind origin failed length, then the message
+ABORT_MAGIC = b"RCAB"
+NO_RANK = 0xFFFFFFFF
+ABORT_KINDS = {0: PeerLostError, 1: CommTimeoutError, 2: MismatchError, 3: PeerLostError}
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
@@ -47,43 +58,71 @@ class _Conn:
 
 
 class TcpTransport(Transport):
-    """A rank's K connections to each ring neighbour over TCP."""
+    """A rank's K connections to each ring neighbour over TCP.
 
-    def __init__(self, rank: int, hostfile: Sequence[Sequence[Address]], *,
-                 timeout: float) -> None:
+    ``protocol="mlx"`` is MLX's bare set-up (no byte before the first operation), for rings
+    shared with MLX processes.  ``protocol="ringcomm"`` opens every connection with the
+    handshake of ``transports.handshake`` (job id, ranks, optional HMAC with ``token``) and
+    adds one control connection per neighbour, which carries abort notices: when any rank
+    fails, every other rank learns which one and why, instead of waiting for its deadline.
+    """
+
+    def __init__(self, rank: int, hostfile: Sequence[Sequence[Address]], *, timeout: float,
+                 protocol: str = "mlx", job_id: str = "", token: bytes | None = None) -> None:
         self.rank = rank
         self.size = len(hostfile)
         self.connections = len(hostfile[0])
+        self.protocol = protocol
+        self._hostfile = hostfile
+        self._job = job_digest(job_id)
+        self._token = token
         self._sel = selectors.DefaultSelector()
         self._done: list[Channel] = []
         self._conns: tuple[list[_Conn], list[_Conn]] = ([], [])
+        self._control: dict[Side, _Conn] = {}
         self._closed = False
         if self.size == 1:
             return
         deadline = time.monotonic() + timeout
         own, right_addrs = hostfile[rank], hostfile[(rank + 1) % self.size]
+        steps = (lambda: self._accept_all(own, deadline),
+                 lambda: self._connect_all(right_addrs, deadline))
         try:
-            if self.peer(Side.RIGHT) > rank:
-                self._accept_all(own, deadline)
-                self._connect_all(right_addrs, deadline)
-            else:
-                self._connect_all(right_addrs, deadline)
-                self._accept_all(own, deadline)
+            for step in (steps if self.peer(Side.RIGHT) > rank else steps[::-1]):
+                step()
         except BaseException:
             self.close()
             raise
-        for conns in self._conns:
-            for c in conns:
-                c.sock.setblocking(False)
+        for c in self._all_conns():
+            c.sock.setblocking(False)
+        for c in self._control.values():
+            self._sel.register(c.sock, _READ, c)
 
-    # -- set-up -------------------------------------------------------------------------------
+    @property
+    def secure(self) -> bool:
+        return self.protocol == "ringcomm"
+
+    def _all_conns(self):
+        yield from self._conns[Side.LEFT]
+        yield from self._conns[Side.RIGHT]
+        yield from self._control.values()
+
+    # -- set-up: accepting ------------------------------------------------------------------
 
     def _accept_all(self, own: Sequence[Address], deadline: float) -> None:
         left = self.peer(Side.LEFT)
-        for i, addr in enumerate(own):
-            with self._listen(addr) as listener:
-                sock = self._accept_one(listener, addr, left, deadline)
-            self._conns[Side.LEFT].append(_Conn(sock, Side.LEFT, i, left, addr))
+        if not self.secure:  # MLX: one address at a time, the first connection wins
+            for i, addr in enumerate(own):
+                with self._listen(addr) as listener:
+                    sock = self._accept_one(listener, addr, left, deadline)
+                self._conns[Side.LEFT].append(_Conn(sock, Side.LEFT, i, left, addr))
+            return
+        listeners = [self._listen(addr) for addr in own]
+        try:
+            self._accept_verified(listeners, own, left, deadline)
+        finally:
+            for listener in listeners:
+                listener.close()
 
     def _listen(self, addr: Address) -> socket.socket:
         family, _, _, _, sockaddr = _resolve(addr, self.rank, passive=True)
@@ -93,7 +132,7 @@ class TcpTransport(Transport):
             # cannot silently share one port (MLX sets it; see docs/wire-protocol.md).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(sockaddr)
-            sock.listen(0)
+            sock.listen(0 if not self.secure else 16)
         except OSError as e:
             sock.close()
             hint = " (is another job using this hostfile?)" if e.errno == errno.EADDRINUSE else ""
@@ -103,31 +142,160 @@ class TcpTransport(Transport):
 
     def _accept_one(self, listener: socket.socket, addr: Address, left: int,
                     deadline: float) -> socket.socket:
-        remaining = deadline - time.monotonic()
-        listener.settimeout(max(remaining, 1e-3))
+        listener.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             sock, _ = listener.accept()
         except socket.timeout:
-            raise CommTimeoutError(f"no connection arrived on {addr} within the timeout; "
-                                   f"is rank {left} running with the same hostfile?",
-                                   rank=self.rank, peer=left, op="init") from None
+            raise self._no_peer(addr, left) from None
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
+    def _no_peer(self, addr: Address, left: int) -> CommTimeoutError:
+        return CommTimeoutError(f"no connection arrived on {addr} within the timeout; "
+                                f"is rank {left} running with the same hostfile?",
+                                rank=self.rank, peer=left, op="init")
+
+    def _accept_verified(self, listeners: list[socket.socket], own: Sequence[Address],
+                         left: int, deadline: float) -> None:
+        """Accept until every connection from the left neighbour has passed the handshake.
+
+        Unverified connections wait side by side, so a silent or garbled one (a port
+        scanner, another job) cannot hold up the right peer; each is dropped when its HELLO
+        is wrong, or after HANDSHAKE_SECONDS.
+        """
+        k = self.connections
+        wanted = {i: own[i] for i in range(k)} | {k: own[0]}  # index k: the control connection
+        got: dict[int, socket.socket] = {}
+        pending: dict[socket.socket, tuple[bytearray, float]] = {}
+        sel = selectors.DefaultSelector()
+        for listener in listeners:
+            listener.setblocking(False)
+            sel.register(listener, _READ, None)
+        try:
+            while len(got) < len(wanted):
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._no_peer(own[min(set(wanted) - set(got)) % k], left)
+                for sock, (_, started) in list(pending.items()):
+                    if now - started > HANDSHAKE_SECONDS:
+                        sel.unregister(sock)
+                        del pending[sock]
+                        sock.close()
+                for key, _ in sel.select(min(deadline - now, 0.5)):
+                    if key.data is None:
+                        self._take_pending(key.fileobj, sel, pending)
+                        continue
+                    sock = key.fileobj
+                    buf, _ = pending[sock]
+                    hello = self._read_pending(sock, buf)
+                    if hello is None:
+                        continue
+                    sel.unregister(sock)
+                    del pending[sock]
+                    index = self._verify_connector(sock, hello, left, got, deadline)
+                    if index is None:
+                        sock.close()
+                    else:
+                        got[index] = sock
+        except BaseException:
+            for sock in [*pending, *got.values()]:
+                sock.close()
+            raise
+        finally:
+            sel.close()
+        for i in range(k):
+            self._conns[Side.LEFT].append(_Conn(got[i], Side.LEFT, i, left, own[i]))
+        self._control[Side.LEFT] = _Conn(got[k], Side.LEFT, k, left, own[0])
+
+    def _take_pending(self, listener: socket.socket, sel: selectors.BaseSelector,
+                      pending: dict) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        if len(pending) >= MAX_PENDING:  # drop the oldest unverified connection
+            oldest = next(iter(pending))
+            sel.unregister(oldest)
+            del pending[oldest]
+            oldest.close()
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pending[sock] = (bytearray(), time.monotonic())
+        sel.register(sock, _READ, True)
+
+    def _read_pending(self, sock: socket.socket, buf: bytearray) -> Hello | bytes | None:
+        """Read toward a HELLO: the HELLO, or b"" when the bytes are not one, or None for more."""
+        try:
+            data = sock.recv(HELLO.size - len(buf))
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+        if not data:
+            return b""
+        buf += data
+        if len(buf) < HELLO.size and buf[:4] == MAGIC[:len(buf[:4])]:
+            return None
+        try:
+            return parse_hello(bytes(buf))
+        except (ValueError, struct.error):
+            return b""
+
+    def _verify_connector(self, sock: socket.socket, hello: Hello | bytes, left: int,
+                          got: dict, deadline: float) -> int | None:
+        """Finish the acceptor's half of the handshake; the connection index, or None."""
+        if not isinstance(hello, Hello):
+            return None
+        index = hello.index
+        want = Hello(self._job, left, self.size, index, self._token is not None, b"")
+        why = mismatch(hello, want)
+        if why is None and (index > self.connections or index in got):
+            why = f"connection {index} is not expected (already have it, or out of range)"
+        sock.setblocking(True)
+        sock.settimeout(max(min(deadline - time.monotonic(), HANDSHAKE_SECONDS), 1e-3))
+        try:
+            if why is not None:
+                sock.sendall(reject(f"rank {self.rank} refused: {why}"))
+                return None
+            mine = new_hello(self._job, self.rank, self.size, index, self._token)
+            sock.sendall(mine.pack() + mac(self._token, b"acceptor", hello, mine))
+            their_mac = _recv_exactly(sock, MAC_SIZE)
+            if not verify(self._token, b"connector", hello, mine, their_mac):
+                sock.sendall(reject(f"rank {self.rank} refused: wrong RINGCOMM_TOKEN"))
+                return None
+            sock.sendall(OK)
+        except OSError:
+            return None
+        return index
+
+    # -- set-up: connecting -----------------------------------------------------------------
+
     def _connect_all(self, addrs: Sequence[Address], deadline: float) -> None:
         right = self.peer(Side.RIGHT)
         for i, addr in enumerate(addrs):
-            sock = self._connect_one(addr, right, deadline)
+            sock = self._connect_one(addr, right, i, deadline)
             self._conns[Side.RIGHT].append(_Conn(sock, Side.RIGHT, i, right, addr))
+        if self.secure:
+            k = self.connections
+            self._control[Side.RIGHT] = _Conn(self._connect_one(addrs[0], right, k, deadline),
+                                              Side.RIGHT, k, right, addrs[0])
 
-    def _connect_one(self, addr: Address, right: int, deadline: float) -> socket.socket:
+    def _retry_waits(self):
+        if not self.secure:
+            return iter((*CONNECT_RETRY_WAITS, None))
+        return _doubling(FIRST_RETRY_WAIT, MAX_RETRY_WAIT)
+
+    def _connect_one(self, addr: Address, right: int, index: int,
+                     deadline: float) -> socket.socket:
         family, socktype, proto, _, sockaddr = _resolve(addr, self.rank, passive=False)
         error: OSError | None = None
-        for wait in (*CONNECT_RETRY_WAITS, None):
+        attempts = 0
+        for wait in self._retry_waits():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            attempts += 1
             sock = socket.socket(family, socktype, proto)
             sock.settimeout(remaining)
             try:
@@ -137,16 +305,55 @@ class TcpTransport(Transport):
                 error = e
                 if wait is None:
                     raise PeerLostError(
-                        f"could not connect to {addr} after {len(CONNECT_RETRY_WAITS) + 1} "
-                        f"attempts ({e.strerror or e}); is rank {right} running?",
+                        f"could not connect to {addr} after {attempts} attempts "
+                        f"({e.strerror or e}); is rank {right} running?",
                         rank=self.rank, peer=right, address=str(addr), op="init") from e
                 time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.secure:
+                try:
+                    self._handshake_as_connector(sock, addr, right, index, deadline)
+                except BaseException:
+                    sock.close()
+                    raise
             return sock
         raise CommTimeoutError(f"timed out connecting to {addr}"
                                + (f" (last error: {error.strerror or error})" if error else ""),
                                rank=self.rank, peer=right, address=str(addr), op="init")
+
+    def _handshake_as_connector(self, sock: socket.socket, addr: Address, right: int,
+                                index: int, deadline: float) -> None:
+        def refused(why: str) -> CommError:
+            return CommError(f"{addr} refused the connection: {why}", rank=self.rank,
+                             peer=right, address=str(addr), op="init")
+        mine = new_hello(self._job, self.rank, self.size, index, self._token)
+        sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+        try:
+            sock.sendall(mine.pack())
+            head = _recv_exactly(sock, 4)
+            if head == REJECT:
+                raise refused(_read_reject(sock))
+            theirs = parse_hello(head + _recv_exactly(sock, HELLO.size - 4))
+            why = mismatch(theirs, Hello(self._job, right, self.size, index,
+                                         self._token is not None, b""))
+            if why is not None:
+                raise refused(why)
+            if not verify(self._token, b"acceptor", mine, theirs, _recv_exactly(sock, MAC_SIZE)):
+                raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
+            sock.sendall(mac(self._token, b"connector", mine, theirs))
+            answer = _recv_exactly(sock, 1)
+            if answer != OK:
+                raise refused(_read_reject(sock) if answer == REJECT[:1] else "bad answer")
+        except socket.timeout:
+            raise CommTimeoutError(f"handshake with {addr} timed out", rank=self.rank,
+                                   peer=right, address=str(addr), op="init") from None
+        except (ValueError, struct.error) as e:
+            raise refused(f"it does not speak the ringcomm protocol ({e}); "
+                          "for MLX peers use protocol='mlx'") from None
+        except ConnectionError as e:
+            raise refused(f"the connection closed during the handshake ({e})") from None
+        sock.settimeout(None)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -196,6 +403,9 @@ class TcpTransport(Transport):
                 raise self._timed_out()
             for key, events in select(timeout):
                 c: _Conn = key.data
+                if c.index == self.connections:
+                    self._on_notice(c)
+                    continue
                 if events & _READ and c.recv_view is not None:
                     self._on_readable(c)
                 if events & _WRITE and c.send_view is not None:
@@ -262,14 +472,92 @@ class TcpTransport(Transport):
                                 rank=self.rank, peer=c.peer if c else None,
                                 address=str(c.address) if c else None)
 
+    # -- failure notices (ringcomm protocol) -------------------------------------------------
+
+    def abort(self, error: BaseException) -> None:
+        """Tell both neighbours why this rank stops (they pass it on), then close.
+
+        Best effort and non-blocking: a notice that does not fit in the socket buffer is
+        dropped, and the neighbour still learns of the failure from the closed connections.
+        """
+        if self._closed:
+            return
+        if self.secure:
+            kind = next((k for k, cls in ABORT_KINDS.items() if type(error) is cls), 3)
+            if isinstance(error, CommError) and error.origin is not None:
+                origin, failed = error.origin, error.failed
+            else:
+                origin = self.rank
+                failed = error.peer if isinstance(error, PeerLostError) and error.peer is not None \
+                    else NO_RANK
+            text = (str(error) or type(error).__name__).encode()[:60000]
+            notice = ABORT.pack(ABORT_MAGIC, kind, origin, failed, len(text)) + text
+            for c in self._control.values():
+                try:
+                    c.sock.send(notice)
+                except OSError:
+                    pass
+        self.close()
+
+    def _on_notice(self, c: _Conn) -> None:
+        """Raise the error a neighbour's abort notice reports.
+
+        A control connection that just closes means the neighbour closed its group (or died):
+        that alone is no error, since it may have finished everything it had for this rank;
+        the data connections report a real loss when an operation needs that neighbour.
+        """
+        c.sock.settimeout(1.0)
+        try:
+            head = _recv_exactly(c.sock, ABORT.size)
+            magic, kind, origin, failed, length = ABORT.unpack(head)
+            text = _recv_exactly(c.sock, length).decode(errors="replace")
+            if magic != ABORT_MAGIC:
+                raise ValueError("not an abort notice")
+        except (OSError, ValueError, struct.error):
+            self._sel.unregister(c.sock)
+            c.sock.close()
+            del self._control[c.side]
+            return
+        cls = ABORT_KINDS.get(kind, PeerLostError)
+        blamed = None if failed == NO_RANK else failed
+        error = cls(f"stopped because rank {origin} reported: {text}", rank=self.rank,
+                    peer=blamed, address=str(self._hostfile[blamed][0]) if blamed is not None
+                    else None)
+        error.origin, error.failed = origin, failed
+        raise error
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for conns in self._conns:
-            for c in conns:
-                c.sock.close()
+        for c in self._all_conns():
+            c.sock.close()
         self._sel.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise ConnectionError("the peer closed the connection")
+        buf += data
+    return bytes(buf)
+
+
+def _read_reject(sock: socket.socket) -> str:
+    try:
+        (length,) = struct.unpack("!H", _recv_exactly(sock, 2))
+        return _recv_exactly(sock, length).decode(errors="replace")
+    except (OSError, struct.error):
+        return "rejected"
+
+
+def _doubling(first: float, cap: float):
+    wait = first
+    while True:
+        yield wait
+        wait = min(wait * 2, cap)
 
 
 def _resolve(addr: Address, rank: int, *, passive: bool) -> tuple:
