@@ -11,14 +11,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from transports.errors import (CommError, CommTimeoutError, ConfigError, GroupBrokenError,
-                               PeerLostError, RingcommError)
+                               MismatchError, PeerLostError, RingcommError)
 
 from .dtypes import SUPPORTED_DTYPES
 from .group import Group
 from .init import default_group, init
 
 __all__ = ["CommError", "CommTimeoutError", "ConfigError", "Group", "GroupBrokenError",
-           "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
+           "MismatchError", "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
            "all_min", "all_sum", "barrier", "init", "recv", "recv_like", "send", "sum_scatter"]
 
 

@@ -64,3 +64,29 @@ def test_examples_run_on_four_ranks():
         assert len(result.stdout.splitlines()) == 4, result.stdout
     assert "all right" in launch("-n", "3", "--connections-per-ip", "2",
                                  "examples/selfcheck.py").stdout
+
+
+def test_ctrl_c_reaches_every_rank_and_the_exit_code_is_non_zero(tmp_path):
+    import signal
+    import subprocess
+
+    from tests.procs import env
+    script = tmp_path / "job.py"
+    script.write_text("import numpy as np, ringcomm, time\n"
+                      "g = ringcomm.init(strict=True)\n"
+                      "ringcomm.barrier()\n"
+                      "print('ready', flush=True)\n"
+                      "if g.rank() == 1:\n"
+                      "    time.sleep(60)\n"
+                      "ringcomm.all_sum(np.ones(4))\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "ringcomm.launch", "-n", "3", str(script)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    for _ in range(3):
+        assert "ready" in launcher.stdout.readline()
+    time.sleep(0.3)
+    start = time.monotonic()
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=30)
+    assert launcher.returncode != 0
+    assert time.monotonic() - start < 10, "the sleeping rank was not interrupted"
+    assert "KeyboardInterrupt" in err and "failed first" in err, err

@@ -66,6 +66,8 @@ def _parse_rank(i: int, entry: object, source: str) -> list[Address]:
 
 
 def _parse_address(i: int, text: object, source: str) -> Address:
+    if isinstance(text, Address):
+        return text
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(f"{source}: entry {i}: expected \"host:port\"; got {_short(text)}")
     host, _, port = text.rpartition(":")

@@ -30,6 +30,7 @@ FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, d
 MAX_RETRY_WAIT = 1.0      # ... up to this, until the deadline
 HANDSHAKE_SECONDS = 5.0   # a peer that began a handshake must finish it within this
 MAX_PENDING = 64          # unverified connections held at once by an acceptor
+NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
 ABORT = struct.Struct("!4sBIIH")  # "RCAB" kind origin failed length, then the message
 ABORT_MAGIC = b"RCAB"
 NO_RANK = 0xFFFFFFFF
@@ -454,7 +455,20 @@ class TcpTransport(Transport):
             self._sel.modify(c.sock, events, c)
         c.events = events
 
-    def _lost(self, c: _Conn, what: str, e: OSError | None) -> PeerLostError:
+    def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
+        """The error for a broken data connection: the neighbour's abort notice if it sent
+        one (it does so just before closing), else a PeerLostError blaming the neighbour."""
+        control = self._control.get(c.side)
+        if control is not None:
+            ready = selectors.DefaultSelector()
+            try:
+                ready.register(control.sock, _READ)
+                if ready.select(NOTICE_GRACE):
+                    self._on_notice(control)
+            except CommError as notice:
+                return notice
+            finally:
+                ready.close()
         reason = "peer closed the connection" if e is None else (e.strerror or str(e))
         return PeerLostError(f"connection {c.side.name.lower()}[{c.index}] lost during "
                              f"{what}: {reason}", rank=self.rank, peer=c.peer,
