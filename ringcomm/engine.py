@@ -23,11 +23,12 @@ from .plans import Plan, Step
 HeaderCheck = Callable[[bytes, Side], None]
 
 SCRATCH_BYTES = 1 << 20
+JOIN_HEADER_BYTES = 1 << 16  # a first send up to this size is copied behind its header
 
 
 class _Stream:
     __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "header_out",
-                 "header_in")
+                 "header_in", "joined")
 
     def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
         self.steps = steps
@@ -38,6 +39,7 @@ class _Stream:
         self.scratch = scratch
         self.header_out = False  # the header send is in flight; the data send follows
         self.header_in: bytearray | None = None  # the peer's header is being received
+        self.joined = False      # header and data arrive together in scratch
 
 
 class ScratchPool:
@@ -73,7 +75,9 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             s = step.send
             owner[Channel(s.side, s.conn, Kind.SEND)] = st
             st.pending += 1
-            if with_header:
+            if with_header and s.stop - s.start <= JOIN_HEADER_BYTES:  # one segment, one wake-up
+                transport.post_send(s.side, s.conn, memoryview(header + raw[s.start:s.stop]))
+            elif with_header:
                 st.header_out = True
                 transport.post_send(s.side, s.conn, memoryview(header))
             else:
@@ -82,7 +86,11 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             r = step.recv
             owner[Channel(r.side, r.conn, Kind.RECV)] = st
             st.pending += 1
-            if with_header:
+            if with_header and r.stop - r.start <= JOIN_HEADER_BYTES:  # one receive for both
+                st.joined = True
+                transport.post_recv(r.side, r.conn,
+                                    memoryview(st.scratch)[:len(header) + r.stop - r.start])
+            elif with_header:
                 st.header_in = bytearray(len(header))
                 transport.post_recv(r.side, r.conn, memoryview(st.header_in))
             else:
@@ -111,6 +119,17 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
 
     def received(st: _Stream) -> bool:
         """Fold a completed scratch piece into ``work``; False while the step wants more."""
+        if st.joined:  # header and a small payload together in scratch: vet, then place
+            st.joined = False
+            step = st.steps[st.index]
+            r, h = step.recv, len(header)
+            check(st.scratch[:h].tobytes(), r.side)
+            data = st.scratch[h:h + r.stop - r.start]
+            if step.reduce:
+                combine(work[r.start // itemsize:r.stop // itemsize], data.view(work.dtype))
+            else:
+                work.view(np.uint8)[r.start:r.stop] = data
+            return True
         if st.header_in is not None:  # the peer's header: vet it, then take the data
             got, st.header_in = bytes(st.header_in), None
             step = st.steps[st.index]

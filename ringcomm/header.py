@@ -13,6 +13,8 @@ digest.
 """
 from __future__ import annotations
 
+import functools
+import math
 import struct
 import zlib
 from typing import NamedTuple
@@ -26,6 +28,7 @@ from .dtypes import SUPPORTED_DTYPES
 HEADER = struct.Struct("!4sQBBxxQII")
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier")
+_OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
 _DTYPE_CODE = {d: i + 1 for i, d in enumerate(SUPPORTED_DTYPES)}
 
 
@@ -37,17 +40,16 @@ class OpHeader(NamedTuple):
     job: int
 
     def pack(self) -> bytes:
-        count = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-        return HEADER.pack(MAGIC, self.seq, OPS.index(self.op) + 1, _DTYPE_CODE[self.dtype],
-                           count, _shape_crc(self.shape), self.job)
+        return HEADER.pack(MAGIC, self.seq, _OP_CODE[self.op], _DTYPE_CODE[self.dtype],
+                           math.prod(self.shape), _shape_crc(self.shape), self.job)
 
     def describe(self) -> str:
         return f"{self.op}({self.dtype}, shape {self.shape}, call #{self.seq})"
 
 
-def check(expected: OpHeader, got: bytes, *, rank: int, peer: int, side: str) -> None:
-    """Raise MismatchError unless ``got`` is the header of the same operation."""
-    want = expected.pack()
+def check(expected: OpHeader, want: bytes, got: bytes, *, rank: int, peer: int,
+          side: str) -> None:
+    """Raise MismatchError unless ``got`` equals ``want``, the packed ``expected``."""
     if got == want:
         return
     magic, seq, op, dtype, count, shape, job = HEADER.unpack(got)
@@ -60,7 +62,7 @@ def check(expected: OpHeader, got: bytes, *, rank: int, peer: int, side: str) ->
         op_name = OPS[op - 1] if 0 < op <= len(OPS) else f"op #{op}"
         dtype_name = str(SUPPORTED_DTYPES[dtype - 1]) if 0 < dtype <= len(SUPPORTED_DTYPES) \
             else f"dtype #{dtype}"
-        same_count = count == HEADER.unpack(want)[4]
+        same_count = count == math.prod(expected.shape)
         shape_text = "a different shape with as many elements" if same_count and \
             shape != _shape_crc(expected.shape) else f"{count} elements"
         theirs = f"{op_name}({dtype_name}, {shape_text}, call #{seq})"
@@ -68,5 +70,6 @@ def check(expected: OpHeader, got: bytes, *, rank: int, peer: int, side: str) ->
                         f"{side} neighbour rank {peer} called {theirs}", rank=rank, peer=peer)
 
 
+@functools.lru_cache(maxsize=256)
 def _shape_crc(shape: tuple[int, ...]) -> int:
     return zlib.crc32(struct.pack(f"!{len(shape)}q", *shape))

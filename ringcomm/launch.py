@@ -1,7 +1,7 @@
 """Start N ranks of a script on this machine: ``python -m ringcomm.launch -n 4 script.py``.
 
 Picks free localhost ports (or consecutive ones from ``-p``), writes an MLX ring hostfile,
-starts every rank with ``MLX_RANK``/``MLX_HOSTFILE`` set, prefixes each output line with its
+starts every rank with ``MLX_RANK``/``MLX_HOSTFILE`` (and a fresh ``RINGCOMM_JOB_ID``) set, prefixes each output line with its
 rank, and when any rank fails stops all the others and exits with that rank's code.
 Flag names follow ``mlx.launch`` where they apply.
 """
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from typing import IO, Sequence
 
 from transports.hostfile import Address, write_hostfile
@@ -107,6 +108,7 @@ def launch(args: argparse.Namespace) -> int:
                 print(f"ringcomm-launch: hostfile {hostfile}: {f.read()}", file=sys.stderr)
             print(f"ringcomm-launch: command {command}", file=sys.stderr)
         base_env = dict(os.environ, MLX_HOSTFILE=hostfile, PYTHONUNBUFFERED="1")
+        base_env.setdefault("RINGCOMM_JOB_ID", uuid.uuid4().hex)  # tells this job from others
         base_env.update(item.split("=", 1) for item in args.env)
         return _supervise(command, base_env, args.nproc)
     finally:
