@@ -86,6 +86,10 @@ class TcpTransport(Transport):
             return
         deadline = time.monotonic() + timeout
         own, right_addrs = hostfile[rank], hostfile[(rank + 1) % self.size]
+        for addr in own:  # every name resolves, or ConfigError, before any socket opens
+            _resolve(addr, rank, passive=True)
+        for addr in right_addrs:
+            _resolve(addr, rank, passive=False)
         steps = (lambda: self._accept_all(own, deadline),
                  lambda: self._connect_all(right_addrs, deadline))
         try:
