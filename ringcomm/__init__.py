@@ -16,8 +16,9 @@ from transports.errors import (CommError, CommTimeoutError, ConfigError, GroupBr
 from .dtypes import SUPPORTED_DTYPES
 from .group import Group
 from .init import default_group, init
+from .mlx_arrays import EagerCollectiveError
 
-__all__ = ["CommError", "CommTimeoutError", "ConfigError", "Group", "GroupBrokenError",
+__all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError", "Group", "GroupBrokenError",
            "MismatchError", "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
            "all_min", "all_sum", "barrier", "init", "recv", "recv_like", "send", "sum_scatter"]
 

@@ -11,6 +11,7 @@ from transports import CommError, GroupBrokenError, Side, Transport
 from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype
 from .header import OpHeader, check
+from .mlx_arrays import differentiable, is_mlx_array, mlx_dtype_to_numpy, to_mlx, to_numpy
 
 
 class Group:
@@ -59,16 +60,24 @@ class Group:
 
     def all_sum(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Element-wise sum over all ranks; every rank gets the same bytes."""
+        if is_mlx_array(x):
+            return self._mlx_call("all_sum", x, out)
         return self._all_reduce("all_sum", "sum", x, out)
 
     def all_max(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        if is_mlx_array(x):
+            return self._mlx_call("all_max", x, out)
         return self._all_reduce("all_max", "max", x, out)
 
     def all_min(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        if is_mlx_array(x):
+            return self._mlx_call("all_min", x, out)
         return self._all_reduce("all_min", "min", x, out)
 
     def all_gather(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,))."""
+        if is_mlx_array(x):
+            return self._mlx_call("all_gather", x, out)
         a = _contiguous(x)
         n, r = self.size(), self.rank()
         shape = (n,) if a.ndim == 0 else (n * a.shape[0], *a.shape[1:])
@@ -82,6 +91,8 @@ class Group:
 
     def sum_scatter(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Sum over all ranks, then return this rank's slice of axis 0 (which must divide by size)."""
+        if is_mlx_array(x):
+            return self._mlx_call("sum_scatter", x, out)
         a = _contiguous(x)
         n, r = self.size(), self.rank()
         if a.ndim == 0 or a.shape[0] % n:
@@ -99,16 +110,24 @@ class Group:
 
     def send(self, x: Any, dst: int) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
-        a = _contiguous(x)
+        a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
         side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
         plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
         self._run("send", plan, a.reshape(-1).view(np.uint8), None, a.dtype, a.shape,
                   message=(side, True))
-        return a
+        return x if is_mlx_array(x) else a
 
     def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
              out: np.ndarray | None = None) -> np.ndarray:
-        """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``."""
+        """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``.
+
+        An ``mx.Dtype`` gives an ``mx.array`` (numpy's dtypes give numpy arrays).
+        """
+        if type(dtype).__module__.startswith("mlx"):
+            if out is not None:
+                raise ValueError("recv: out= takes numpy arrays; with an mx.Dtype the result "
+                                 "is a new mx.array")
+            return to_mlx(self.recv(shape, mlx_dtype_to_numpy(dtype), src))
         dtype = wire_dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         result = _output(out, shape, dtype, "recv")
@@ -120,7 +139,9 @@ class Group:
         return result
 
     def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Receive an array shaped and typed like ``x`` from neighbour ``src``."""
+        """Receive an array shaped and typed like ``x`` (numpy or MLX) from neighbour ``src``."""
+        if is_mlx_array(x):
+            return self.recv(tuple(x.shape), x.dtype, src, out=out)
         a = np.asarray(x)
         return self.recv(a.shape, a.dtype, src, out=out)
 
@@ -129,6 +150,14 @@ class Group:
         self._all_reduce("barrier", "sum", np.zeros(1, np.uint8), None)
 
     # -- machinery -----------------------------------------------------------------------------
+
+    def _mlx_call(self, op: str, x: Any, out: Any) -> Any:
+        """An MLX array through ``op``: evaluated, sent from its memory, differentiable."""
+        if out is not None:
+            raise ValueError(f"{op}: out= takes numpy arrays; for an mx.array the result is "
+                             "a new mx.array")
+        method = getattr(self, op)
+        return differentiable(self, op, lambda xm: to_mlx(method(to_numpy(xm))))(x)
 
     def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
         a = _contiguous(x)
