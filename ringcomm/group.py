@@ -185,21 +185,8 @@ class Group:
                                    f"{self._broken}") from self._broken
         if self.size() == 1:
             return
-        header = check_header = None
-        if self._headers:
-            if message is None:
-                self._calls += 1
-                seq = self._calls
-            else:
-                self._messages[message] += 1
-                seq = self._messages[message]
-            expected = OpHeader(seq, "send" if message else name, dtype, tuple(shape), self._job)
-            header = expected.pack()
-
-            def check_header(got: bytes, side: Side) -> None:
-                if got != header:
-                    check(expected, header, got, rank=self.rank(),
-                          peer=self._transport.peer(side), side=side.name.lower())
+        header, check_header = self._header(name, dtype, shape, message) if self._headers \
+            else (None, None)
         try:
             engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
                        self._scratch, header, check_header)
@@ -210,6 +197,24 @@ class Group:
         except BaseException as e:  # e.g. KeyboardInterrupt mid-transfer: the streams are torn
             self._fail(e)
             raise
+
+    def _header(self, name: str, dtype: np.dtype, shape: tuple[int, ...],
+                message: tuple[Side, bool] | None) -> tuple[bytes, engine.HeaderCheck]:
+        """This operation's header, and the check of the peers' (ringcomm protocol)."""
+        if message is None:
+            self._calls += 1
+            seq = self._calls
+        else:
+            self._messages[message] += 1
+            seq = self._messages[message]
+        expected = OpHeader(seq, "send" if message else name, dtype, tuple(shape), self._job)
+        header = expected.pack()
+
+        def check_header(got: bytes, side: Side) -> None:
+            if got != header:
+                check(expected, header, got, rank=self.rank(), peer=self._transport.peer(side),
+                      side=side.name.lower())
+        return header, check_header
 
     def _fail(self, error: BaseException) -> None:
         """Break the group, and tell the other ranks (they stop at once instead of waiting)."""

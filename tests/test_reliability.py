@@ -2,7 +2,6 @@
 mismatched calls, stray and rogue connections, huge messages, and many init/close cycles."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
