@@ -1,8 +1,8 @@
 """What the ringcomm protocol's operation header costs a small all_sum.
 
-    python -m ringcomm.launch -n 2 -- python -m benchmarks.header_cost
+    python -m ringcomm.launch -n 2 -- python -m benchmarks.header_cost [BYTES]
 
-Runs the same 8-byte all_sum with the header on and off in alternating blocks of one run, on
+Runs the same all_sum (8 bytes unless given) with the header on and off in alternating blocks of one run, on
 every rank in step, so that both halves see the same machine noise; prints the medians.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import ringcomm
 
 
-def main(blocks: int = 60, calls: int = 100) -> None:
+def main(nbytes: int = 8, blocks: int = 60, calls: int = 100) -> None:
     group = ringcomm.init(strict=True, protocol="ringcomm")
-    x = np.ones(2, np.float32)
+    x = np.ones(max(nbytes // 4, 1), np.float32)
     out = np.empty_like(x)
     times: dict[bool, list[float]] = {True: [], False: []}
     for block in range(blocks):
@@ -29,7 +29,7 @@ def main(blocks: int = 60, calls: int = 100) -> None:
             times[headers].append(time.perf_counter() - start)
     if group.rank() == 0:
         on, off = (float(np.median(times[h])) * 1e6 for h in (True, False))
-        print(f"8-byte all_sum on {group.size()} ranks: header on {on:.1f} us, off {off:.1f} us,"
+        print(f"{x.nbytes}-byte all_sum on {group.size()} ranks: header on {on:.1f} us, off {off:.1f} us,"
               f" cost {on - off:.1f} us ({100 * (on / off - 1):.0f}%)")
     group.close()
 

@@ -31,6 +31,15 @@ def _uniform(shape: tuple[int, ...], input_dims: int) -> mx.array:
     return mx.random.uniform(low=-scale, high=scale, shape=shape)
 
 
+def _sharded_copy(cls, linear_layer: nn.Module, rule, group: ringcomm.Group | None):
+    """A ``cls`` layer holding this rank's shard of ``linear_layer``'s parameters."""
+    group = _group(group)
+    out_dims, in_dims = linear_layer.weight.shape
+    layer = cls(in_dims, out_dims, "bias" in linear_layer, group)
+    layer.update(shard_tree(linear_layer.parameters(), rule, group))
+    return layer
+
+
 class AllToShardedLinear(nn.Module):
     """Replicated input, output features sharded across the group."""
 
@@ -56,11 +65,7 @@ class AllToShardedLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear_layer: nn.Module, *, segments: Segments = 1,
                     group: ringcomm.Group | None = None) -> "AllToShardedLinear":
-        group = _group(group)
-        out_dims, in_dims = linear_layer.weight.shape
-        layer = cls(in_dims, out_dims, "bias" in linear_layer, group)
-        layer.update(shard_tree(linear_layer.parameters(), all_to_sharded_rule(segments), group))
-        return layer
+        return _sharded_copy(cls, linear_layer, all_to_sharded_rule(segments), group)
 
 
 class ShardedToAllLinear(nn.Module):
@@ -86,11 +91,7 @@ class ShardedToAllLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear_layer: nn.Module, *, segments: Segments = 1,
                     group: ringcomm.Group | None = None) -> "ShardedToAllLinear":
-        group = _group(group)
-        out_dims, in_dims = linear_layer.weight.shape
-        layer = cls(in_dims, out_dims, "bias" in linear_layer, group)
-        layer.update(shard_tree(linear_layer.parameters(), sharded_to_all_rule(segments), group))
-        return layer
+        return _sharded_copy(cls, linear_layer, sharded_to_all_rule(segments), group)
 
 
 class _QuantizedSharded(nn.Module):

@@ -5,8 +5,8 @@ header on the same connection, and its first receive reads the peer's header and
 before any byte of data is taken.
 
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
-time, and are folded into the working buffer in place (``np.add(..., out=...)`` for sums) as each piece
-completes; everything else is received straight into the working buffer.  Extra memory per
+time, and are folded into the working buffer in place (``np.add(..., out=...)`` for sums) as
+each piece completes; everything else is received straight into the working buffer.  Extra memory per
 call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             if step.reduce:
                 combine(work[r.start // itemsize:r.stop // itemsize], data.view(work.dtype))
             else:
-                work.view(np.uint8)[r.start:r.stop] = data
+                raw[r.start:r.stop] = data
             return True
         if st.header_in is not None:  # the peer's header: vet it, then take the data
             got, st.header_in = bytes(st.header_in), None
