@@ -5,8 +5,9 @@ import json
 import os
 from typing import Sequence
 
-from transports import ConfigError, parse_hostfile, read_hostfile
-from transports.base import LoneTransport
+from transports import Address, ConfigError, parse_hostfile, read_hostfile
+from transports.base import LoneTransport, Transport
+from transports.devicefile import parse_devices, read_device_file
 from transports.handshake import job_digest
 from transports.tcp import TcpTransport
 
@@ -25,7 +26,9 @@ _default_group: Group | None = None
 def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
          hostfile: str | os.PathLike | Sequence | None = None,
          timeout: float | None = None, protocol: str | None = None,
-         token: str | None = None, job_id: str | None = None) -> Group:
+         token: str | None = None, job_id: str | None = None,
+         devices: str | os.PathLike | Sequence | None = None,
+         coordinator: str | None = None, verbs: str | None = None) -> Group:
     """Join the ring described by ``MLX_RANK`` and ``MLX_HOSTFILE`` (or the explicit arguments).
 
     With nothing configured this returns a group of size 1, as MLX does, or raises
@@ -36,15 +39,22 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     (default ``RINGCOMM_TOKEN``) is a shared secret every rank must prove it knows, and
     ``job_id`` (default ``RINGCOMM_JOB_ID``, else the hostfile's contents) tells this job's
     connections from another's; both are for the "ringcomm" protocol.
-    The group becomes the default for calls made with ``group=None``.
+
+    ``backend="rdma"`` (alias "jaccl") runs over RDMA verbs instead, configured as MLX's
+    JACCL backend is: ``MLX_IBV_DEVICES`` (or ``devices=``, a path or the parsed JSON),
+    ``MLX_JACCL_COORDINATOR`` (or ``coordinator=``, rank 0's "ip:port") and ``MLX_RANK``.
+    ``verbs`` (default ``RINGCOMM_VERBS`` or "pyverbs") picks the verbs provider;
+    "emulated" is an emulation of verbs for machines without RDMA (it proves the protocol,
+    not the hardware).
+    ``backend="any"`` takes ``RINGCOMM_BACKEND`` when set (``ringcomm-launch --backend``
+    sets it), else TCP.  The group becomes the default for calls made with ``group=None``.
     """
     global _default_group
+    if backend == "any":  # what ringcomm-launch --backend asked for, else TCP
+        backend = os.environ.get("RINGCOMM_BACKEND", "any")
     kind = BACKENDS.get(backend)
     if kind is None:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if kind == "rdma":
-        raise ConfigError("the RDMA transport is not part of this ringcomm build yet; "
-                          "use backend='tcp' (or 'ring')")
     timeout = _timeout(timeout)
     protocol = _protocol(protocol)
     token = os.environ.get("RINGCOMM_TOKEN") if token is None else token
@@ -52,6 +62,18 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
         raise ConfigError("RINGCOMM_TOKEN (or token=) needs protocol='ringcomm': MLX's "
                           "protocol has no way to check it")
     rank_text = os.environ.get("MLX_RANK") if rank is None else rank
+    if kind == "rdma":
+        if protocol == "mlx":
+            raise ConfigError("the RDMA transport speaks only ringcomm's protocol (MLX's "
+                              "JACCL wire format is not implemented); unset "
+                              "RINGCOMM_PROTOCOL=mlx or use backend='tcp'")
+        transport = _rdma(rank_text, devices, coordinator, timeout, verbs, token, job_id,
+                          strict)
+        group = (Group(transport, timeout) if transport.size == 1 else
+                 Group(transport, timeout, headers=True,
+                       job=int.from_bytes(job_digest(transport.job_id)[:4], "big")))
+        _default_group = group
+        return group
     hostfile = os.environ.get("MLX_HOSTFILE") if hostfile is None else hostfile
     if rank_text is None and hostfile is None:
         if strict:
@@ -76,6 +98,45 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
                       job=int.from_bytes(job_digest(job_id)[:4], "big"))
     _default_group = group
     return group
+
+
+def _rdma(rank_text: object, devices: object, coordinator: str | None, timeout: float,
+          verbs: str | None, token: str | None, job_id: str | None,
+          strict: bool) -> Transport:
+    """The RDMA transport from the JACCL-style configuration (or a lone rank without one)."""
+    from transports.rdma import RdmaTransport  # imports nothing of pyverbs until used
+    devices = (os.environ.get("JACCL_IBV_DEVICES") or os.environ.get("MLX_IBV_DEVICES")
+               if devices is None else devices)
+    coordinator = (os.environ.get("JACCL_COORDINATOR")
+                   or os.environ.get("MLX_JACCL_COORDINATOR")
+                   if coordinator is None else coordinator)
+    if devices is None and rank_text is None and coordinator is None:
+        if strict:
+            raise ConfigError("ringcomm.init(strict=True, backend='rdma'): no RDMA ring is "
+                              "configured; set MLX_IBV_DEVICES, MLX_JACCL_COORDINATOR and "
+                              "MLX_RANK (ringcomm-launch --backend rdma does)")
+        return LoneTransport()
+    missing = [name for name, value in (("MLX_IBV_DEVICES (or devices=)", devices),
+                                        ("MLX_JACCL_COORDINATOR (or coordinator=)",
+                                         coordinator),
+                                        ("MLX_RANK (or rank=)", rank_text)) if value is None]
+    if missing:
+        raise ConfigError(f"ringcomm.init(backend='rdma'): {' and '.join(missing)} not set, "
+                          "but the rest of the RDMA configuration is; set all three")
+    table = (parse_devices(devices, source="devices argument")
+             if isinstance(devices, (list, tuple)) else read_device_file(devices))
+    rank = _rank(rank_text, len(table))
+    host, sep, port = str(coordinator).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"MLX_JACCL_COORDINATOR must be rank 0's host:port; got "
+                          f"{coordinator!r}")
+    job_id = os.environ.get("RINGCOMM_JOB_ID") if job_id is None else job_id
+    if job_id is None:
+        job_id = json.dumps([table, str(coordinator)])
+    transport = RdmaTransport(rank, table, Address(host.strip("[]"), int(port)),
+                              timeout=timeout, verbs_provider=verbs, job_id=job_id,
+                              token=token.encode() if token is not None else None)
+    return transport
 
 
 def default_group() -> Group:

@@ -8,6 +8,7 @@ Flag names follow ``mlx.launch`` where they apply.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import shutil
@@ -20,6 +21,8 @@ import threading
 import uuid
 from typing import IO, Sequence
 
+from transports import verbs
+from transports.errors import ConfigError
 from transports.hostfile import Address, write_hostfile
 
 STOP_GRACE_SECONDS = 5.0
@@ -51,8 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="ringcomm-launch", description="Run a script on N localhost ranks of a ring.")
     p.add_argument("-n", "--nproc", type=int, required=True, help="number of ranks")
-    p.add_argument("--backend", default="ring", choices=["ring", "tcp", "any"],
-                   help="transport (ring and any mean tcp)")
+    p.add_argument("--backend", default="ring", choices=["ring", "tcp", "any", "rdma", "jaccl"],
+                   help="transport: ring/tcp/any (TCP), or rdma/jaccl (RDMA verbs: writes a "
+                        "device file and picks a coordinator port)")
+    p.add_argument("--verbs", choices=list(verbs.PROVIDERS), default=None,
+                   help="with --backend rdma: the verbs provider (default RINGCOMM_VERBS or "
+                        "pyverbs); 'emulated' is an emulation of RDMA for machines without it")
     p.add_argument("--connections-per-ip", type=int, default=1, metavar="K",
                    help="connections between each pair of neighbours (default 1)")
     p.add_argument("-p", "--starting-port", type=int, default=None,
@@ -110,9 +117,42 @@ def launch(args: argparse.Namespace) -> int:
         base_env = dict(os.environ, MLX_HOSTFILE=hostfile, PYTHONUNBUFFERED="1")
         base_env.setdefault("RINGCOMM_JOB_ID", uuid.uuid4().hex)  # tells this job from others
         base_env.update(item.split("=", 1) for item in args.env)
+        if args.backend in ("rdma", "jaccl"):
+            try:
+                base_env.update(rdma_env(workdir, args.nproc, args.connections_per_ip,
+                                         args.verbs or base_env.get("RINGCOMM_VERBS")))
+            except ConfigError as e:
+                print(f"ringcomm-launch: {e}", file=sys.stderr)
+                return 2
         return _supervise(command, base_env, args.nproc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def localhost_devices(ranks: int, connections: int, device: str) -> list[list]:
+    """A device file (MLX_IBV_DEVICES) linking every pair of ranks through ``device``,
+    ``connections`` times."""
+    entry = device if connections == 1 else [device] * connections
+    return [[None if i == j else entry for j in range(ranks)] for i in range(ranks)]
+
+
+def rdma_env(workdir: str, ranks: int, connections: int,
+             provider: str | None) -> dict[str, str]:
+    """A device file linking every pair of local ranks through this machine's first verbs
+    device (K times), and a coordinator port: the JACCL-style environment for ``init``."""
+    names = verbs.device_names(verbs.load(provider))
+    if not names:
+        raise ConfigError("--backend rdma: pyverbs lists no RDMA device on this machine; "
+                          "add --verbs emulated to run over the verbs emulation instead")
+    path = os.path.join(workdir, "devices.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(localhost_devices(ranks, connections, names[0]), f)
+    env = {"MLX_IBV_DEVICES": path,
+           "MLX_JACCL_COORDINATOR": f"127.0.0.1:{free_ports(1)[0]}",
+           "RINGCOMM_BACKEND": "rdma"}
+    if provider:
+        env["RINGCOMM_VERBS"] = provider
+    return env
 
 
 def _supervise(command: list[str], base_env: dict[str, str], ranks: int) -> int:

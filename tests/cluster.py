@@ -1,7 +1,9 @@
 """A localhost ring of N rank processes that lives for the whole test session.
 
-Each rank is a ringcomm process or, for the interoperability tests, an MLX process running
-MLX's own ring backend (``mx.distributed.init(backend="ring")``) on the same hostfile.
+Each rank is a ringcomm process over TCP ("ringcomm"), a ringcomm process over the RDMA
+transport on the EMULATED verbs provider ("rdma-emulated": no RDMA hardware is involved), or,
+for the interoperability tests, an MLX process running MLX's own ring backend
+(``mx.distributed.init(backend="ring")``) on the same hostfile.
 
 Each test sends a function to every rank (by reference: it must live in an importable module)
 and gets back what each rank returned, so that a hypothesis example costs one collective,
@@ -16,7 +18,7 @@ import tempfile
 import traceback
 from typing import Any, Callable
 
-from ringcomm.launch import localhost_hostfile
+from ringcomm.launch import free_ports, localhost_devices, localhost_hostfile
 from transports.hostfile import write_hostfile
 
 RANK_TIMEOUT = 60.0   # the ranks' group timeout: a hang inside a collective fails here
@@ -27,18 +29,23 @@ class RankError(AssertionError):
     """A rank raised; the message carries its traceback."""
 
 
-def _join(impl: str, rank: int, hostfile: str, timeout: float, protocol: str):
+def _join(impl: str, rank: int, ring: dict, timeout: float, protocol: str):
     if impl == "mlx":
-        os.environ.update(MLX_RANK=str(rank), MLX_HOSTFILE=hostfile)
+        os.environ.update(MLX_RANK=str(rank), MLX_HOSTFILE=ring["hostfile"])
         import mlx.core as mx
         return mx.distributed.init(strict=True, backend="ring")
     import ringcomm
-    return ringcomm.init(rank=rank, hostfile=hostfile, timeout=timeout, protocol=protocol)
+    if impl == "rdma-emulated":
+        return ringcomm.init(rank=rank, backend="rdma", verbs="emulated",
+                             devices=ring["devices"], coordinator=ring["coordinator"],
+                             timeout=timeout)
+    return ringcomm.init(rank=rank, hostfile=ring["hostfile"], timeout=timeout,
+                         protocol=protocol)
 
 
-def _serve(impl: str, rank: int, hostfile: str, conn, timeout: float, protocol: str) -> None:
+def _serve(impl: str, rank: int, ring: dict, conn, timeout: float, protocol: str) -> None:
     try:
-        group = _join(impl, rank, hostfile, timeout, protocol)
+        group = _join(impl, rank, ring, timeout, protocol)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -55,7 +62,7 @@ def _serve(impl: str, rank: int, hostfile: str, conn, timeout: float, protocol: 
             conn.send(("ok", fn(group, *args)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
-    if impl == "ringcomm":
+    if impl != "mlx":
         group.close()
 
 
@@ -67,14 +74,16 @@ class Cluster:
         protocol = "mlx" if "mlx" in self.impls else "ringcomm"  # MLX speaks only its own
         self.broken = False
         self._dir = tempfile.TemporaryDirectory(prefix="ringcomm-cluster-")
-        hostfile = os.path.join(self._dir.name, "hostfile.json")
-        write_hostfile(hostfile, localhost_hostfile(size, connections))
+        ring = {"hostfile": os.path.join(self._dir.name, "hostfile.json"),
+                "devices": localhost_devices(size, connections, "emulated0"),
+                "coordinator": f"127.0.0.1:{free_ports(1)[0]}"}
+        write_hostfile(ring["hostfile"], localhost_hostfile(size, connections))
         ctx = mp.get_context("spawn")
         self._conns, self._procs = [], []
         for rank in range(size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_serve,
-                               args=(self.impls[rank], rank, hostfile, child, RANK_TIMEOUT,
+                               args=(self.impls[rank], rank, ring, child, RANK_TIMEOUT,
                                      protocol),
                                daemon=True, name=f"ringcomm-rank-{rank}")
             proc.start()

@@ -1,0 +1,78 @@
+"""``ringcomm-bench`` / ``python -m benchmarks``: the nccl-tests-style benchmark command.
+
+With ``-n N`` this process starts the ranks itself (one pass per implementation, see
+``spawn``) and prints the combined table; without it, it is one rank of a ring started by
+ringcomm-launch (or configured by MLX_RANK and MLX_HOSTFILE), and rank 0 prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from transports.errors import ConfigError
+
+from . import options, output, rank, report, spawn
+from .impls import connections_per_neighbour
+from .measure import Record
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "ringcomm-bench") -> None:
+    """Parse, run the sweep(s), report; exits 2 on usage or configuration errors."""
+    args = options.parse(argv, prog)
+    config = options.config_from(args)
+    sys.exit(_spawn_ranks(args, config) if args.nproc is not None else _be_a_rank(args, config))
+
+
+def _spawn_ranks(args: argparse.Namespace, config: options.Config) -> int:
+    connections = args.connections_per_ip or 1
+    records: list[Record] = []
+    status = 0
+    for impl in config.impls:
+        print(f"ringcomm-bench: {impl} pass on {args.nproc} local ranks", file=sys.stderr,
+              flush=True)
+        result = spawn.run_pass(impl, config, args.nproc, connections, args.time_limit)
+        records += result.records
+        if result.exit_code != 0:
+            print(f"ringcomm-bench: the {impl} pass failed (exit code {result.exit_code}); "
+                  "the ranks' messages are above", file=sys.stderr)
+            status = result.exit_code
+            break
+    if records:
+        _report(args, records, args.nproc, connections)
+    return status
+
+
+def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
+    if "MLX_RANK" not in os.environ and "MLX_HOSTFILE" not in os.environ:
+        print(f"{args.prog}: error: no ring to join: give -n N to start N local ranks, or run "
+              "under ringcomm-launch (or set MLX_RANK and MLX_HOSTFILE)", file=sys.stderr)
+        return 2
+    try:
+        records = rank.run(config)
+    except ConfigError as e:
+        print(f"{args.prog}: {e}", file=sys.stderr)
+        return rank.EXIT_CONFIG
+    if os.environ.get("MLX_RANK", "0").strip() == "0" and records:
+        _report(args, records, records[0].ranks, connections_per_neighbour())
+    return 0
+
+
+def _report(args: argparse.Namespace, records: list[Record], ranks: int,
+            connections: int | None) -> None:
+    title = report.header(ranks, connections, args.transport, args.dtype, args.warmup,
+                          args.iters, args.vs)
+    print(title)
+    report.print_tables(records, args.ops, args.vs, args.check, sys.stdout)
+    if args.output:
+        output.write(args.output, records)
+        print(f"ringcomm-bench: wrote {len(records)} records to {args.output}", file=sys.stderr)
+    if args.plot:
+        from . import plot
+        plot.draw(args.plot, records, title.lstrip("# "))
+        print(f"ringcomm-bench: wrote {args.plot}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The two implementations a sweep can time, behind one small interface.
+
+``Impl.run`` does one collective and returns only when its result is complete (MLX is lazy,
+so its calls evaluate inside ``run``); inputs are converted once by ``prepare``, outside the
+timed region.  sendrecv is one step around the ring: even ranks send first, odd ranks receive
+first, so no pair waits on the other.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from transports.hostfile import read_hostfile
+
+
+class Impl(Protocol):
+    name: str
+
+    def rank(self) -> int: ...
+    def size(self) -> int: ...
+    def supports(self, op: str) -> bool: ...
+    def prepare(self, x: np.ndarray, op: str) -> Any: ...
+    def run(self, op: str, x: Any) -> Any: ...
+    def to_numpy(self, result: Any) -> np.ndarray: ...
+    def slowest(self, seconds: float) -> float: ...
+    def total(self, value: int) -> int: ...
+    def close(self) -> None: ...
+
+
+class RingcommImpl:
+    """ringcomm over the given transport; results go to one reused ``out=`` buffer per size."""
+
+    name = "ringcomm"
+
+    def __init__(self, transport: str = "tcp", protocol: str | None = None) -> None:
+        import ringcomm
+        self.group = ringcomm.init(strict=True, backend=transport, protocol=protocol)
+        self._out: np.ndarray | None = None
+
+    def rank(self) -> int:
+        return self.group.rank()
+
+    def size(self) -> int:
+        return self.group.size()
+
+    def supports(self, op: str) -> bool:
+        return True
+
+    def prepare(self, x: np.ndarray, op: str) -> np.ndarray:
+        n = self.size()
+        shape = {"all_gather": (x.size * n,), "sum_scatter": (x.size // n,)}.get(op, x.shape)
+        self._out = np.empty(shape, x.dtype)
+        return x
+
+    def run(self, op: str, x: np.ndarray) -> np.ndarray:
+        g, out = self.group, self._out
+        if op != "sendrecv":
+            return getattr(g, op)(x, out=out)
+        r, n = g.rank(), g.size()
+        if r % 2 == 0:
+            g.send(x, (r + 1) % n)
+            return g.recv(x.shape, x.dtype, (r - 1) % n, out=out)
+        got = g.recv(x.shape, x.dtype, (r - 1) % n, out=out)
+        g.send(x, (r + 1) % n)
+        return got
+
+    def to_numpy(self, result: np.ndarray) -> np.ndarray:
+        return result
+
+    def slowest(self, seconds: float) -> float:
+        return float(self.group.all_max(np.array([seconds]))[0])
+
+    def total(self, value: int) -> int:
+        return int(self.group.all_sum(np.array([value], np.int64))[0])
+
+    def close(self) -> None:
+        self.group.close()
+
+
+class MlxImpl:
+    """MLX's ring backend (``mx.distributed.init(strict=True, backend="ring")``)."""
+
+    name = "mlx"
+
+    def __init__(self) -> None:
+        import signal
+
+        import mlx.core as mx
+        # MLX's ring blocks in C++ where Python never sees SIGINT: let Ctrl-C (and the
+        # launcher's stop) end the process at once instead of being ignored.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        self.mx = mx
+        self.group = mx.distributed.init(strict=True, backend="ring")
+
+    def rank(self) -> int:
+        return self.group.rank()
+
+    def size(self) -> int:
+        return self.group.size()
+
+    def supports(self, op: str) -> bool:
+        return op != "sum_scatter"  # MLX's ring has no reduce-scatter
+
+    def prepare(self, x: np.ndarray, op: str) -> Any:
+        from ringcomm.mlx_arrays import to_mlx
+        x = to_mlx(x)  # keeps float64 and bfloat16 as they are
+        self.mx.eval(x)
+        return x
+
+    def run(self, op: str, x: Any) -> Any:
+        mx, d = self.mx, self.mx.distributed
+        if op != "sendrecv":
+            y = getattr(d, op)(x)
+            mx.eval(y)
+            return y
+        r, n = self.rank(), self.size()
+        if r % 2 == 0:
+            mx.eval(d.send(x, (r + 1) % n))
+            y = d.recv_like(x, (r - 1) % n)
+            mx.eval(y)
+        else:
+            y = d.recv_like(x, (r - 1) % n)
+            mx.eval(y)
+            mx.eval(d.send(x, (r + 1) % n))
+        return y
+
+    def to_numpy(self, result: Any) -> np.ndarray:
+        from ringcomm.mlx_arrays import to_numpy
+        return to_numpy(result)
+
+    def slowest(self, seconds: float) -> float:
+        mx = self.mx
+        y = mx.distributed.all_max(mx.array([seconds], dtype=mx.float64))
+        mx.eval(y)
+        return float(y[0].item())
+
+    def total(self, value: int) -> int:
+        mx = self.mx
+        y = mx.distributed.all_sum(mx.array([value], dtype=mx.int64))
+        mx.eval(y)
+        return int(y[0].item())
+
+    def close(self) -> None:
+        pass  # MLX's group has no close: its connections end with the process
+
+
+def create(name: str, transport: str = "tcp", protocol: str | None = None) -> Impl:
+    """The implementation called ``name``, joined to the ring of MLX_RANK/MLX_HOSTFILE."""
+    return RingcommImpl(transport, protocol) if name == "ringcomm" else MlxImpl()
+
+
+def connections_per_neighbour() -> int | None:
+    """K of the ring in MLX_HOSTFILE, for the report's header (None when unreadable)."""
+    try:
+        return len(read_hostfile(os.environ["MLX_HOSTFILE"])[0])
+    except Exception:
+        return None

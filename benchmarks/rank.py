@@ -1,0 +1,60 @@
+"""One rank of a benchmark: ``python -m benchmarks.rank CONFIG_JSON`` (what ``-n`` starts).
+
+Joins the ring of ``MLX_RANK``/``MLX_HOSTFILE`` once per implementation in the config, one
+after the other (ringcomm first: MLX's group cannot be closed, so its ports stay bound until
+the process ends), and on rank 0 appends every record to ``config.results`` as a JSON line as
+soon as it is measured, so that the parent has whatever finished even if a later size fails.
+Prints nothing on stdout: the parent owns the table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Sequence
+
+from transports.errors import ConfigError
+
+from . import impls
+from .measure import Record, sweep
+from .options import DTYPES, Config
+
+EXIT_CONFIG = 2
+
+
+def run(config: Config) -> list[Record]:
+    """Every implementation's sweep on this rank; rank 0's records (other ranks' are equal)."""
+    dtype = DTYPES[config.dtype]
+    records: list[Record] = []
+    for name in sorted(config.impls, key=("ringcomm", "mlx").index):
+        impl = impls.create(name, config.transport, config.protocol)
+        write = _writer(config.results) if impl.rank() == 0 else (lambda r: None)
+        try:
+            records += sweep(impl, config.ops, config.sizes, dtype, config.warmup,
+                             config.iters, config.check, on_record=write)
+        finally:
+            impl.close()
+    return records
+
+
+def _writer(path: str | None):
+    def write(record: Record) -> None:
+        if path is not None:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(dataclasses.asdict(record)) + "\n")
+    return write
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 1:
+        sys.exit("usage: python -m benchmarks.rank CONFIG_JSON (ringcomm-bench -n starts it)")
+    try:
+        run(Config.from_json(argv[0]))
+    except ConfigError as e:
+        print(f"ringcomm-bench: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""MLX's RDMA device file (``MLX_IBV_DEVICES``): which verbs device links rank i to rank j.
+
+The file is a JSON list with one row per rank; entry ``[i][j]`` is null (no link; always on
+the diagonal), a device name, or a list of names (several links, like K connections per
+neighbour).  A ring needs, for each rank, the same number of devices toward both neighbours;
+entries toward other ranks are ignored (MLX's mesh uses them).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .errors import ConfigError
+
+
+def read_device_file(path: str | os.PathLike) -> list[list[list[str]]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read the RDMA device file {os.fspath(path)!r} "
+                          f"(MLX_IBV_DEVICES): {e.strerror or e}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"the RDMA device file {os.fspath(path)!r} is not valid JSON: "
+                          f"{e}") from e
+    return parse_devices(data, source=os.fspath(path))
+
+
+def parse_devices(data: Any, source: str = "device file") -> list[list[list[str]]]:
+    """Normalise every entry to a list of names, checking the shape MLX requires."""
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{source}: expected a non-empty JSON list of rows, one per rank")
+    size = len(data)
+    rows = []
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != size:
+            raise ConfigError(f"{source}: row {i} must list {size} entries (one per rank); "
+                              f"got {row!r}")
+        entries = []
+        for j, entry in enumerate(row):
+            names = [] if entry is None else [entry] if isinstance(entry, str) else entry
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"{source}: entry [{i}][{j}] must be null, a device name or "
+                                  f"a list of names; got {entry!r}")
+            if i == j and names:
+                raise ConfigError(f"{source}: entry [{i}][{i}] links rank {i} to itself; it "
+                                  "must be null")
+            entries.append(names)
+        rows.append(entries)
+    return rows
+
+
+def ring_devices(devices: list[list[list[str]]], rank: int) -> tuple[list[str], list[str]]:
+    """The devices toward the left and the right neighbour of ``rank``, equally many."""
+    size = len(devices)
+    if size == 1:
+        return [], []
+    left, right = devices[rank][(rank - 1) % size], devices[rank][(rank + 1) % size]
+    counts = {len(devices[r][(r + d) % size]) for r in range(size) for d in (-1, 1)}
+    if 0 in counts:
+        r, d = next((r, d) for r in range(size) for d in (-1, 1)
+                    if not devices[r][(r + d) % size])
+        raise ConfigError(f"the RDMA device file has no device from rank {r} to its ring "
+                          f"neighbour {(r + d) % size} (entry [{r}][{(r + d) % size}] is null)")
+    if len(counts) != 1:
+        raise ConfigError("the RDMA device file lists different numbers of devices between "
+                          f"ring neighbours ({sorted(counts)}); every neighbour pair needs the "
+                          "same number (the connections per neighbour)")
+    return left, right

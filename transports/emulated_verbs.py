@@ -1,0 +1,678 @@
+"""EMULATED verbs: the subset of pyverbs that ``transports.rdma`` uses, in userspace, no RDMA.
+
+This module is an emulation, not RDMA.  It exists so the RDMA transport's protocol logic
+(set-up, queue-pair states, registered buffers, credits, completions, errors) runs and is
+tested on machines with no RDMA device and no kernel support for one.  It proves that logic,
+never hardware behaviour or speed.  Select it with ``RINGCOMM_VERBS=emulated`` (or
+``ringcomm.init(backend="rdma", verbs="emulated")``); ``transports.verbs`` hands the transport
+either this module or the real pyverbs, and the transport code is the same for both.
+
+What is emulated, with the same names, arguments and semantics as pyverbs:
+
+- ``get_device_list()``: devices ``emulated0`` ... ``emulated7`` (or the comma-separated
+  names in ``RINGCOMM_EMULATED_DEVICES``).  ``Context``, ``PD``, ``MR`` (page-aligned memory
+  at ``mr.buf`` with ``lkey``/``rkey``), ``CQ`` and ``WC``.
+- ``QP`` of type RC with the RESET -> INIT -> RTR -> RTS state machine; a QP moved to ERR
+  flushes every outstanding request with ``IBV_WC_WR_FLUSH_ERR``.
+- ``post_recv``; ``post_send`` with ``IBV_WR_SEND``, ``IBV_WR_SEND_WITH_IMM`` and
+  ``IBV_WR_RDMA_WRITE`` (checked against the target's memory regions and keys:
+  ``IBV_WC_REM_ACCESS_ERR``); a send longer than the receive it lands in fails with
+  ``IBV_WC_LOC_LEN_ERR`` on the receiver and ``IBV_WC_REM_INV_REQ_ERR`` on the sender.
+- Receiver not ready: a send that finds no posted receive is refused (an RNR NAK) and
+  retried ``rnr_retry`` times (7 = forever), then completes with ``IBV_WC_RNR_RETRY_EXC_ERR``.
+- In-order, reliable delivery per queue pair (go-back-N after an RNR NAK), cumulative ACKs;
+  a send completes once the peer acknowledged it.  A peer whose process is gone fails the
+  outstanding sends with ``IBV_WC_RETRY_EXC_ERR``; like real RC, a receive waiting for a dead
+  peer just never completes.
+
+How: every queue pair listens on a Unix socket named after its GID and QP number; moving to
+RTR connects the pair (the lower of the two connects, the other accepts).  Frames on that
+socket carry what the wire would.  There is no helper thread: progress (sending, receiving
+into registered memory, acknowledging) happens when the process posts or polls, which is
+when a verbs user can observe it anyway.  A queue pair whose owner stops polling leaves
+frames in the kernel socket buffer, as a busy NIC would.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import mmap
+import os
+import socket
+import struct
+import tempfile
+import time
+from types import SimpleNamespace
+
+EMULATED = True  # transports.verbs reports this, so nothing passes the emulation off as RDMA
+
+# -- enums (the values of <infiniband/verbs.h>, names as in pyverbs.enums) -----------------
+enums = SimpleNamespace(
+    IBV_QPT_RC=2,
+    IBV_QPS_RESET=0, IBV_QPS_INIT=1, IBV_QPS_RTR=2, IBV_QPS_RTS=3, IBV_QPS_SQD=4,
+    IBV_QPS_SQE=5, IBV_QPS_ERR=6,
+    IBV_WR_RDMA_WRITE=0, IBV_WR_RDMA_WRITE_WITH_IMM=1, IBV_WR_SEND=2, IBV_WR_SEND_WITH_IMM=3,
+    IBV_SEND_FENCE=1, IBV_SEND_SIGNALED=2, IBV_SEND_SOLICITED=4, IBV_SEND_INLINE=8,
+    IBV_ACCESS_LOCAL_WRITE=1, IBV_ACCESS_REMOTE_WRITE=2, IBV_ACCESS_REMOTE_READ=4,
+    IBV_WC_SUCCESS=0, IBV_WC_LOC_LEN_ERR=1, IBV_WC_LOC_QP_OP_ERR=2, IBV_WC_LOC_PROT_ERR=4,
+    IBV_WC_WR_FLUSH_ERR=5, IBV_WC_REM_INV_REQ_ERR=9, IBV_WC_REM_ACCESS_ERR=10,
+    IBV_WC_REM_OP_ERR=11, IBV_WC_RETRY_EXC_ERR=12, IBV_WC_RNR_RETRY_EXC_ERR=13,
+    IBV_WC_SEND=0, IBV_WC_RDMA_WRITE=1, IBV_WC_RECV=128, IBV_WC_RECV_RDMA_WITH_IMM=129,
+    IBV_WC_WITH_IMM=2,
+    IBV_MTU_256=1, IBV_MTU_512=2, IBV_MTU_1024=3, IBV_MTU_2048=4, IBV_MTU_4096=5,
+    IBV_PORT_DOWN=1, IBV_PORT_ACTIVE=4,
+)
+e = enums
+
+DEFAULT_DEVICES = tuple(f"emulated{i}" for i in range(8))
+_SOCKET_DIR = os.path.join(tempfile.gettempdir(), f"ringcomm-emulated-verbs-{os.getuid()}")
+_FRAME = struct.Struct("!BIIIQI")  # kind psn length imm remote_addr rkey
+_DATA_SEND, _DATA_SEND_IMM, _DATA_WRITE, _ACK, _RNR_NAK, _NAK, _HELLO = range(1, 8)
+_RNR_DELAY = 0.0005               # min_rnr_timer stand-in: wait before resending after RNR
+_READ_BUDGET = 8 << 20             # bytes one poll may take from one queue pair
+_PAGE = mmap.PAGESIZE
+
+
+class PyverbsError(Exception):
+    pass
+
+
+class PyverbsRDMAError(PyverbsError):
+    def __init__(self, msg: str, error_code: int = -1) -> None:
+        super().__init__(f"{msg}. Errno: {error_code}, {os.strerror(error_code)}"
+                         if error_code > 0 else msg)
+        self.error_code = error_code
+
+
+# -- devices, contexts, protection domains, memory ------------------------------------------
+
+class Device:
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+
+
+def get_device_list() -> list[Device]:
+    names = os.environ.get("RINGCOMM_EMULATED_DEVICES")
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else DEFAULT_DEVICES
+    return [Device(n) for n in chosen]
+
+
+class PortAttr(SimpleNamespace):
+    pass
+
+
+class GID:
+    """A 16-byte global identifier, printed as eight groups of four hex digits."""
+
+    def __init__(self, val: str | None = None) -> None:
+        self._raw = bytes(16) if val is None else bytes.fromhex(val.replace(":", ""))
+
+    @property
+    def gid(self) -> str:
+        h = self._raw.hex()
+        return ":".join(h[i:i + 4] for i in range(0, 32, 4))
+
+    @gid.setter
+    def gid(self, val: str) -> None:
+        self._raw = bytes.fromhex(val.replace(":", ""))
+
+    def __str__(self) -> str:
+        return self.gid
+
+
+class Context:
+    """An opened (emulated) device.  Its GID is unique to this process and device."""
+
+    def __init__(self, name: str | None = None, **_: object) -> None:
+        known = [d.name.decode() for d in get_device_list()]
+        if name not in known:
+            raise PyverbsRDMAError(f"Failed to open device {name}", errno.ENODEV)
+        self.name = name
+        self._gid = GID((b"\xfe\x80" + bytes(6) + struct.pack("!II", os.getpid(),
+                                                               known.index(name)))
+                        .hex())
+        self._closed = False
+
+    def query_port(self, port_num: int = 1) -> PortAttr:
+        return PortAttr(state=e.IBV_PORT_ACTIVE, lid=0, active_mtu=e.IBV_MTU_4096,
+                        max_mtu=e.IBV_MTU_4096, gid_tbl_len=1, port_num=port_num)
+
+    def query_gid(self, port_num: int, index: int) -> GID:
+        if port_num != 1 or index != 0:
+            raise PyverbsRDMAError(f"Failed to query gid {index} of port {port_num}",
+                                   errno.EINVAL)
+        return GID(self._gid.gid)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class PD:
+    def __init__(self, context: Context) -> None:
+        self.ctx = context
+        self.mrs: dict[int, MR] = {}  # by lkey
+
+    def close(self) -> None:
+        for mr in list(self.mrs.values()):
+            mr.close()
+
+
+_next_key = [0x1000]
+
+
+class MR:
+    """Registered memory: page-aligned, ``length`` bytes at address ``buf``."""
+
+    def __init__(self, pd: PD, length: int, access: int, **_: object) -> None:
+        self.pd, self.length, self.access = pd, length, access
+        self._map = mmap.mmap(-1, max(length, 1))  # anonymous, page-aligned, zeroed
+        self._array = (ctypes.c_char * max(length, 1)).from_buffer(self._map)
+        self.buf = ctypes.addressof(self._array)
+        _next_key[0] += 1
+        self.lkey = self.rkey = _next_key[0]
+        pd.mrs[self.lkey] = self
+
+    def write(self, data: bytes, length: int, offset: int = 0) -> None:
+        ctypes.memmove(self.buf + offset, data, length)
+
+    def read(self, length: int, offset: int = 0) -> bytes:
+        return ctypes.string_at(self.buf + offset, length)
+
+    def covers(self, addr: int, length: int) -> bool:
+        return self.buf <= addr and addr + length <= self.buf + self.length
+
+    def close(self) -> None:
+        if self.pd.mrs.pop(self.lkey, None) is not None:
+            del self._array
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive; the memory goes with it
+                pass
+
+
+def _view(addr: int, length: int) -> memoryview:
+    """Bytes of registered memory at ``addr``, without a copy."""
+    return memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
+
+
+# -- completions -----------------------------------------------------------------------------
+
+class WC:
+    def __init__(self, wr_id: int = 0, status: int = 0, opcode: int = 0, byte_len: int = 0,
+                 qp_num: int = 0, imm_data: int = 0, wc_flags: int = 0) -> None:
+        self.wr_id, self.status, self.opcode, self.byte_len = wr_id, status, opcode, byte_len
+        self.qp_num, self.imm_data, self.wc_flags, self.vendor_err = qp_num, imm_data, wc_flags, 0
+
+
+class CQ:
+    def __init__(self, context: Context, cqe: int, cq_context: object = None,
+                 channel: object = None, comp_vector: int = 0) -> None:
+        self.ctx, self.cqe = context, cqe
+        self._wcs: collections.deque[WC] = collections.deque()
+        self._qps: list[QP] = []
+
+    def _push(self, wc: WC) -> None:
+        if len(self._wcs) >= self.cqe:
+            raise PyverbsRDMAError("CQ overrun (emulated: more completions than cqe)",
+                                   errno.EOVERFLOW)
+        self._wcs.append(wc)
+
+    def poll(self, num_entries: int = 1) -> tuple[int, list[WC]]:
+        for qp in self._qps:
+            qp._progress()
+        out = [self._wcs.popleft() for _ in range(min(num_entries, len(self._wcs)))]
+        return len(out), out
+
+    def close(self) -> None:
+        self._qps.clear()
+
+
+# -- work requests ---------------------------------------------------------------------------
+
+class SGE:
+    def __init__(self, addr: int, length: int, lkey: int) -> None:
+        self.addr, self.length, self.lkey = addr, length, lkey
+
+
+class RecvWR:
+    def __init__(self, wr_id: int = 0, num_sge: int = 0, sg: list[SGE] | None = None,
+                 next_wr: object = None) -> None:
+        self.wr_id, self.num_sge, self.sg = wr_id, num_sge, sg or []
+
+
+class SendWR:
+    def __init__(self, wr_id: int = 0, opcode: int = e.IBV_WR_SEND, num_sge: int = 0,
+                 imm_data: int = 0, sg: list[SGE] | None = None,
+                 send_flags: int = e.IBV_SEND_SIGNALED, next_wr: object = None) -> None:
+        self.wr_id, self.num_sge, self.sg = wr_id, num_sge, sg or []
+        self.opcode, self.send_flags = opcode, send_flags
+        self.imm_data = imm_data
+        self._rkey = self._remote_addr = 0
+
+    def set_wr_rdma(self, rkey: int, addr: int) -> None:
+        self._rkey, self._remote_addr = rkey, addr
+
+
+# -- queue pairs -----------------------------------------------------------------------------
+
+class QPCap:
+    def __init__(self, max_send_wr: int = 1, max_recv_wr: int = 10, max_send_sge: int = 1,
+                 max_recv_sge: int = 1, max_inline_data: int = 0) -> None:
+        self.max_send_wr, self.max_recv_wr = max_send_wr, max_recv_wr
+        self.max_send_sge, self.max_recv_sge = max_send_sge, max_recv_sge
+        self.max_inline_data = max_inline_data
+
+
+class QPInitAttr:
+    def __init__(self, qp_type: int = e.IBV_QPT_RC, qp_context: object = None,
+                 scq: CQ | None = None, rcq: CQ | None = None, srq: object = None,
+                 cap: QPCap | None = None, sq_sig_all: int = 1) -> None:
+        self.qp_type, self.scq, self.rcq, self.srq = qp_type, scq, rcq, srq
+        self.cap, self.sq_sig_all = cap or QPCap(), sq_sig_all
+
+
+class GlobalRoute:
+    def __init__(self, dgid: GID | None = None, flow_label: int = 0, sgid_index: int = 0,
+                 hop_limit: int = 1, traffic_class: int = 0) -> None:
+        self.dgid, self.flow_label, self.sgid_index = dgid, flow_label, sgid_index
+        self.hop_limit, self.traffic_class = hop_limit, traffic_class
+
+
+class AHAttr:
+    def __init__(self, port_num: int = 1, is_global: int = 0, dlid: int = 0, sl: int = 0,
+                 src_path_bits: int = 0, static_rate: int = 0, gr: GlobalRoute | None = None,
+                 **_: object) -> None:
+        self.port_num, self.is_global, self.dlid, self.sl = port_num, is_global, dlid, sl
+        self.src_path_bits, self.static_rate, self.gr = src_path_bits, static_rate, gr
+
+
+class QPAttr:
+    def __init__(self, qp_state: int = e.IBV_QPS_INIT, cur_qp_state: int = e.IBV_QPS_RESET,
+                 port_num: int = 1, **fields: object) -> None:
+        self.qp_state, self.cur_qp_state, self.port_num = qp_state, cur_qp_state, port_num
+        self.path_mtu, self.dest_qp_num, self.rq_psn, self.sq_psn = e.IBV_MTU_1024, 0, 0, 0
+        self.qp_access_flags, self.pkey_index = 0, 0
+        self.max_rd_atomic = self.max_dest_rd_atomic = 0
+        self.min_rnr_timer, self.timeout, self.retry_cnt, self.rnr_retry = 0, 14, 7, 7
+        self.ah_attr: AHAttr | None = None
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+_used_qpns: set[int] = set()
+
+
+class QP:
+    """An emulated reliable-connected queue pair."""
+
+    def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None) -> None:
+        if init_attr.qp_type != e.IBV_QPT_RC:
+            raise PyverbsRDMAError("Failed to create QP (emulation supports RC only)",
+                                   errno.EOPNOTSUPP)
+        self.pd, self.cap = pd, init_attr.cap
+        self.scq, self.rcq = init_attr.scq, init_attr.rcq
+        self.sq_sig_all = init_attr.sq_sig_all
+        for cq in {id(self.scq): self.scq, id(self.rcq): self.rcq}.values():
+            cq._qps.append(self)
+        qpn = int.from_bytes(os.urandom(3), "big") | 1
+        while qpn in _used_qpns:
+            qpn = int.from_bytes(os.urandom(3), "big") | 1
+        _used_qpns.add(qpn)
+        self.qp_num, self.qp_state = qpn, e.IBV_QPS_RESET
+        self._gid = pd.ctx._gid.gid
+        self._path = _socket_path(self._gid, qpn)
+        os.makedirs(_SOCKET_DIR, mode=0o700, exist_ok=True)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.setblocking(False)
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        self._listener.bind(self._path)
+        self._listener.listen(1)
+        self._sock: socket.socket | None = None
+        self._peer: tuple[str, int] | None = None
+        self._peer_gone = False
+        self._rnr_retry = 7
+        # requester side
+        self._sq: collections.deque[list] = collections.deque()  # [psn, wr, sent, rnr_count]
+        self._next_psn = 0
+        self._resend_at: float | None = None
+        self._out: collections.deque[memoryview] = collections.deque()
+        # responder side
+        self._rq: collections.deque[RecvWR] = collections.deque()
+        self._expected_psn = 0
+        self._head = bytearray()
+        self._in: tuple | None = None  # (frame fields, target view or None, position)
+        self._closed = False
+
+    # -- state machine ------------------------------------------------------------------
+
+    def to_init(self, attr: QPAttr) -> None:
+        self._move(attr, e.IBV_QPS_INIT)
+
+    def to_rtr(self, attr: QPAttr) -> None:
+        self._move(attr, e.IBV_QPS_RTR)
+
+    def to_rts(self, attr: QPAttr) -> None:
+        self._move(attr, e.IBV_QPS_RTS)
+
+    def modify(self, attr: QPAttr, comp_mask: int = 0) -> None:
+        self._move(attr, attr.qp_state)
+
+    def _move(self, attr: QPAttr, state: int) -> None:
+        allowed = {e.IBV_QPS_INIT: (e.IBV_QPS_RESET, e.IBV_QPS_INIT),
+                   e.IBV_QPS_RTR: (e.IBV_QPS_INIT,), e.IBV_QPS_RTS: (e.IBV_QPS_RTR,
+                                                                     e.IBV_QPS_RTS),
+                   e.IBV_QPS_RESET: tuple(range(7)), e.IBV_QPS_ERR: tuple(range(7))}
+        if self.qp_state not in allowed.get(state, ()):
+            raise PyverbsRDMAError(f"Failed to modify QP state from {self.qp_state} to "
+                                   f"{state}", errno.EINVAL)
+        if state == e.IBV_QPS_RTR:
+            ah = attr.ah_attr
+            if ah is None or ah.gr is None or ah.gr.dgid is None:
+                raise PyverbsRDMAError("Failed to modify QP to RTR: no destination GID "
+                                       "(the emulation routes by GID)", errno.EINVAL)
+            self._peer = (ah.gr.dgid.gid, attr.dest_qp_num)
+            self._expected_psn = attr.rq_psn
+            if (self._gid, self.qp_num) < self._peer:
+                self._connect()
+        elif state == e.IBV_QPS_RTS:
+            self._next_psn = attr.sq_psn
+            self._rnr_retry = attr.rnr_retry
+        elif state == e.IBV_QPS_ERR:
+            self.qp_state = state
+            self._flush()
+        elif state == e.IBV_QPS_RESET:
+            self._flush()
+            self._sq.clear()
+            self._rq.clear()
+        self.qp_state = state
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(_socket_path(*self._peer))
+        except OSError as err:
+            sock.close()
+            raise PyverbsRDMAError(f"Failed to modify QP to RTR: no queue pair "
+                                   f"{self._peer[1]} at GID {self._peer[0]} (emulated: its "
+                                   f"owner is not running?)", err.errno or errno.EHOSTUNREACH)
+        self._adopt(sock)
+        self._out.append(memoryview(_FRAME.pack(_HELLO, self.qp_num, self._peer[1], 0, 0, 0)
+                                    + bytes.fromhex(self._gid.replace(":", ""))))
+
+    def _adopt(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._listener.close()
+        self._remove_path()
+
+    # -- posting --------------------------------------------------------------------------
+
+    def post_recv(self, wr: RecvWR, bad_wr: object = None) -> None:
+        if self.qp_state == e.IBV_QPS_RESET:
+            raise PyverbsRDMAError("Failed to post recv (QP in RESET)", errno.EINVAL)
+        if len(self._rq) >= self.cap.max_recv_wr:
+            raise PyverbsRDMAError("Failed to post recv (receive queue full)", errno.ENOMEM)
+        if self.qp_state == e.IBV_QPS_ERR:
+            self.rcq._push(WC(wr.wr_id, e.IBV_WC_WR_FLUSH_ERR, e.IBV_WC_RECV, 0, self.qp_num))
+            return
+        self._rq.append(wr)
+
+    def post_send(self, wr: SendWR, bad_wr: object = None) -> None:
+        if self.qp_state not in (e.IBV_QPS_RTS, e.IBV_QPS_ERR):
+            raise PyverbsRDMAError("Failed to post send (QP not in RTS)", errno.EINVAL)
+        if len(self._sq) >= self.cap.max_send_wr:
+            raise PyverbsRDMAError("Failed to post send (send queue full)", errno.ENOMEM)
+        if self.qp_state == e.IBV_QPS_ERR:
+            self._complete(wr, e.IBV_WC_WR_FLUSH_ERR)
+            return
+        if wr.opcode not in (e.IBV_WR_SEND, e.IBV_WR_SEND_WITH_IMM, e.IBV_WR_RDMA_WRITE):
+            raise PyverbsRDMAError("Failed to post send (opcode not emulated)", errno.EINVAL)
+        if not all(self._local_ok(s) for s in wr.sg):
+            self._complete(wr, e.IBV_WC_LOC_PROT_ERR)
+            self._error()
+            return
+        entry = [self._next_psn, wr, 0]
+        self._next_psn = (self._next_psn + 1) & 0xFFFFFF
+        self._sq.append(entry)
+        if self._peer_gone:
+            self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
+            return
+        self._transmit(entry)
+        self._flush_out()
+
+    def _local_ok(self, sge: SGE) -> bool:
+        mr = self.pd.mrs.get(sge.lkey)
+        return mr is not None and mr.covers(sge.addr, sge.length)
+
+    def _transmit(self, entry: list) -> None:
+        psn, wr, _ = entry
+        kind = {e.IBV_WR_SEND: _DATA_SEND, e.IBV_WR_SEND_WITH_IMM: _DATA_SEND_IMM,
+                e.IBV_WR_RDMA_WRITE: _DATA_WRITE}[wr.opcode]
+        length = sum(s.length for s in wr.sg)
+        self._out.append(memoryview(_FRAME.pack(kind, psn, length, wr.imm_data,
+                                                wr._remote_addr, wr._rkey)))
+        self._out.extend(_view(s.addr, s.length) for s in wr.sg if s.length)
+        entry[2] += 1
+
+    def _complete(self, wr: SendWR, status: int) -> None:
+        if status != e.IBV_WC_SUCCESS or self.sq_sig_all or \
+                wr.send_flags & e.IBV_SEND_SIGNALED:
+            opcode = e.IBV_WC_RDMA_WRITE if wr.opcode == e.IBV_WR_RDMA_WRITE else e.IBV_WC_SEND
+            length = sum(s.length for s in wr.sg)
+            self.scq._push(WC(wr.wr_id, status, opcode, length, self.qp_num))
+
+    # -- progress -------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        if self._closed:
+            return
+        if self._sock is None and self._peer is not None:
+            self._accept()
+        if self._sock is None:
+            return
+        if self._resend_at is not None and time.monotonic() >= self._resend_at:
+            self._resend_at = None
+            for entry in self._sq:
+                self._transmit(entry)
+        self._flush_out()
+        self._read()
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, OSError):
+            return
+        self._adopt(sock)
+
+    def _flush_out(self) -> None:
+        while self._out and self._sock is not None:
+            view = self._out[0]
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._lose_peer()
+                return
+            if sent == len(view):
+                self._out.popleft()
+            else:
+                self._out[0] = view[sent:]
+
+    def _read(self) -> None:
+        budget = _READ_BUDGET
+        while self._sock is not None and budget > 0:
+            try:
+                if self._in is None:
+                    data = self._sock.recv(_FRAME.size + 16 - len(self._head)
+                                           if self._head[:1] == bytes([_HELLO])
+                                           else _FRAME.size - len(self._head))
+                    if not data:
+                        self._lose_peer()
+                        return
+                    self._head += data
+                    if self._head[:1] == bytes([_HELLO]):
+                        if len(self._head) == _FRAME.size + 16:
+                            self._head.clear()  # the connector's greeting: nothing to do
+                        continue
+                    if len(self._head) == _FRAME.size:
+                        self._on_frame(_FRAME.unpack(self._head))
+                        self._head.clear()
+                    continue
+                fields, target, pos = self._in
+                length = fields[2]
+                if target is None:  # discarding a refused frame
+                    data = self._sock.recv(min(length - pos, 1 << 16))
+                    got = len(data)
+                else:
+                    got = self._sock.recv_into(target[pos:])
+                if not got:
+                    self._lose_peer()
+                    return
+                budget -= got
+                pos += got
+                self._in = (fields, target, pos)
+                if pos == length:
+                    self._in = None
+                    self._land(fields)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._lose_peer()
+                return
+
+    def _on_frame(self, fields: tuple) -> None:
+        kind, psn, length = fields[0], fields[1], fields[2]
+        if kind == _ACK:
+            while self._sq and _psn_le(self._sq[0][0], psn):
+                self._complete(self._sq.popleft()[1], e.IBV_WC_SUCCESS)
+            return
+        if kind == _RNR_NAK:
+            self._on_rnr(psn)
+            return
+        if kind == _NAK:
+            status = fields[3]
+            if self._sq and self._sq[0][0] == psn:
+                self._complete(self._sq.popleft()[1], status)
+            self._error()
+            return
+        # a request: check order, then where its bytes go
+        target = None
+        if psn != self._expected_psn or self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
+            pass  # a frame after a refused one (go-back-N), or this QP is in error: drop
+        elif kind == _DATA_WRITE:
+            mr = next((m for m in self.pd.mrs.values() if m.rkey == fields[5]), None)
+            if mr is None or not mr.covers(fields[4], length) or \
+                    not mr.access & e.IBV_ACCESS_REMOTE_WRITE:
+                self._send_control(_NAK, psn, e.IBV_WC_REM_ACCESS_ERR)
+                fields = (-1, *fields[1:])
+            else:
+                target = _view(fields[4], length) if length else None
+        elif not self._rq:
+            self._send_control(_RNR_NAK, psn)
+            fields = (-1, *fields[1:])
+        else:
+            wr = self._rq[0]
+            room = sum(s.length for s in wr.sg)
+            if length > room:
+                self._rq.popleft()
+                self.rcq._push(WC(wr.wr_id, e.IBV_WC_LOC_LEN_ERR, e.IBV_WC_RECV, 0,
+                                  self.qp_num))
+                self._send_control(_NAK, psn, e.IBV_WC_REM_INV_REQ_ERR)
+                self._error()
+                fields = (-1, *fields[1:])
+            elif length:
+                target = _view(wr.sg[0].addr, length)  # one SGE per receive (max_recv_sge=1)
+        if psn != self._expected_psn:
+            fields = (-1, *fields[1:])
+        self._in = (fields, target, 0)
+        if length == 0:
+            self._in = None
+            self._land(fields)
+
+    def _land(self, fields: tuple) -> None:
+        """A request's bytes are all in place: complete it and acknowledge."""
+        kind, psn = fields[0], fields[1]
+        if kind == -1:
+            return
+        self._expected_psn = (psn + 1) & 0xFFFFFF
+        if kind in (_DATA_SEND, _DATA_SEND_IMM):
+            wr = self._rq.popleft()
+            imm = kind == _DATA_SEND_IMM
+            self.rcq._push(WC(wr.wr_id, e.IBV_WC_SUCCESS, e.IBV_WC_RECV, fields[2],
+                              self.qp_num, fields[3] if imm else 0,
+                              e.IBV_WC_WITH_IMM if imm else 0))
+        self._send_control(_ACK, psn)
+
+    def _on_rnr(self, psn: int) -> None:
+        if not self._sq or self._sq[0][0] != psn:
+            return
+        entry = self._sq[0]
+        if self._rnr_retry != 7 and entry[2] > self._rnr_retry:
+            self._complete(self._sq.popleft()[1], e.IBV_WC_RNR_RETRY_EXC_ERR)
+            self._error()
+            return
+        self._resend_at = time.monotonic() + _RNR_DELAY
+
+    def _send_control(self, kind: int, psn: int, status: int = 0) -> None:
+        self._out.append(memoryview(_FRAME.pack(kind, psn, 0, status, 0, 0)))
+        self._flush_out()
+
+    # -- failure --------------------------------------------------------------------------
+
+    def _lose_peer(self) -> None:
+        """The peer's process is gone: what it never acknowledged fails after 'retries'."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._peer_gone = True
+        self._out.clear()
+        self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
+
+    def _fail_sends(self, status: int) -> None:
+        if self._sq:
+            self._complete(self._sq.popleft()[1], status)
+            self._error()
+
+    def _error(self) -> None:
+        self.qp_state = e.IBV_QPS_ERR
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._sq:
+            self._complete(self._sq.popleft()[1], e.IBV_WC_WR_FLUSH_ERR)
+        while self._rq:
+            wr = self._rq.popleft()
+            self.rcq._push(WC(wr.wr_id, e.IBV_WC_WR_FLUSH_ERR, e.IBV_WC_RECV, 0, self.qp_num))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _used_qpns.discard(self.qp_num)
+        for cq in (self.scq, self.rcq):
+            if self in cq._qps:
+                cq._qps.remove(self)
+        if self._sock is not None:
+            self._sock.close()
+        self._listener.close()
+        self._remove_path()
+
+    def _remove_path(self) -> None:
+        try:
+            os.unlink(self._path)
+        except OSError:
+            pass
+
+
+def _socket_path(gid: str, qpn: int) -> str:
+    return os.path.join(_SOCKET_DIR, f"{gid.replace(':', '')[16:]}-{qpn:06x}")
+
+
+def _psn_le(a: int, b: int) -> bool:
+    """a <= b in 24-bit sequence-number arithmetic."""
+    return ((b - a) & 0xFFFFFF) < 0x800000

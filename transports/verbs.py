@@ -1,0 +1,58 @@
+"""Choose the verbs provider the RDMA transport runs on: real pyverbs, or the emulation.
+
+Both are returned as one namespace with the same names (``Context``, ``PD``, ``MR``, ``CQ``,
+``QP``, ``QPCap``, ``QPInitAttr``, ``QPAttr``, ``AHAttr``, ``GlobalRoute``, ``GID``, ``SGE``,
+``SendWR``, ``RecvWR``, ``get_device_list``, ``enums``, ``PyverbsError``, ``EMULATED``), so
+``transports.rdma`` never knows which one it drives.  ``RINGCOMM_VERBS`` picks: ``pyverbs``
+(the default) or ``emulated`` (``transports.emulated_verbs``: no RDMA, for tests).
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType, SimpleNamespace
+
+from .errors import ConfigError
+
+PROVIDERS = ("pyverbs", "emulated")
+
+
+def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
+    provider = provider or os.environ.get("RINGCOMM_VERBS") or "pyverbs"
+    if provider == "emulated":
+        from . import emulated_verbs
+        return emulated_verbs
+    if provider != "pyverbs":
+        raise ConfigError(f"unknown verbs provider {provider!r} (from RINGCOMM_VERBS or "
+                          f"verbs=); choose one of: {', '.join(PROVIDERS)}")
+    try:
+        from pyverbs import addr, cq, device, mr, pd, qp, wr
+        from pyverbs.pyverbs_error import PyverbsError, PyverbsRDMAError
+    except ImportError as e:
+        raise ConfigError(
+            f"the RDMA transport needs pyverbs, which is not importable here ({e}). "
+            "On Linux: install rdma-core's build dependencies and `pip install "
+            "'ringcomm[rdma]'` (see README, RDMA). pyverbs does not exist on macOS. To run "
+            "the RDMA protocol without RDMA hardware, set RINGCOMM_VERBS=emulated "
+            "(an emulation: it proves the protocol logic, not RDMA).") from None
+    try:  # rdma-core before v58 names the module of constants pyverbs.enums
+        import pyverbs.enums as enums
+    except ImportError:
+        import pyverbs.libibverbs_enums as enums
+    return SimpleNamespace(
+        EMULATED=False, enums=enums, get_device_list=device.get_device_list,
+        Context=device.Context, PD=pd.PD, MR=mr.MR, CQ=cq.CQ, QP=qp.QP, QPCap=qp.QPCap,
+        QPInitAttr=qp.QPInitAttr, QPAttr=qp.QPAttr, AHAttr=addr.AHAttr,
+        GlobalRoute=addr.GlobalRoute, GID=addr.GID, SGE=wr.SGE, SendWR=wr.SendWR,
+        RecvWR=wr.RecvWR, PyverbsError=PyverbsError, PyverbsRDMAError=PyverbsRDMAError)
+
+
+def device_names(api: SimpleNamespace | ModuleType) -> list[str]:
+    """The names of the devices the provider lists (pyverbs gives bytes).
+
+    pyverbs raises instead of returning an empty list when the kernel has no RDMA support.
+    """
+    try:
+        found = api.get_device_list()
+    except api.PyverbsError:
+        return []
+    return [d.name.decode() if isinstance(d.name, bytes) else str(d.name) for d in found]
