@@ -70,6 +70,17 @@ def test_data_parallel_sgd_equals_single_process_training(clusters, size):
         assert diff < 1e-5
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_layers_run_unchanged_over_rdma_emulated(clusters, size):
+    """The same layer code over the RDMA transport on the verbs emulation (no RDMA here)."""
+    cluster = clusters.get(size, 1, ("rdma-emulated",) * size)
+    assert all(diff < 1e-5 for diff in cluster.run(layer_work.data_parallel_sgd))
+    for rank, res in enumerate(cluster.run(layer_work.forward_and_grads, "all-to-sharded", 3,
+                                           True, True, 0)):
+        assert res["type"].startswith("Quantized") and res["out"] < 1e-4 and res["dx"] < 1e-3, \
+            (rank, res)
+
+
 def launch_example(path, ranks: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ringcomm.launch", "-n", str(ranks), str(path)],
                           capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)

@@ -27,10 +27,11 @@ What is emulated, with the same names, arguments and semantics as pyverbs:
 
 How: every queue pair listens on a Unix socket named after its GID and QP number; moving to
 RTR connects the pair (the lower of the two connects, the other accepts).  Frames on that
-socket carry what the wire would.  There is no helper thread: progress (sending, receiving
-into registered memory, acknowledging) happens when the process posts or polls, which is
-when a verbs user can observe it anyway.  A queue pair whose owner stops polling leaves
-frames in the kernel socket buffer, as a busy NIC would.
+socket carry what the wire would.  There is no helper thread: receiving into registered
+memory and acknowledging happen when the process posts or polls, which is when a verbs user
+can observe them anyway; ``post_send`` returns once its frames are in the kernel's socket
+buffer (progressing every queue pair of the process while the peer catches up), so a rank
+that stops calling verbs still delivers what it posted, as a NIC would.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import ctypes
 import errno
 import mmap
 import os
+import select
 import socket
 import struct
 import tempfile
@@ -71,6 +73,7 @@ _FRAME = struct.Struct("!BIIIQI")  # kind psn length imm remote_addr rkey
 _DATA_SEND, _DATA_SEND_IMM, _DATA_WRITE, _ACK, _RNR_NAK, _NAK, _HELLO = range(1, 8)
 _RNR_DELAY = 0.0005               # min_rnr_timer stand-in: wait before resending after RNR
 _READ_BUDGET = 8 << 20             # bytes one poll may take from one queue pair
+_STALL_SECONDS = 30.0             # a peer that reads nothing this long counts as gone
 _PAGE = mmap.PAGESIZE
 
 
@@ -301,6 +304,7 @@ class QPAttr:
 
 
 _used_qpns: set[int] = set()
+_open_qps: list["QP"] = []  # this process's queue pairs, all progressed while one waits
 
 
 class QP:
@@ -319,6 +323,7 @@ class QP:
         while qpn in _used_qpns:
             qpn = int.from_bytes(os.urandom(3), "big") | 1
         _used_qpns.add(qpn)
+        _open_qps.append(self)
         self.qp_num, self.qp_state = qpn, e.IBV_QPS_RESET
         self._gid = pd.ctx._gid.gid
         self._path = _socket_path(self._gid, qpn)
@@ -442,7 +447,7 @@ class QP:
             self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
             return
         self._transmit(entry)
-        self._flush_out()
+        self._hand_over()
 
     def _local_ok(self, sge: SGE) -> bool:
         mr = self.pd.mrs.get(sge.lkey)
@@ -480,6 +485,7 @@ class QP:
                 self._transmit(entry)
         self._flush_out()
         self._read()
+        self._hand_over()
 
     def _accept(self) -> None:
         try:
@@ -502,6 +508,28 @@ class QP:
                 self._out.popleft()
             else:
                 self._out[0] = view[sent:]
+
+    def _hand_over(self) -> None:
+        """Return only once every queued frame is in the kernel's socket buffer.
+
+        A NIC keeps sending while its owner computes or sleeps; this emulation has no thread,
+        so a frame left queued here would wait for the owner's next verbs call, which may
+        never come (a rank that finished its part of a collective).  While the peer has not
+        read enough, every queue pair of this process is progressed, so ranks that all wait
+        on their right neighbours cannot block one another.
+        """
+        self._flush_out()
+        deadline = time.monotonic() + _STALL_SECONDS
+        while self._out and self._sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._lose_peer()  # as a NIC whose retries ran out
+                return
+            readers = [qp._sock for qp in _open_qps if qp._sock is not None]
+            select.select(readers, [self._sock], [], min(left, 0.1))
+            for qp in list(_open_qps):
+                qp._read()
+                qp._flush_out()
 
     def _read(self) -> None:
         budget = _READ_BUDGET
@@ -654,6 +682,8 @@ class QP:
             return
         self._closed = True
         _used_qpns.discard(self.qp_num)
+        if self in _open_qps:
+            _open_qps.remove(self)
         for cq in (self.scq, self.rcq):
             if self in cq._qps:
                 cq._qps.remove(self)

@@ -26,7 +26,7 @@ import ctypes
 import json
 import os
 import time
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Sequence
 
 from . import verbs

@@ -17,10 +17,11 @@ import struct
 import time
 
 from . import notices
-from .errors import CommError, CommTimeoutError, ConfigError, PeerLostError
+from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import (HELLO, MAC_SIZE, OK, REJECT, Hello, mac, mismatch, new_hello,
                         parse_hello, reject, verify)
 from .hostfile import Address
+from .sockets import read_reason, recv_exactly, resolve
 
 GATHER, TABLE, ABORT, BYE = 1, 2, 3, 4
 FRAME = struct.Struct("!BI")
@@ -52,7 +53,7 @@ class SideChannel:
     # -- set-up ----------------------------------------------------------------------------
 
     def _accept_all(self, deadline: float) -> None:
-        family, _, _, _, sockaddr = _resolve(self.coordinator, self.rank)
+        family, _, _, _, sockaddr = resolve(self.coordinator, self.rank, what="the coordinator host")
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +88,7 @@ class SideChannel:
         """The coordinator's half of the handshake: the connecting rank, or None to drop it."""
         sock.settimeout(max(min(deadline - time.monotonic(), HANDSHAKE_SECONDS), 1e-3))
         try:
-            theirs = parse_hello(_recv_exactly(sock, HELLO.size))
+            theirs = parse_hello(recv_exactly(sock, HELLO.size))
             want = Hello(self._job, theirs.rank, self.size, 0, self._token is not None, b"")
             why = mismatch(theirs, want)
             if why is None and not 0 < theirs.rank < self.size:
@@ -100,7 +101,7 @@ class SideChannel:
             mine = new_hello(self._job, 0, self.size, 0, self._token)
             sock.sendall(mine.pack() + mac(self._token, b"acceptor", theirs, mine))
             if not verify(self._token, b"connector", theirs, mine,
-                          _recv_exactly(sock, MAC_SIZE)):
+                          recv_exactly(sock, MAC_SIZE)):
                 sock.sendall(reject("coordinator refused: wrong RINGCOMM_TOKEN"))
                 return None
             sock.sendall(OK)
@@ -110,7 +111,7 @@ class SideChannel:
         return theirs.rank
 
     def _connect(self, deadline: float) -> socket.socket:
-        family, socktype, proto, _, sockaddr = _resolve(self.coordinator, self.rank)
+        family, socktype, proto, _, sockaddr = resolve(self.coordinator, self.rank, what="the coordinator host")
         wait, error = FIRST_RETRY_WAIT, None
         while time.monotonic() < deadline:
             sock = socket.socket(family, socktype, proto)
@@ -142,20 +143,20 @@ class SideChannel:
         mine = new_hello(self._job, self.rank, self.size, 0, self._token)
         try:
             sock.sendall(mine.pack())
-            head = _recv_exactly(sock, 4)
+            head = recv_exactly(sock, 4)
             if head == REJECT:
-                raise refused(_read_text(sock))
-            theirs = parse_hello(head + _recv_exactly(sock, HELLO.size - 4))
+                raise refused(read_reason(sock))
+            theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
             why = mismatch(theirs, Hello(self._job, 0, self.size, 0, self._token is not None,
                                          b""))
             if why is not None:
                 raise refused(why)
             if not verify(self._token, b"acceptor", mine, theirs,
-                          _recv_exactly(sock, MAC_SIZE)):
+                          recv_exactly(sock, MAC_SIZE)):
                 raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
             sock.sendall(mac(self._token, b"connector", mine, theirs))
-            if _recv_exactly(sock, 1) != OK:
-                raise refused(_read_text(sock))
+            if recv_exactly(sock, 1) != OK:
+                raise refused(read_reason(sock))
         except socket.timeout:
             raise CommTimeoutError("handshake with the coordinator timed out", rank=self.rank,
                                    peer=0, address=str(self.coordinator), op="init") from None
@@ -190,8 +191,8 @@ class SideChannel:
         sock = self._peers[peer]
         sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
-            got, length = FRAME.unpack(_recv_exactly(sock, FRAME.size))
-            payload = _recv_exactly(sock, length)
+            got, length = FRAME.unpack(recv_exactly(sock, FRAME.size))
+            payload = recv_exactly(sock, length)
         except ConnectionError as e:
             raise PeerLostError(f"rank {peer} left during set-up ({e})", rank=self.rank,
                                 peer=peer, op="init") from None
@@ -216,8 +217,8 @@ class SideChannel:
         sock = self._peers[peer]
         sock.settimeout(1.0)
         try:
-            kind, length = FRAME.unpack(_recv_exactly(sock, FRAME.size))
-            payload = _recv_exactly(sock, length)
+            kind, length = FRAME.unpack(recv_exactly(sock, FRAME.size))
+            payload = recv_exactly(sock, length)
         except (OSError, struct.error):
             kind, payload = None, b""
         if kind == BYE:
@@ -274,32 +275,6 @@ class SideChannel:
             sock.close()
         self._peers.clear()
         self._sel.close()
-
-
-def _resolve(addr: Address, rank: int) -> tuple:
-    try:
-        return socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as e:
-        raise ConfigError(f"rank {rank}: cannot resolve the coordinator host {addr.host!r}: "
-                          f"{e.strerror}") from e
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            raise ConnectionError("the peer closed the connection")
-        buf += data
-    return bytes(buf)
-
-
-def _read_text(sock: socket.socket) -> str:
-    try:
-        (length,) = struct.unpack("!H", _recv_exactly(sock, 2))
-        return _recv_exactly(sock, length).decode(errors="replace")
-    except (OSError, struct.error):
-        return "rejected"
 
 
 def _unpack_table(table: bytes) -> list[bytes]:

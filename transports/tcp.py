@@ -19,11 +19,13 @@ import struct
 import time
 from typing import Sequence
 
+from . import notices
 from .base import Channel, Kind, Side, Transport
-from .errors import CommError, CommTimeoutError, ConfigError, MismatchError, PeerLostError
+from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, REJECT, Hello, job_digest, mac, mismatch,
                         new_hello, parse_hello, reject, verify)
 from .hostfile import Address
+from .sockets import read_reason, recv_exactly, resolve
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
 FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
@@ -31,10 +33,6 @@ MAX_RETRY_WAIT = 1.0      # ... up to this, until the deadline
 HANDSHAKE_SECONDS = 5.0   # a peer that began a handshake must finish it within this
 MAX_PENDING = 64          # unverified connections held at once by an acceptor
 NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
-ABORT = struct.Struct("!4sBIIH")  # "RCAB" kind origin failed length, then the message
-ABORT_MAGIC = b"RCAB"
-NO_RANK = 0xFFFFFFFF
-ABORT_KINDS = {0: PeerLostError, 1: CommTimeoutError, 2: MismatchError, 3: PeerLostError}
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
@@ -87,9 +85,9 @@ class TcpTransport(Transport):
         deadline = time.monotonic() + timeout
         own, right_addrs = hostfile[rank], hostfile[(rank + 1) % self.size]
         for addr in own:  # every name resolves, or ConfigError, before any socket opens
-            _resolve(addr, rank, passive=True)
+            resolve(addr, rank, passive=True)
         for addr in right_addrs:
-            _resolve(addr, rank, passive=False)
+            resolve(addr, rank, passive=False)
         steps = (lambda: self._accept_all(own, deadline),
                  lambda: self._connect_all(right_addrs, deadline))
         try:
@@ -130,7 +128,7 @@ class TcpTransport(Transport):
                 listener.close()
 
     def _listen(self, addr: Address) -> socket.socket:
-        family, _, _, _, sockaddr = _resolve(addr, self.rank, passive=True)
+        family, _, _, _, sockaddr = resolve(addr, self.rank, passive=True)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # SO_REUSEADDR lets a restarted job rebind at once; no SO_REUSEPORT, so two jobs
@@ -265,7 +263,7 @@ class TcpTransport(Transport):
                 return None
             mine = new_hello(self._job, self.rank, self.size, index, self._token)
             sock.sendall(mine.pack() + mac(self._token, b"acceptor", hello, mine))
-            their_mac = _recv_exactly(sock, MAC_SIZE)
+            their_mac = recv_exactly(sock, MAC_SIZE)
             if not verify(self._token, b"connector", hello, mine, their_mac):
                 sock.sendall(reject(f"rank {self.rank} refused: wrong RINGCOMM_TOKEN"))
                 return None
@@ -293,7 +291,7 @@ class TcpTransport(Transport):
 
     def _connect_one(self, addr: Address, right: int, index: int,
                      deadline: float) -> socket.socket:
-        family, socktype, proto, _, sockaddr = _resolve(addr, self.rank, passive=False)
+        family, socktype, proto, _, sockaddr = resolve(addr, self.rank, passive=False)
         error: OSError | None = None
         attempts = 0
         for wait in self._retry_waits():
@@ -336,20 +334,20 @@ class TcpTransport(Transport):
         sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             sock.sendall(mine.pack())
-            head = _recv_exactly(sock, 4)
+            head = recv_exactly(sock, 4)
             if head == REJECT:
-                raise refused(_read_reject(sock))
-            theirs = parse_hello(head + _recv_exactly(sock, HELLO.size - 4))
+                raise refused(read_reason(sock))
+            theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
             why = mismatch(theirs, Hello(self._job, right, self.size, index,
                                          self._token is not None, b""))
             if why is not None:
                 raise refused(why)
-            if not verify(self._token, b"acceptor", mine, theirs, _recv_exactly(sock, MAC_SIZE)):
+            if not verify(self._token, b"acceptor", mine, theirs, recv_exactly(sock, MAC_SIZE)):
                 raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
             sock.sendall(mac(self._token, b"connector", mine, theirs))
-            answer = _recv_exactly(sock, 1)
+            answer = recv_exactly(sock, 1)
             if answer != OK:
-                raise refused(_read_reject(sock) if answer == REJECT[:1] else "bad answer")
+                raise refused(read_reason(sock) if answer == REJECT[:1] else "bad answer")
         except socket.timeout:
             raise CommTimeoutError(f"handshake with {addr} timed out", rank=self.rank,
                                    peer=right, address=str(addr), op="init") from None
@@ -501,15 +499,7 @@ class TcpTransport(Transport):
         if self._closed:
             return
         if self.secure:
-            kind = next((k for k, cls in ABORT_KINDS.items() if type(error) is cls), 3)
-            if isinstance(error, CommError) and error.origin is not None:
-                origin, failed = error.origin, error.failed
-            else:
-                origin = self.rank
-                failed = error.peer if isinstance(error, PeerLostError) and error.peer is not None \
-                    else NO_RANK
-            text = (str(error) or type(error).__name__).encode()[:60000]
-            notice = ABORT.pack(ABORT_MAGIC, kind, origin, failed, len(text)) + text
+            notice = notices.encode(error, self.rank)
             for c in self._control.values():
                 try:
                     c.sock.send(notice)
@@ -526,23 +516,15 @@ class TcpTransport(Transport):
         """
         c.sock.settimeout(1.0)
         try:
-            head = _recv_exactly(c.sock, ABORT.size)
-            magic, kind, origin, failed, length = ABORT.unpack(head)
-            text = _recv_exactly(c.sock, length).decode(errors="replace")
-            if magic != ABORT_MAGIC:
-                raise ValueError("not an abort notice")
+            kind, origin, failed, text = notices.decode(
+                recv_exactly(c.sock, notices.ABORT.size), lambda n: recv_exactly(c.sock, n))
         except (OSError, ValueError, struct.error):
             self._sel.unregister(c.sock)
             c.sock.close()
             del self._control[c.side]
             return
-        cls = ABORT_KINDS.get(kind, PeerLostError)
-        blamed = None if failed == NO_RANK else failed
-        error = cls(f"stopped because rank {origin} reported: {text}", rank=self.rank,
-                    peer=blamed, address=str(self._hostfile[blamed][0]) if blamed is not None
-                    else None)
-        error.origin, error.failed = origin, failed
-        raise error
+        raise notices.to_error(kind, origin, failed, text, rank=self.rank,
+                               address=lambda r: str(self._hostfile[r][0]))
 
     def close(self) -> None:
         if self._closed:
@@ -553,36 +535,8 @@ class TcpTransport(Transport):
         self._sel.close()
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            raise ConnectionError("the peer closed the connection")
-        buf += data
-    return bytes(buf)
-
-
-def _read_reject(sock: socket.socket) -> str:
-    try:
-        (length,) = struct.unpack("!H", _recv_exactly(sock, 2))
-        return _recv_exactly(sock, length).decode(errors="replace")
-    except (OSError, struct.error):
-        return "rejected"
-
-
 def _doubling(first: float, cap: float):
     wait = first
     while True:
         yield wait
         wait = min(wait * 2, cap)
-
-
-def _resolve(addr: Address, rank: int, *, passive: bool) -> tuple:
-    try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE if passive else 0)
-    except socket.gaierror as e:
-        raise ConfigError(f"rank {rank}: cannot resolve host {addr.host!r} of {addr}: "
-                            f"{e.strerror}") from e
-    return infos[0]

@@ -1,0 +1,39 @@
+"""Small blocking-socket helpers shared by the TCP transport and the RDMA side channel."""
+from __future__ import annotations
+
+import socket
+import struct
+
+from .errors import ConfigError
+from .hostfile import Address
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes from ``sock`` (its own timeout applies); ConnectionError if it closes."""
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise ConnectionError("the peer closed the connection")
+        buf += data
+    return bytes(buf)
+
+
+def read_reason(sock: socket.socket) -> str:
+    """The ``length:u16`` + UTF-8 reason a refusing peer sends, or "rejected"."""
+    try:
+        (length,) = struct.unpack("!H", recv_exactly(sock, 2))
+        return recv_exactly(sock, length).decode(errors="replace")
+    except (OSError, struct.error):
+        return "rejected"
+
+
+def resolve(addr: Address, rank: int, *, passive: bool = False, what: str = "host") -> tuple:
+    """The first getaddrinfo entry for ``addr``, or a ConfigError naming rank and host."""
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE if passive else 0)
+    except socket.gaierror as e:
+        raise ConfigError(f"rank {rank}: cannot resolve {what} {addr.host!r} of {addr}: "
+                          f"{e.strerror}") from e
+    return infos[0]
