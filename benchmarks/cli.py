@@ -61,7 +61,10 @@ def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
 
 def _report(args: argparse.Namespace, records: list[Record], ranks: int,
             connections: int | None) -> None:
-    title = report.header(ranks, connections, args.transport, args.dtype, args.warmup,
+    transport = args.transport
+    if transport == "rdma" and os.environ.get("RINGCOMM_VERBS") == "emulated":
+        transport = "rdma on EMULATED verbs (Unix sockets, not RDMA hardware)"
+    title = report.header(ranks, connections, transport, args.dtype, args.warmup,
                           args.iters, args.vs)
     print(title)
     report.print_tables(records, args.ops, args.vs, args.check, sys.stdout)

@@ -88,7 +88,8 @@ def build_parser(prog: str = "ringcomm-bench") -> argparse.ArgumentParser:
                    help="connections between neighbours, with -n (default 1; under a launcher "
                         "the hostfile decides)")
     p.add_argument("--transport", default="tcp", choices=["tcp", "rdma"],
-                   help="ringcomm's transport (default tcp)")
+                   help="ringcomm's transport (default tcp); rdma uses pyverbs, or the verbs "
+                        "emulation with RINGCOMM_VERBS=emulated")
     p.add_argument("--protocol", default=None, choices=["ringcomm", "mlx"],
                    help="ringcomm's wire protocol (default RINGCOMM_PROTOCOL or ringcomm)")
     p.add_argument("--vs", default=None, choices=["mlx"],
