@@ -20,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import socket
 import struct
-from typing import NamedTuple
+from typing import Callable, NamedTuple
+
+from .sockets import read_reason, recv_exactly
 
 MAGIC = b"RCMH"
 REJECT = b"RCMX"
@@ -95,3 +98,27 @@ def verify(token: bytes | None, role: bytes, connector: Hello, acceptor: Hello,
 def reject(reason: str) -> bytes:
     text = reason.encode()[:1000]
     return REJECT + struct.pack("!H", len(text)) + text
+
+
+def connect(sock: socket.socket, mine: Hello, want: Hello, token: bytes | None,
+            refused: Callable[[str], Exception]) -> None:
+    """The connector's side, on a blocking socket whose timeout bounds every step.
+
+    ``want`` is the HELLO expected back (its nonce is not compared); a refusal raises
+    ``refused(reason)``.  Malformed replies raise ValueError or struct.error, a closed
+    connection ConnectionError and a slow peer socket.timeout, for the caller to word.
+    """
+    sock.sendall(mine.pack())
+    head = recv_exactly(sock, 4)
+    if head == REJECT:
+        raise refused(read_reason(sock))
+    theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
+    why = mismatch(theirs, want)
+    if why is not None:
+        raise refused(why)
+    if not verify(token, b"acceptor", mine, theirs, recv_exactly(sock, MAC_SIZE)):
+        raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
+    sock.sendall(mac(token, b"connector", mine, theirs))
+    answer = recv_exactly(sock, 1)
+    if answer != OK:
+        raise refused(read_reason(sock) if answer == REJECT[:1] else "bad answer")

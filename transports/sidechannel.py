@@ -16,12 +16,12 @@ import socket
 import struct
 import time
 
-from . import notices
+from . import handshake, notices
 from .errors import CommError, CommTimeoutError, PeerLostError
-from .handshake import (HELLO, MAC_SIZE, OK, REJECT, Hello, mac, mismatch, new_hello,
+from .handshake import (HELLO, MAC_SIZE, OK, Hello, mac, mismatch, new_hello,
                         parse_hello, reject, verify)
 from .hostfile import Address
-from .sockets import read_reason, recv_exactly, resolve
+from .sockets import recv_exactly, resolve
 
 GATHER, TABLE, ABORT, BYE = 1, 2, 3, 4
 FRAME = struct.Struct("!BI")
@@ -142,21 +142,9 @@ class SideChannel:
                              rank=self.rank, peer=0, address=str(self.coordinator), op="init")
         mine = new_hello(self._job, self.rank, self.size, 0, self._token)
         try:
-            sock.sendall(mine.pack())
-            head = recv_exactly(sock, 4)
-            if head == REJECT:
-                raise refused(read_reason(sock))
-            theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
-            why = mismatch(theirs, Hello(self._job, 0, self.size, 0, self._token is not None,
-                                         b""))
-            if why is not None:
-                raise refused(why)
-            if not verify(self._token, b"acceptor", mine, theirs,
-                          recv_exactly(sock, MAC_SIZE)):
-                raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
-            sock.sendall(mac(self._token, b"connector", mine, theirs))
-            if recv_exactly(sock, 1) != OK:
-                raise refused(read_reason(sock))
+            handshake.connect(sock, mine, Hello(self._job, 0, self.size, 0,
+                                                self._token is not None, b""),
+                              self._token, refused)
         except socket.timeout:
             raise CommTimeoutError("handshake with the coordinator timed out", rank=self.rank,
                                    peer=0, address=str(self.coordinator), op="init") from None

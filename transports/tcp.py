@@ -19,13 +19,13 @@ import struct
 import time
 from typing import Sequence
 
-from . import notices
+from . import handshake, notices
 from .base import Channel, Kind, Side, Transport
 from .errors import CommError, CommTimeoutError, PeerLostError
-from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, REJECT, Hello, job_digest, mac, mismatch,
+from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, job_digest, mac, mismatch,
                         new_hello, parse_hello, reject, verify)
 from .hostfile import Address
-from .sockets import read_reason, recv_exactly, resolve
+from .sockets import recv_exactly, resolve
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
 FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
@@ -333,21 +333,9 @@ class TcpTransport(Transport):
         mine = new_hello(self._job, self.rank, self.size, index, self._token)
         sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
-            sock.sendall(mine.pack())
-            head = recv_exactly(sock, 4)
-            if head == REJECT:
-                raise refused(read_reason(sock))
-            theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
-            why = mismatch(theirs, Hello(self._job, right, self.size, index,
-                                         self._token is not None, b""))
-            if why is not None:
-                raise refused(why)
-            if not verify(self._token, b"acceptor", mine, theirs, recv_exactly(sock, MAC_SIZE)):
-                raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
-            sock.sendall(mac(self._token, b"connector", mine, theirs))
-            answer = recv_exactly(sock, 1)
-            if answer != OK:
-                raise refused(read_reason(sock) if answer == REJECT[:1] else "bad answer")
+            handshake.connect(sock, mine, Hello(self._job, right, self.size, index,
+                                                self._token is not None, b""),
+                              self._token, refused)
         except socket.timeout:
             raise CommTimeoutError(f"handshake with {addr} timed out", rank=self.rank,
                                    peer=right, address=str(addr), op="init") from None
