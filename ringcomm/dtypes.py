@@ -11,6 +11,7 @@ mixed rings: every rank must hold the same bytes.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import ml_dtypes
@@ -20,8 +21,10 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
     np.uint64, np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.complex64))
 
-Combine = Callable[[np.ndarray, np.ndarray], None]
-"""``combine(local, received)`` folds ``received`` into ``local`` in place."""
+Combine = Callable[..., None]
+"""``combine(local, received, src=None)`` writes ``src op received`` into ``local`` (``src``
+defaults to ``local``: an in-place fold); ``src`` may be ``local`` itself, never a partial
+overlap of it."""
 
 _SUPPORTED = frozenset(SUPPORTED_DTYPES)
 _BOOL = np.dtype(np.bool_)
@@ -38,24 +41,35 @@ def wire_dtype(dtype: np.dtype) -> np.dtype:
     return le
 
 
+@functools.lru_cache(maxsize=None)
 def reducer(op: str, dtype: np.dtype) -> Combine:
     """How ``op`` ("sum", "max" or "min") folds a received buffer into the local one."""
     if op == "sum":
         if dtype in _CANONICAL_NAN:
             return _sum_canonical_nan(_CANONICAL_NAN[dtype])
-        return _inplace(np.logical_or if dtype == _BOOL else np.add)
+        return _ufunc(np.logical_or if dtype == _BOOL else np.add)
     if dtype == _BOOL:
-        return _inplace(np.logical_or if op == "max" else np.logical_and)
+        return _ufunc(np.logical_or if op == "max" else np.logical_and)
     if dtype not in _INEXACT:  # integers: no NaN, no signed zero, so numpy's ufunc is MLX's op
-        return _inplace(np.maximum if op == "max" else np.minimum)
+        return _ufunc(np.maximum if op == "max" else np.minimum)
     less = _complex_less if dtype.kind == "c" else np.less
-    if op == "max":
-        return lambda local, received: np.copyto(local, received, where=less(local, received))
-    return lambda local, received: np.copyto(local, received, where=less(received, local))
+    take_received = (lambda base, received: less(base, received)) if op == "max" else \
+        (lambda base, received: less(received, base))
+
+    def combine(local: np.ndarray, received: np.ndarray, src: np.ndarray | None = None) -> None:
+        if src is None:
+            np.copyto(local, received, where=take_received(local, received))
+        else:
+            mask = take_received(src, received)
+            np.copyto(local, src)
+            np.copyto(local, received, where=mask)
+    return combine
 
 
-def _inplace(ufunc: np.ufunc) -> Combine:
-    return lambda local, received: ufunc(local, received, out=local)
+def _ufunc(ufunc: np.ufunc) -> Combine:
+    def combine(local: np.ndarray, received: np.ndarray, src: np.ndarray | None = None) -> None:
+        ufunc(local if src is None else src, received, out=local)
+    return combine
 
 
 # (bits of MLX's NaN, mask of the sign bits it keeps) for the 16-bit floats
@@ -66,8 +80,8 @@ _CANONICAL_NAN = {np.dtype(np.float16): (0x7D00, 0x8000),
 def _sum_canonical_nan(nan: tuple[int, int]) -> Combine:
     bits, sign = nan
 
-    def combine(local: np.ndarray, received: np.ndarray) -> None:
-        np.add(local, received, out=local)
+    def combine(local: np.ndarray, received: np.ndarray, src: np.ndarray | None = None) -> None:
+        np.add(local if src is None else src, received, out=local)
         is_nan = np.isnan(local)
         if is_nan.any():
             raw = local.view(np.uint16)

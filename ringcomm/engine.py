@@ -5,30 +5,42 @@ header on the same connection, and its first receive reads the peer's header and
 before any byte of data is taken.
 
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
-time, and are folded into the working buffer in place (``np.add(..., out=...)`` for sums) as
-each piece completes; everything else is received straight into the working buffer.  Extra memory per
-call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
+time, and are folded into the working buffer (``np.add(..., out=...)`` for sums) as each
+piece completes; everything else is received straight into the working buffer.  Extra memory
+per call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
+
+``source``: the caller's input, laid out as ``work`` (same dtype and size), when ``work`` does
+not hold a copy of it.  Every plan of ``plans`` sends, at step ``k + 1`` of a stream, exactly
+the bytes that step ``k`` received, and a reducing receive always lands on bytes this stream has
+not written yet (``tests/test_plans.py`` checks both).  So with a ``source``, a stream's first
+send reads ``source``, and a reducing receive writes ``work = source op received``: the input
+is never copied into the output, which saves a full pass over memory per call.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
 
 from transports import Channel, Kind, Side, Transport
 
+from . import plans
 from .dtypes import Combine
 from .plans import Plan, Step
 
 HeaderCheck = Callable[[bytes, Side], None]
 
 SCRATCH_BYTES = 1 << 20
+WINDOW_BYTES = 2 << 20  # streams run at once while their bytes fit in this (but at least 2)
+MIN_ACTIVE = 2          # one per direction
 JOIN_HEADER_BYTES = 1 << 16  # a first send up to this size is copied behind its header
+_SEND, _RECV = Kind.SEND, Kind.RECV
 
 
 class _Stream:
-    __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "header_out",
-                 "header_in", "joined")
+    __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "typed",
+                 "header_out", "header_in", "joined")
 
     def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
         self.steps = steps
@@ -37,6 +49,7 @@ class _Stream:
         self.recv_pos = 0  # next byte of a reducing receive still to be posted
         self.chunk = 0     # bytes of the reducing receive in flight
         self.scratch = scratch
+        self.typed: np.ndarray | None = None  # scratch seen as the element type
         self.header_out = False  # the header send is in flight; the data send follows
         self.header_in: bytearray | None = None  # the peer's header is being received
         self.joined = False      # header and data arrive together in scratch
@@ -56,43 +69,48 @@ class ScratchPool:
 
 def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
         deadline: float, scratch: ScratchPool, header: bytes | None = None,
-        check: HeaderCheck | None = None) -> None:
+        check: HeaderCheck | None = None, source: np.ndarray | None = None) -> None:
     """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type).
 
     ``header`` leads every stream's first send; ``check(bytes, side)`` vets the peer's.
+    ``source`` (optional, see the module's doc) is the input when ``work`` is not a copy of it.
     """
     if not plan:
         return
     raw = memoryview(work.view(np.uint8))
+    first_raw = raw if source is None else memoryview(source.view(np.uint8))
     itemsize = work.itemsize
+    dtype = work.dtype
+    post_send, post_recv = transport.post_send, transport.post_recv
     owner: dict[Channel, _Stream] = {}
 
     def start(st: _Stream) -> None:
         step = st.steps[st.index]
         st.pending = 0
-        with_header = header is not None and st.index == 0
-        if step.send is not None:
-            s = step.send
-            owner[Channel(s.side, s.conn, Kind.SEND)] = st
+        first = st.index == 0
+        with_header = header is not None and first
+        s = step.send
+        if s is not None:
+            owner[Channel(s.side, s.conn, _SEND)] = st
             st.pending += 1
+            data = (first_raw if first else raw)[s.start:s.stop]
             if with_header and s.stop - s.start <= JOIN_HEADER_BYTES:  # one segment, one wake-up
-                transport.post_send(s.side, s.conn, memoryview(header + raw[s.start:s.stop]))
+                post_send(s.side, s.conn, memoryview(header + data))
             elif with_header:
                 st.header_out = True
-                transport.post_send(s.side, s.conn, memoryview(header))
+                post_send(s.side, s.conn, memoryview(header))
             else:
-                transport.post_send(s.side, s.conn, raw[s.start:s.stop])
-        if step.recv is not None:
-            r = step.recv
-            owner[Channel(r.side, r.conn, Kind.RECV)] = st
+                post_send(s.side, s.conn, data)
+        r = step.recv
+        if r is not None:
+            owner[Channel(r.side, r.conn, _RECV)] = st
             st.pending += 1
             if with_header and r.stop - r.start <= JOIN_HEADER_BYTES:  # one receive for both
                 st.joined = True
-                transport.post_recv(r.side, r.conn,
-                                    memoryview(st.scratch)[:len(header) + r.stop - r.start])
+                post_recv(r.side, r.conn, memoryview(st.scratch)[:len(header) + r.stop - r.start])
             elif with_header:
                 st.header_in = bytearray(len(header))
-                transport.post_recv(r.side, r.conn, memoryview(st.header_in))
+                post_recv(r.side, r.conn, memoryview(st.header_in))
             else:
                 post_data_recv(st, step)
 
@@ -102,11 +120,15 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             st.recv_pos = r.start
             post_reduce_chunk(st, r)
         else:
-            transport.post_recv(r.side, r.conn, raw[r.start:r.stop])
+            post_recv(r.side, r.conn, raw[r.start:r.stop])
 
     def post_reduce_chunk(st: _Stream, r) -> None:
         st.chunk = min(r.stop - st.recv_pos, SCRATCH_BYTES)
-        transport.post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
+        post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
+
+    def fold(lo: int, n: int, received: np.ndarray) -> None:
+        """``work[lo:lo+n] = (source or work)[lo:lo+n] op received``, elements."""
+        combine(work[lo:lo + n], received, None if source is None else source[lo:lo + n])
 
     def sent(st: _Stream) -> bool:
         """False when only the header went: the step's data follows on the same connection."""
@@ -114,48 +136,74 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             return True
         st.header_out = False
         s = st.steps[st.index].send
-        transport.post_send(s.side, s.conn, raw[s.start:s.stop])
+        post_send(s.side, s.conn, first_raw[s.start:s.stop])
         return False
 
     def received(st: _Stream) -> bool:
         """Fold a completed scratch piece into ``work``; False while the step wants more."""
+        step = st.steps[st.index]
+        r = step.recv
         if st.joined:  # header and a small payload together in scratch: vet, then place
             st.joined = False
-            step = st.steps[st.index]
-            r, h = step.recv, len(header)
+            h = len(header)
             check(st.scratch[:h].tobytes(), r.side)
             data = st.scratch[h:h + r.stop - r.start]
             if step.reduce:
-                combine(work[r.start // itemsize:r.stop // itemsize], data.view(work.dtype))
+                fold(r.start // itemsize, (r.stop - r.start) // itemsize, data.view(dtype))
             else:
                 raw[r.start:r.stop] = data
             return True
         if st.header_in is not None:  # the peer's header: vet it, then take the data
             got, st.header_in = bytes(st.header_in), None
-            step = st.steps[st.index]
-            check(got, step.recv.side)
+            check(got, r.side)
             post_data_recv(st, step)
             return False
-        r = st.steps[st.index].recv
-        if not st.steps[st.index].reduce or r.stop == r.start:
+        if not step.reduce or r.stop == r.start:
             return True
-        lo, n = st.recv_pos // itemsize, st.chunk // itemsize
-        combine(work[lo:lo + n], st.scratch[:st.chunk].view(work.dtype))
+        typed = st.typed
+        if typed is None:
+            typed = st.typed = st.scratch.view(dtype)
+        n = st.chunk // itemsize
+        fold(st.recv_pos // itemsize, n, typed[:n])
         st.recv_pos += st.chunk
         if st.recv_pos < r.stop:
             post_reduce_chunk(st, r)
             return False
         return True
 
-    streams = [_Stream(steps, buf) for steps, buf in zip(plan, scratch.get(len(plan)))]
-    active = len(streams)
-    for st in streams:
-        start(st)
-    with np.errstate(all="ignore"):  # inf - inf is a NaN like any other here, as in MLX
+    # Streams start in plan order, at most a window of them at a time (the lowest unfinished
+    # stream is always running on every rank, so every rank makes progress): a stream's bytes
+    # then stay in cache from the step that receives them to the step that sends them on.
+    sizes, window = _layout(plan)
+    free = scratch.get(window)[::-1]
+    window_streams = window
+    waiting = list(reversed(range(len(plan))))
+    active = 0
+    in_flight = 0
+
+    def admit() -> None:
+        nonlocal active, in_flight
+        while waiting and (active < window_streams
+                           and (active < MIN_ACTIVE or in_flight + sizes[waiting[-1]] <= WINDOW_BYTES)):
+            i = waiting.pop()
+            st = _Stream(plan[i], free.pop())
+            active += 1
+            in_flight += sizes[i]
+            start(st)
+
+    if window == len(plan):  # every stream at once (always so for small messages)
+        waiting.clear()
+        for i, steps in enumerate(plan):
+            start(_Stream(steps, free.pop()))
+        active = len(plan)
+    wait = transport.wait
+    # inf - inf is a NaN like any other here, as in MLX: no warnings from the reductions
+    with (np.errstate(all="ignore") if combine is not None else _NO_CONTEXT):
+        admit()
         while active:
-            for ch in transport.wait(deadline):
+            for ch in wait(deadline):
                 st = owner[ch]
-                if not (received(st) if ch.kind is Kind.RECV else sent(st)):
+                if not (received(st) if ch.kind is _RECV else sent(st)):
                     continue
                 st.pending -= 1
                 if st.pending == 0:
@@ -164,3 +212,49 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
                         start(st)
                     else:
                         active -= 1
+                        in_flight -= _stream_bytes(st.steps)  # (rare: large plans)
+                        free.append(st.scratch)
+                        st.typed = None
+                        if waiting:
+                            admit()
+
+
+def _stream_bytes(steps: tuple[Step, ...]) -> int:
+    """The bytes a stream receives: its share of the traffic and of the working set."""
+    return sum(s.recv.stop - s.recv.start for s in steps if s.recv is not None)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+_LAYOUTS: dict[int, tuple[Plan, list[int], int]] = {}  # id(plan) -> (plan, sizes, window)
+
+
+def _layout(plan: Plan) -> tuple[list[int], int]:
+    """Each stream's bytes and how many streams run at once; plans are cached (``plans``),
+    so this is worked out once per plan."""
+    got = _LAYOUTS.get(id(plan))
+    if got is not None and got[0] is plan:
+        return got[1], got[2]
+    if len(_LAYOUTS) >= 2 * plans.PLAN_CACHE:
+        _LAYOUTS.clear()
+    sizes = [_stream_bytes(steps) for steps in plan]
+    window = min(len(plan), _window(sizes, _multi_step(plan)))
+    _LAYOUTS[id(plan)] = (plan, sizes, window)
+    return sizes, window
+
+
+def _multi_step(plan: Plan) -> bool:
+    return any(len(steps) > 1 for steps in plan)
+
+
+def _window(sizes: list[int], limit: bool = True) -> int:
+    """How many streams can be running at once (so how many scratch buffers are needed)."""
+    if not limit:
+        return len(sizes)
+    ordered = sorted(sizes)
+    count, total = 0, 0
+    for size in ordered:
+        if count >= MIN_ACTIVE and total + size > WINDOW_BYTES:
+            break
+        count += 1
+        total += size
+    return max(count, 1)

@@ -10,7 +10,7 @@ from transports import CommError, GroupBrokenError, Side, Transport
 
 from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype
-from .header import OpHeader, check
+from .header import OpHeader, check, pack_header
 from .mlx_arrays import differentiable, is_mlx_array, mlx_dtype_to_numpy, to_mlx, to_numpy
 
 
@@ -100,11 +100,14 @@ class Group:
                              f"the group size {n}")
         rows = a.shape[0] // n
         result = _output(out, (rows, *a.shape[1:]), a.dtype, "sum_scatter")
-        work = a.reshape(-1).copy()
-        self._run("sum_scatter", plans.reduce_scatter(work.size, a.itemsize, n, r,
+        source = a.reshape(-1)
+        # The engine reads the input where it is and writes only the blocks it receives into
+        # ``work``: n - 1 of its n blocks (pages never written are never backed by memory).
+        work = np.empty_like(source) if n > 1 else source
+        self._run("sum_scatter", plans.reduce_scatter(source.size, a.itemsize, n, r,
                                                       self._connections()),
-                  work, reducer("sum", a.dtype), a.dtype, a.shape)
-        block = work.size // n
+                  work, reducer("sum", a.dtype), a.dtype, a.shape, source=source)
+        block = source.size // n
         result.reshape(-1)[...] = work[r * block:(r + 1) * block]
         return result
 
@@ -164,22 +167,27 @@ class Group:
         n = self.size()
         result = _output(out, a.shape, a.dtype, name)
         flat = result.reshape(-1)
-        if flat.size >= n:
-            np.copyto(flat, a.reshape(-1))
-            work = flat
-        else:  # MLX pads fewer elements than ranks with zeros to one element per rank
+        source = a.reshape(-1)
+        if flat.size < n:  # MLX pads fewer elements than ranks with zeros to one element per rank
             work = np.zeros(n, a.dtype)
-            work[:a.size] = a.reshape(-1)
+            work[:a.size] = source
+            source = None
+        elif n > 1 and _disjoint_or_same(flat, source):
+            work = flat  # the engine reads the input where it is: no copy into the output
+        else:  # one rank, or out= overlaps the input in some other way: work on a copy
+            np.copyto(flat, source)
+            work, source = flat, None
         plan = plans.all_reduce(flat.size, a.itemsize, n, self.rank(), self._connections())
-        self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape)
+        self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape, source=source)
         if work is not flat:
             flat[...] = work[:flat.size]
         return result
 
     def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
              dtype: np.dtype, shape: tuple[int, ...],
-             message: tuple[Side, bool] | None = None) -> None:
-        """Run one operation's plan; ``message`` is (side, sending) for send and recv."""
+             message: tuple[Side, bool] | None = None, source: np.ndarray | None = None) -> None:
+        """Run one operation's plan; ``message`` is (side, sending) for send and recv;
+        ``source`` is the input when ``work`` is not a copy of it (see ``engine``)."""
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
@@ -189,7 +197,7 @@ class Group:
             else (None, None)
         try:
             engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
-                       self._scratch, header, check_header)
+                       self._scratch, header, check_header, source)
         except CommError as e:
             e.op = e.op or name
             self._fail(e)
@@ -207,13 +215,13 @@ class Group:
         else:
             self._messages[message] += 1
             seq = self._messages[message]
-        expected = OpHeader(seq, "send" if message else name, dtype, tuple(shape), self._job)
-        header = expected.pack()
+        op = "send" if message else name
+        header = pack_header(seq, op, dtype, shape, self._job)
 
         def check_header(got: bytes, side: Side) -> None:
             if got != header:
-                check(expected, header, got, rank=self.rank(), peer=self._transport.peer(side),
-                      side=side.name.lower())
+                check(OpHeader(seq, op, dtype, tuple(shape), self._job), header, got,
+                      rank=self.rank(), peer=self._transport.peer(side), side=side.name.lower())
         return header, check_header
 
     def _fail(self, error: BaseException) -> None:
@@ -236,6 +244,12 @@ class Group:
         raise ValueError(f"{name}: rank {peer} is not a ring neighbour of rank {r} (neighbours: "
                          f"{self._transport.peer(Side.LEFT)} and {self._transport.peer(Side.RIGHT)}"
                          "); the ring backend only sends between neighbours")
+
+
+def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` (1-D, contiguous, same size) are one buffer or do not overlap."""
+    return (not np.may_share_memory(a, b)
+            or a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _contiguous(x: Any) -> np.ndarray:

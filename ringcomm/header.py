@@ -47,6 +47,16 @@ class OpHeader(NamedTuple):
         return f"{self.op}({self.dtype}, shape {self.shape}, call #{self.seq})"
 
 
+def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int) -> bytes:
+    """``OpHeader(seq, op, dtype, shape, job).pack()``, with the per-shape work cached."""
+    return HEADER.pack(MAGIC, seq, *_fields(op, dtype, tuple(shape)), job)
+
+
+@functools.lru_cache(maxsize=256)
+def _fields(op: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    return _OP_CODE[op], _DTYPE_CODE[dtype], math.prod(shape), _shape_crc(shape)
+
+
 def check(expected: OpHeader, want: bytes, got: bytes, *, rank: int, peer: int,
           side: str) -> None:
     """Raise MismatchError unless ``got`` equals ``want``, the packed ``expected``."""

@@ -10,12 +10,15 @@ all_sum/all_max/all_min, all_gather, send and recv follow MLX's ring backend byt
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 from transports import Side
 
 SUB_OP_BYTES = 262144    # MLX: one sub-operation per this many bytes (per rank), up to 2K
 SMALL_SEND_BYTES = 1024  # MLX: a send/recv is cut into pieces of at least this size
+PLAN_CACHE = 256         # plans kept per schedule: a plan is immutable, and a steady loop
+                         # calls with the same sizes, so it is built once (O(2K * n) tuples each)
 
 
 class Move(NamedTuple):
@@ -38,6 +41,7 @@ Plan = tuple[Stream, ...]
 Mover = Callable[[Side, int], Move]  # (side, segment index) -> Move
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE)
 def all_reduce(count: int, itemsize: int, size: int, rank: int, connections: int) -> Plan:
     """MLX's ring all-reduce of ``count`` elements.
 
@@ -56,6 +60,7 @@ def all_reduce(count: int, itemsize: int, size: int, rank: int, connections: int
                                     itemsize, size, rank) for i in range(m))
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE)
 def all_gather(nbytes: int, size: int, rank: int, connections: int) -> Plan:
     """MLX's ring all-gather of ``nbytes`` per rank into a buffer of ``size * nbytes``.
 
@@ -74,6 +79,7 @@ def all_gather(nbytes: int, size: int, rank: int, connections: int) -> Plan:
         for i in range(m))
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE)
 def reduce_scatter(count: int, itemsize: int, size: int, rank: int, connections: int) -> Plan:
     """ringcomm's sum_scatter: the reduce-scatter phase, arranged so rank r ends with block r.
 
@@ -95,6 +101,7 @@ def reduce_scatter(count: int, itemsize: int, size: int, rank: int, connections:
         for i in range(m))
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE)
 def point_to_point(nbytes: int, side: Side, connections: int, *, sending: bool) -> Plan:
     """MLX's send/recv: pieces of ``max(1024, ceil(B/K))`` bytes, piece ``i`` on connection ``i``."""
     piece = max(SMALL_SEND_BYTES, _ceil(nbytes, connections))

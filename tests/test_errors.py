@@ -44,3 +44,25 @@ def test_out_is_filled_in_place(clusters):
     results = clusters.get(2, 1).run(attempt, "np.testing.assert_array_equal("
                                      "ringcomm.all_sum(x, group=g, out=x), 2 * np.arange(10))")
     assert results == [None, None]
+
+
+def aliased(group, count: int, op: str, how: str) -> bool:
+    """Rank side: ``op`` with ``out=`` the input itself, or overlapping it shifted by one."""
+    r, n = group.rank(), group.size()
+    x = np.arange(count, dtype=np.float64) * (r + 1)
+    want = (np.arange(count, dtype=np.float64) * sum(range(1, n + 1)) if op == "all_sum"
+            else np.arange(count, dtype=np.float64) * n)
+    if how == "same":
+        got = getattr(ringcomm, op)(x, group=group, out=x)
+        return got is x and np.array_equal(x, want)
+    buf = np.empty(count + 1)
+    buf[1:] = x
+    got = getattr(ringcomm, op)(buf[1:], group=group, out=buf[:-1])
+    return np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("how", ["same", "shifted"])
+@pytest.mark.parametrize("op", ["all_sum", "all_max"])
+def test_out_aliasing_the_input_on_a_large_multi_stream_ring(clusters, op, how):
+    # 12 MiB on 3 ranks with K = 2: 4 sub-reductions of 4 steps each
+    assert clusters.get(3, 2).run(aliased, 3 << 19, op, how) == [True] * 3

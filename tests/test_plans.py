@@ -138,3 +138,30 @@ def test_size_one_needs_no_plan():
     assert plans.all_reduce(10, 4, 1, 0, 1) == ()
     assert plans.all_gather(10, 1, 0, 1) == ()
     assert plans.reduce_scatter(10, 4, 1, 0, 1) == ()
+
+
+def _forwarding_holds(plan: plans.Plan) -> None:
+    """What ``engine.run(..., source=...)`` relies on: in every stream, step k+1 sends exactly
+    the bytes step k received, and a reducing receive lands on bytes the stream has not
+    received before (so ``work = source op received`` needs no copy of the input first)."""
+    for stream in plan:
+        seen: list[tuple[int, int]] = []
+        for k, step in enumerate(stream):
+            if k > 0:
+                before = stream[k - 1].recv
+                assert step.send is not None and before is not None
+                assert (step.send.start, step.send.stop) == (before.start, before.stop)
+            if step.recv is not None and step.reduce:
+                lo, hi = step.recv.start, step.recv.stop
+                assert all(hi <= a or b <= lo for a, b in seen if a < b), "reduced twice"
+            if step.recv is not None:
+                seen.append((step.recv.start, step.recv.stop))
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3),
+       count=st.one_of(st.integers(0, 100), st.integers(SUB_OP_BYTES // 4, 13 * SUB_OP_BYTES // 4)))
+def test_plans_forward_what_they_received(size, connections, count):
+    for r in range(size):
+        _forwarding_holds(plans.all_reduce(count, 4, size, r, connections))
+        _forwarding_holds(plans.all_gather(count, size, r, connections))
+        _forwarding_holds(plans.reduce_scatter(size * count, 4, size, r, connections))

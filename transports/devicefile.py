@@ -57,14 +57,18 @@ def ring_devices(devices: list[list[list[str]]], rank: int) -> tuple[list[str], 
     if size == 1:
         return [], []
     left, right = devices[rank][(rank - 1) % size], devices[rank][(rank + 1) % size]
-    counts = {len(devices[r][(r + d) % size]) for r in range(size) for d in (-1, 1)}
-    if 0 in counts:
-        r, d = next((r, d) for r in range(size) for d in (-1, 1)
-                    if not devices[r][(r + d) % size])
-        raise ConfigError(f"the RDMA device file has no device from rank {r} to its ring "
-                          f"neighbour {(r + d) % size} (entry [{r}][{(r + d) % size}] is null)")
-    if len(counts) != 1:
-        raise ConfigError("the RDMA device file lists different numbers of devices between "
-                          f"ring neighbours ({sorted(counts)}); every neighbour pair needs the "
-                          "same number (the connections per neighbour)")
+    links = {(r, (r + d) % size): len(devices[r][(r + d) % size])
+             for r in range(size) for d in (-1, 1)}  # entry [i][j] -> its number of devices
+    if 0 in links.values():
+        i, j = next(entry for entry, count in links.items() if count == 0)
+        raise ConfigError(f"the RDMA device file has no device from rank {i} to its ring "
+                          f"neighbour {j} (entry [{i}][{j}] is null)")
+    if len(set(links.values())) != 1:
+        (i, j), want = next(iter(links.items()))
+        k, m = next(entry for entry, count in links.items() if count != want)
+        raise ConfigError(
+            "the RDMA device file lists different numbers of devices between ring neighbours "
+            f"({sorted(set(links.values()))}): entry [{i}][{j}] names {want}, entry "
+            f"[{k}][{m}] names {links[k, m]}; every neighbour pair needs the same number (the "
+            "connections per neighbour)")
     return left, right

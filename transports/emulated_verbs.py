@@ -16,14 +16,18 @@ What is emulated, with the same names, arguments and semantics as pyverbs:
   flushes every outstanding request with ``IBV_WC_WR_FLUSH_ERR``.
 - ``post_recv``; ``post_send`` with ``IBV_WR_SEND``, ``IBV_WR_SEND_WITH_IMM`` and
   ``IBV_WR_RDMA_WRITE`` (checked against the target's memory regions and keys:
-  ``IBV_WC_REM_ACCESS_ERR``); a send longer than the receive it lands in fails with
+  ``IBV_WC_REM_ACCESS_ERR``, and the target queue pair enters ERR too, as a responder error
+  does on real RC); a send longer than the receive it lands in fails with
   ``IBV_WC_LOC_LEN_ERR`` on the receiver and ``IBV_WC_REM_INV_REQ_ERR`` on the sender.
 - Receiver not ready: a send that finds no posted receive is refused (an RNR NAK) and
   retried ``rnr_retry`` times (7 = forever), then completes with ``IBV_WC_RNR_RETRY_EXC_ERR``.
 - In-order, reliable delivery per queue pair (go-back-N after an RNR NAK), cumulative ACKs;
-  a send completes once the peer acknowledged it.  A peer whose process is gone fails the
-  outstanding sends with ``IBV_WC_RETRY_EXC_ERR``; like real RC, a receive waiting for a dead
-  peer just never completes.
+  a send completes once the peer acknowledged it.  A peer whose queue pair is in ERR answers
+  nothing: the outstanding sends fail with ``IBV_WC_RETRY_EXC_ERR`` when the retries would
+  have run out (``4.096 us * 2**timeout * (retry_cnt + 1)``, never with ``timeout`` 0).  A peer
+  whose process is gone, or whose queue pair is destroyed, fails them the same way at once
+  (the emulation sees its socket close).  Like real RC, a receive waiting for a dead peer
+  just never completes.
 
 How: every queue pair listens on a Unix socket named after its GID and QP number; moving to
 RTR connects the pair (the lower of the two connects, the other accepts).  Frames on that
@@ -284,23 +288,23 @@ class GlobalRoute:
 
 class AHAttr:
     def __init__(self, port_num: int = 1, is_global: int = 0, dlid: int = 0, sl: int = 0,
-                 src_path_bits: int = 0, static_rate: int = 0, gr: GlobalRoute | None = None,
-                 **_: object) -> None:
+                 src_path_bits: int = 0, static_rate: int = 0,
+                 gr: GlobalRoute | None = None) -> None:
         self.port_num, self.is_global, self.dlid, self.sl = port_num, is_global, dlid, sl
         self.src_path_bits, self.static_rate, self.gr = src_path_bits, static_rate, gr
 
 
 class QPAttr:
+    """pyverbs' keywords and defaults (every other field is set as an attribute, and is 0)."""
+
     def __init__(self, qp_state: int = e.IBV_QPS_INIT, cur_qp_state: int = e.IBV_QPS_RESET,
-                 port_num: int = 1, **fields: object) -> None:
+                 port_num: int = 1, path_mtu: int = e.IBV_MTU_1024) -> None:
         self.qp_state, self.cur_qp_state, self.port_num = qp_state, cur_qp_state, port_num
-        self.path_mtu, self.dest_qp_num, self.rq_psn, self.sq_psn = e.IBV_MTU_1024, 0, 0, 0
+        self.path_mtu, self.dest_qp_num, self.rq_psn, self.sq_psn = path_mtu, 0, 0, 0
         self.qp_access_flags, self.pkey_index = 0, 0
         self.max_rd_atomic = self.max_dest_rd_atomic = 0
-        self.min_rnr_timer, self.timeout, self.retry_cnt, self.rnr_retry = 0, 14, 7, 7
+        self.min_rnr_timer, self.timeout, self.retry_cnt, self.rnr_retry = 0, 0, 0, 0
         self.ah_attr: AHAttr | None = None
-        for name, value in fields.items():
-            setattr(self, name, value)
 
 
 _used_qpns: set[int] = set()
@@ -340,6 +344,8 @@ class QP:
         self._peer: tuple[str, int] | None = None
         self._peer_gone = False
         self._rnr_retry = 7
+        self._retry_seconds: float | None = None  # ACK timeout x tries; None: for ever
+        self._fail_at: float | None = None        # when unanswered requests fail
         # requester side
         self._sq: collections.deque[list] = collections.deque()  # [psn, wr, sent, rnr_count]
         self._next_psn = 0
@@ -386,6 +392,9 @@ class QP:
         elif state == e.IBV_QPS_RTS:
             self._next_psn = attr.sq_psn
             self._rnr_retry = attr.rnr_retry
+            # IB's local ACK timeout is 4.096 us * 2^timeout (0: none), tried retry_cnt + 1 times
+            self._retry_seconds = (4.096e-6 * 2 ** attr.timeout * (attr.retry_cnt + 1)
+                                   if attr.timeout else None)
         elif state == e.IBV_QPS_ERR:
             self.qp_state = state
             self._flush()
@@ -417,6 +426,7 @@ class QP:
     # -- posting --------------------------------------------------------------------------
 
     def post_recv(self, wr: RecvWR, bad_wr: object = None) -> None:
+        self._check_open("recv")
         if self.qp_state == e.IBV_QPS_RESET:
             raise PyverbsRDMAError("Failed to post recv (QP in RESET)", errno.EINVAL)
         if len(self._rq) >= self.cap.max_recv_wr:
@@ -427,6 +437,7 @@ class QP:
         self._rq.append(wr)
 
     def post_send(self, wr: SendWR, bad_wr: object = None) -> None:
+        self._check_open("send")
         if self.qp_state not in (e.IBV_QPS_RTS, e.IBV_QPS_ERR):
             raise PyverbsRDMAError("Failed to post send (QP not in RTS)", errno.EINVAL)
         if len(self._sq) >= self.cap.max_send_wr:
@@ -448,6 +459,10 @@ class QP:
             return
         self._transmit(entry)
         self._hand_over()
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise PyverbsRDMAError(f"Failed to post {what} (the QP was destroyed)", errno.EINVAL)
 
     def _local_ok(self, sge: SGE) -> bool:
         mr = self.pd.mrs.get(sge.lkey)
@@ -475,7 +490,10 @@ class QP:
     def _progress(self) -> None:
         if self._closed:
             return
-        if self._sock is None and self._peer is not None:
+        if self._fail_at is not None and time.monotonic() >= self._fail_at:
+            self._fail_at = None  # the retries of an unanswered request ran out
+            self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
+        if self._waiting_for_peer():
             self._accept()
         if self._sock is None:
             return
@@ -486,6 +504,10 @@ class QP:
         self._flush_out()
         self._read()
         self._hand_over()
+
+    def _waiting_for_peer(self) -> bool:
+        """In RTR or later, with the peer's connection not yet accepted."""
+        return self._sock is None and self._peer is not None and not self._peer_gone
 
     def _accept(self) -> None:
         try:
@@ -518,6 +540,8 @@ class QP:
         read enough, every queue pair of this process is progressed, so ranks that all wait
         on their right neighbours cannot block one another.
         """
+        if self._waiting_for_peer():
+            self._accept()
         self._flush_out()
         deadline = time.monotonic() + _STALL_SECONDS
         while self._out and self._sock is not None:
@@ -525,9 +549,12 @@ class QP:
             if left <= 0:
                 self._lose_peer()  # as a NIC whose retries ran out
                 return
-            readers = [qp._sock for qp in _open_qps if qp._sock is not None]
+            readers = [qp._sock or qp._listener for qp in _open_qps if qp._sock is not None
+                       or qp._waiting_for_peer()]
             select.select(readers, [self._sock], [], min(left, 0.1))
             for qp in list(_open_qps):
+                if qp._waiting_for_peer():
+                    qp._accept()
                 qp._read()
                 qp._flush_out()
 
@@ -584,19 +611,30 @@ class QP:
             return
         if kind == _NAK:
             status = fields[3]
+            if status == e.IBV_WC_RETRY_EXC_ERR:  # the responder is in ERR: no answer comes
+                if self._fail_at is None and self._retry_seconds is not None:
+                    self._fail_at = time.monotonic() + self._retry_seconds
+                return
             if self._sq and self._sq[0][0] == psn:
                 self._complete(self._sq.popleft()[1], status)
             self._error()
             return
         # a request: check order, then where its bytes go
         target = None
-        if psn != self._expected_psn or self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
-            pass  # a frame after a refused one (go-back-N), or this QP is in error: drop
+        if self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
+            # A QP in ERR drops requests unanswered.  The requester would retry until its
+            # ACK timeouts run out: tell it so, and it fails when they would have.
+            self._send_control(_NAK, psn, e.IBV_WC_RETRY_EXC_ERR)
+            fields = (-1, *fields[1:])
+        elif psn != self._expected_psn:
+            pass  # a frame after a refused one (go-back-N): dropped below
         elif kind == _DATA_WRITE:
             mr = next((m for m in self.pd.mrs.values() if m.rkey == fields[5]), None)
             if mr is None or not mr.covers(fields[4], length) or \
                     not mr.access & e.IBV_ACCESS_REMOTE_WRITE:
+                # a responder error (IB class C): NAK, and this QP enters ERR too
                 self._send_control(_NAK, psn, e.IBV_WC_REM_ACCESS_ERR)
+                self._error()
                 fields = (-1, *fields[1:])
             else:
                 target = _view(fields[4], length) if length else None
@@ -626,6 +664,9 @@ class QP:
         """A request's bytes are all in place: complete it and acknowledge."""
         kind, psn = fields[0], fields[1]
         if kind == -1:
+            return
+        if self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):  # entered ERR mid-frame
+            self._send_control(_NAK, psn, e.IBV_WC_RETRY_EXC_ERR)
             return
         self._expected_psn = (psn + 1) & 0xFFFFFF
         if kind in (_DATA_SEND, _DATA_SEND_IMM):

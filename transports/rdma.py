@@ -53,7 +53,8 @@ STATUS_HINTS = {
                             "link is down, or its queue pair failed)",
     "IBV_WC_RNR_RETRY_EXC_ERR": "the peer had no receive posted (a credit bug; please "
                                 "report it)",
-    "IBV_WC_WR_FLUSH_ERR": "the queue pair had already failed",
+    "IBV_WC_WR_FLUSH_ERR": "this queue pair failed before the request ran, with no error "
+                           "of its own (a local fault, or a refused write from the peer)",
     "IBV_WC_REM_ACCESS_ERR": "the peer refused a write to its credit word (the two ranks "
                              "disagree on set-up)",
     "IBV_WC_LOC_LEN_ERR": "a message was longer than the receive slot (ranks built with "
@@ -63,7 +64,9 @@ STATUS_HINTS = {
     "IBV_WC_REM_OP_ERR": "the peer's adapter failed the operation",
     "IBV_WC_LOC_QP_OP_ERR": "this queue pair rejected the request",
 }
-LOST_STATUSES = ("IBV_WC_RETRY_EXC_ERR", "IBV_WC_WR_FLUSH_ERR")
+# The statuses that mean the peer is gone.  A flush is the first failure of a queue pair only
+# when it failed on this side, so it blames no peer (relayed, it would name the wrong rank).
+LOST_STATUSES = ("IBV_WC_RETRY_EXC_ERR",)
 
 
 class _Link:
@@ -119,12 +122,15 @@ class RdmaTransport(Transport):
             "IBV_WC_SUCCESS", *STATUS_HINTS) if hasattr(e, n)}
         deadline = time.monotonic() + timeout
         available = verbs.device_names(self._api)
-        for name in {*left_names, *right_names}:
+        for name in sorted({*left_names, *right_names}):
             if name not in available:
                 raise ConfigError(
                     f"rank {rank}: the RDMA device file names {name!r}, which "
                     f"{'the verbs emulation' if self.emulated else 'this machine'} does not "
-                    f"have; devices here: {', '.join(available) or 'none'}")
+                    f"have; devices here: {', '.join(available) or 'none'}"
+                    + ("" if available or self.emulated else
+                       " (pyverbs lists no RDMA device; to run the RDMA protocol without "
+                       "one, set RINGCOMM_VERBS=emulated: an emulation, not RDMA)"))
         try:
             for side, names in ((Side.LEFT, left_names), (Side.RIGHT, right_names)):
                 for i, name in enumerate(names):

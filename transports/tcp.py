@@ -6,13 +6,19 @@ hostfile addresses, in order (its LEFT connections), and connects to each addres
 connects first.  Connects are tried 5 times, 1, 2, 4, 8 and 16 s apart; every wait is bounded
 by the caller's deadline.  No byte is exchanged during set-up.
 
-Data moves through non-blocking sockets driven by one ``selectors`` loop in the caller's
+Data moves through non-blocking sockets driven by one ``poll()`` loop in the caller's
 thread: a send or receive is tried at once, and what the kernel cannot take yet waits for
-readiness in ``select()`` (which sleeps, so a blocked rank uses no CPU, and Ctrl-C interrupts).
+readiness.  A wait first polls without sleeping for at most ``SPIN_SECONDS`` (50 us,
+``RINGCOMM_SPIN_US``; 0 turns it off), since a ring step's partner usually answers within tens
+of microseconds and a sleeping thread takes as long again to wake; past that bound it sleeps in
+``poll()`` (so a blocked rank uses no CPU, and Ctrl-C interrupts).
 """
 from __future__ import annotations
 
 import errno
+import math
+import os
+import select
 import selectors
 import socket
 import struct
@@ -34,17 +40,34 @@ HANDSHAKE_SECONDS = 5.0   # a peer that began a handshake must finish it within 
 MAX_PENDING = 64          # unverified connections held at once by an acceptor
 NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_POLLBAD = select.POLLERR | select.POLLHUP | select.POLLNVAL  # reported whatever was asked
+_IN_READY, _OUT_READY = _POLLIN | _POLLBAD, _POLLOUT | _POLLBAD
+MAX_POLL_MS = 1 << 30     # poll() takes int milliseconds
+
+
+def _spin_seconds() -> float:
+    """The bounded busy-poll before a wait sleeps: ``RINGCOMM_SPIN_US`` microseconds (50)."""
+    try:
+        return max(float(os.environ.get("RINGCOMM_SPIN_US", "50")), 0.0) * 1e-6
+    except ValueError:
+        return 50e-6
+
+
+SPIN_SECONDS = _spin_seconds()
+_yield = getattr(os, "sched_yield", lambda: None)
 
 
 class _Conn:
     """One socket to a neighbour and the (at most one) send and receive posted on it."""
 
-    __slots__ = ("sock", "side", "index", "peer", "address", "send_view", "send_pos",
-                 "recv_view", "recv_pos", "events")
+    __slots__ = ("sock", "fd", "side", "index", "peer", "address", "send_view", "send_pos",
+                 "recv_view", "recv_pos", "events", "send_done", "recv_done")
 
     def __init__(self, sock: socket.socket, side: Side, index: int, peer: int,
                  address: Address) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.side = side
         self.index = index
         self.peer = peer
@@ -54,6 +77,8 @@ class _Conn:
         self.recv_view: memoryview | None = None
         self.recv_pos = 0
         self.events = 0
+        self.send_done = Channel(side, index, Kind.SEND)  # what wait() reports, made once
+        self.recv_done = Channel(side, index, Kind.RECV)
 
 
 class TcpTransport(Transport):
@@ -75,7 +100,9 @@ class TcpTransport(Transport):
         self._hostfile = hostfile
         self._job = job_digest(job_id)
         self._token = token
-        self._sel = selectors.DefaultSelector()
+        self._poll = select.poll()
+        self._polled: dict[int, _Conn] = {}  # fd -> connection, for what is registered
+        self._spin = SPIN_SECONDS
         self._done: list[Channel] = []
         self._conns: tuple[list[_Conn], list[_Conn]] = ([], [])
         self._control: dict[Side, _Conn] = {}
@@ -99,7 +126,7 @@ class TcpTransport(Transport):
         for c in self._all_conns():
             c.sock.setblocking(False)
         for c in self._control.values():
-            self._sel.register(c.sock, _READ, c)
+            self._watch(c, _POLLIN)
 
     @property
     def secure(self) -> bool:
@@ -361,10 +388,10 @@ class TcpTransport(Transport):
             except OSError as e:
                 raise self._lost(c, "send", e) from e
         if sent == len(data):
-            self._done.append(Channel(side, conn, Kind.SEND))
+            self._done.append(c.send_done)
             return
         c.send_view, c.send_pos = data, sent
-        self._watch(c, c.events | _WRITE)
+        self._watch(c, c.events | _POLLOUT)
 
     def post_recv(self, side: Side, conn: int, into: memoryview) -> None:
         c = self._conns[side][conn]
@@ -381,28 +408,46 @@ class TcpTransport(Transport):
             if got == 0:
                 raise self._lost(c, "receive", None)
         if got == len(into):
-            self._done.append(Channel(side, conn, Kind.RECV))
+            self._done.append(c.recv_done)
             return
         c.recv_view, c.recv_pos = into, max(got, 0)
-        self._watch(c, c.events | _READ)
+        self._watch(c, c.events | _POLLIN)
 
     def wait(self, deadline: float) -> list[Channel]:
-        select = self._sel.select
-        while not self._done:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise self._timed_out()
-            for key, events in select(timeout):
-                c: _Conn = key.data
-                if c.index == self.connections:
-                    self._on_notice(c)
-                    continue
-                if events & _READ and c.recv_view is not None:
-                    self._on_readable(c)
-                if events & _WRITE and c.send_view is not None:
-                    self._on_writable(c)
+        """Completions so far; else poll without sleeping for at most ``self._spin`` seconds,
+        then sleep in poll() until something completes or ``deadline`` passes."""
+        if not self._done:
+            poll = self._poll.poll
+            spin_until = time.perf_counter() + self._spin if self._spin else 0.0
+            while True:
+                if spin_until and time.perf_counter() < spin_until:
+                    _yield()  # a peer sharing this core runs now instead of after the spin
+                    events = poll(0)
+                else:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        raise self._timed_out()
+                    events = poll(min(math.ceil(timeout * 1000), MAX_POLL_MS))
+                if events:
+                    self._on_events(events)
+                    if self._done:
+                        break
         done, self._done = self._done, []
         return done
+
+    def _on_events(self, events: list[tuple[int, int]]) -> None:
+        polled = self._polled
+        for fd, ev in events:
+            c = polled.get(fd)
+            if c is None:
+                continue
+            if c.index == self.connections:
+                self._on_notice(c)
+                continue
+            if ev & _IN_READY and c.recv_view is not None:
+                self._on_readable(c)
+            if ev & _OUT_READY and c.send_view is not None:
+                self._on_writable(c)
 
     def _on_readable(self, c: _Conn) -> None:
         view = c.recv_view
@@ -417,8 +462,8 @@ class TcpTransport(Transport):
         c.recv_pos += got
         if c.recv_pos == len(view):
             c.recv_view = None
-            self._watch(c, c.events & ~_READ)
-            self._done.append(Channel(c.side, c.index, Kind.RECV))
+            self._watch(c, c.events & ~_POLLIN)
+            self._done.append(c.recv_done)
 
     def _on_writable(self, c: _Conn) -> None:
         view = c.send_view
@@ -431,18 +476,20 @@ class TcpTransport(Transport):
         c.send_pos += sent
         if c.send_pos == len(view):
             c.send_view = None
-            self._watch(c, c.events & ~_WRITE)
-            self._done.append(Channel(c.side, c.index, Kind.SEND))
+            self._watch(c, c.events & ~_POLLOUT)
+            self._done.append(c.send_done)
 
     def _watch(self, c: _Conn, events: int) -> None:
+        """Poll ``c`` for ``events`` (none: not at all).  poll()'s registrations are plain
+        bookkeeping in this process, so changing them costs no system call."""
         if events == c.events:
             return
-        if not c.events:
-            self._sel.register(c.sock, events, c)
-        elif not events:
-            self._sel.unregister(c.sock)
+        if events:
+            self._poll.register(c.fd, events)
+            self._polled[c.fd] = c
         else:
-            self._sel.modify(c.sock, events, c)
+            self._poll.unregister(c.fd)
+            del self._polled[c.fd]
         c.events = events
 
     def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
@@ -507,7 +554,7 @@ class TcpTransport(Transport):
             kind, origin, failed, text = notices.decode(
                 recv_exactly(c.sock, notices.ABORT.size), lambda n: recv_exactly(c.sock, n))
         except (OSError, ValueError, struct.error):
-            self._sel.unregister(c.sock)
+            self._watch(c, 0)
             c.sock.close()
             del self._control[c.side]
             return
@@ -520,7 +567,7 @@ class TcpTransport(Transport):
         self._closed = True
         for c in self._all_conns():
             c.sock.close()
-        self._sel.close()
+        self._polled.clear()
 
 
 def _doubling(first: float, cap: float):
