@@ -65,7 +65,7 @@ def _report(args: argparse.Namespace, records: list[Record], ranks: int,
     if transport == "rdma" and os.environ.get("RINGCOMM_VERBS") == "emulated":
         transport = "rdma on EMULATED verbs (Unix sockets, not RDMA hardware)"
     title = report.header(ranks, connections, transport, args.dtype, args.warmup,
-                          args.iters, args.vs)
+                          args.iters, args.vs, args.in_place)
     print(title)
     report.print_tables(records, args.ops, args.vs, args.check, sys.stdout)
     if args.output:

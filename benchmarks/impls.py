@@ -17,6 +17,7 @@ from transports.hostfile import read_hostfile
 
 class Impl(Protocol):
     name: str
+    in_place: bool  # run() overwrites its input: prepare() again before a checked call
 
     def rank(self) -> int: ...
     def size(self) -> int: ...
@@ -30,13 +31,16 @@ class Impl(Protocol):
 
 
 class RingcommImpl:
-    """ringcomm over the given transport; results go to one reused ``out=`` buffer per size."""
+    """ringcomm over the given transport; results go to one reused ``out=`` buffer per size
+    (in place: into the input, or the input is a block of it)."""
 
     name = "ringcomm"
 
-    def __init__(self, transport: str = "tcp", protocol: str | None = None) -> None:
+    def __init__(self, transport: str = "tcp", protocol: str | None = None,
+                 in_place: bool = False) -> None:
         import ringcomm
         self.group = ringcomm.init(strict=True, backend=transport, protocol=protocol)
+        self.in_place = in_place
         self._out: np.ndarray | None = None
 
     def rank(self) -> int:
@@ -49,9 +53,18 @@ class RingcommImpl:
         return True
 
     def prepare(self, x: np.ndarray, op: str) -> np.ndarray:
-        n = self.size()
+        n, r = self.size(), self.rank()
         shape = {"all_gather": (x.size * n,), "sum_scatter": (x.size // n,)}.get(op, x.shape)
-        self._out = np.empty(shape, x.dtype)
+        if not self.in_place or op == "sendrecv":
+            self._out = np.empty(shape, x.dtype)
+        elif op == "all_gather":  # the input is this rank's block of the output
+            self._out = np.empty(shape, x.dtype)
+            self._out[r * x.size:(r + 1) * x.size] = x
+            x = self._out[r * x.size:(r + 1) * x.size]
+        elif op == "sum_scatter":  # the output is this rank's block of the input
+            self._out = x[r * shape[0]:(r + 1) * shape[0]]
+        else:  # the reductions write into their input
+            self._out = x
         return x
 
     def run(self, op: str, x: np.ndarray) -> np.ndarray:
@@ -83,6 +96,7 @@ class MlxImpl:
     """MLX's ring backend (``mx.distributed.init(strict=True, backend="ring")``)."""
 
     name = "mlx"
+    in_place = False  # MLX's collectives return new arrays
 
     def __init__(self) -> None:
         import signal
@@ -146,9 +160,10 @@ class MlxImpl:
         pass  # MLX's group has no close: its connections end with the process
 
 
-def create(name: str, transport: str = "tcp", protocol: str | None = None) -> Impl:
+def create(name: str, transport: str = "tcp", protocol: str | None = None,
+           in_place: bool = False) -> Impl:
     """The implementation called ``name``, joined to the ring of MLX_RANK/MLX_HOSTFILE."""
-    return RingcommImpl(transport, protocol) if name == "ringcomm" else MlxImpl()
+    return RingcommImpl(transport, protocol, in_place) if name == "ringcomm" else MlxImpl()
 
 
 def connections_per_neighbour() -> int | None:

@@ -29,6 +29,7 @@ class Config:
     warmup: int = 5
     iters: int = 20
     check: bool = False
+    in_place: bool = False       # ringcomm's results overwrite their input (nccl-tests' in-place)
     transport: str = "tcp"
     protocol: str | None = None
     impls: list[str] = dataclasses.field(default_factory=lambda: ["ringcomm"])
@@ -84,6 +85,11 @@ def build_parser(prog: str = "ringcomm-bench") -> argparse.ArgumentParser:
     p.add_argument("-c", "--check", action="store_true",
                    help="check every result against numpy, with distinct inputs per rank; "
                         "#wrong counts wrong elements over all ranks")
+    p.add_argument("--in-place", action="store_true",
+                   help="time ringcomm in place, as nccl-tests' in-place columns: all_sum, "
+                        "all_max and all_min write into their input, all_gather's input is "
+                        "this rank's block of the output, sum_scatter's output is this rank's "
+                        "block of the input (sendrecv and MLX are unchanged)")
     p.add_argument("--connections-per-ip", type=int, default=None, metavar="K",
                    help="connections between neighbours, with -n (default 1; under a launcher "
                         "the hostfile decides)")
@@ -146,6 +152,7 @@ def config_from(args: argparse.Namespace) -> Config:
     """The sweep that ``args`` asks for."""
     return Config(ops=args.ops, sizes=sizes(args.minbytes, args.maxbytes, args.stepfactor),
                   dtype=args.dtype, warmup=args.warmup, iters=args.iters, check=args.check,
+                  in_place=args.in_place,
                   transport=args.transport, protocol=args.protocol,
                   impls=["ringcomm", "mlx"] if args.vs == "mlx" else ["ringcomm"])
 

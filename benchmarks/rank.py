@@ -27,7 +27,7 @@ def run(config: Config) -> list[Record]:
     dtype = DTYPES[config.dtype]
     records: list[Record] = []
     for name in sorted(config.impls, key=("ringcomm", "mlx").index):
-        impl = impls.create(name, config.transport, config.protocol)
+        impl = impls.create(name, config.transport, config.protocol, config.in_place)
         write = _writer(config.results) if impl.rank() == 0 else (lambda r: None)
         try:
             records += sweep(impl, config.ops, config.sizes, dtype, config.warmup,

@@ -11,12 +11,13 @@ _MLX = [("mlx time(us)", 13), ("mlx busbw(GB/s)", 16)]
 
 
 def header(ranks: int, connections: int | None, transport: str, dtype: str, warmup: int,
-           iters: int, vs: str | None) -> str:
+           iters: int, vs: str | None, in_place: bool = False) -> str:
     """The comment line above the tables: what ran, and how it was timed."""
     k = f"{connections} connection(s) per neighbour" if connections else "connections from hostfile"
     versus = (f"; vs {_mlx_version()}: ratio = ringcomm busbw / MLX busbw" if vs == "mlx"
               else "")
-    return (f"# ringcomm-bench: {ranks} ranks, transport {transport}, {k}, {dtype}, "
+    place = ", ringcomm in place" if in_place else ""
+    return (f"# ringcomm-bench: {ranks} ranks, transport {transport}, {k}, {dtype}{place}, "
             f"{warmup} warm-up + {iters} timed calls per size, time = median over calls of the "
             f"slowest rank{versus}")
 

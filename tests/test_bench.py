@@ -17,7 +17,8 @@ OPS = ["all_sum", "all_gather", "sum_scatter", "sendrecv"]
 SWEEP = ["-n", "2", "-b", "8", "-e", "64K", "-f", "16", "--op", ",".join(OPS),
          "--iters", "3", "-w", "1"]
 SIZES = [8, 128, 2048, 32768]
-FACTOR = {"all_sum": 1.0, "all_gather": 0.5, "sum_scatter": 0.5, "sendrecv": 1.0}  # 2 ranks
+FACTOR = {"all_sum": 1.0, "all_max": 1.0, "all_gather": 0.5, "sum_scatter": 0.5,
+          "sendrecv": 1.0}  # 2 ranks
 
 needs_mlx = pytest.mark.skipif(importlib.util.find_spec("mlx") is None,
                                reason="mlx is not importable (pip install 'ringcomm[mlx]')")
@@ -65,6 +66,16 @@ def test_check_catches_one_wrong_element_on_another_rank(tmp_path):
     unchecked = tmp_path / "u.json"
     assert bench(*SWEEP, "--output", str(unchecked), RINGCOMM_BENCH_CORRUPT_RANK="1").returncode == 0
     assert_sweep(records(unchecked), "ringcomm", ops, wrong=None)
+
+
+def test_in_place_results_are_checked_right(tmp_path):
+    out = tmp_path / "r.jsonl"
+    ops = ["all_sum", "all_max", "all_gather", "sum_scatter"]
+    sweep = [*SWEEP[:SWEEP.index("--op") + 1], ",".join(ops), *SWEEP[SWEEP.index("--op") + 2:]]
+    result = bench(*sweep, "-c", "--in-place", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "ringcomm in place" in result.stdout
+    assert_sweep(records(out), "ringcomm", ops)  # 0 wrong, though every call overwrote its input
 
 
 @needs_mlx

@@ -66,3 +66,19 @@ def aliased(group, count: int, op: str, how: str) -> bool:
 def test_out_aliasing_the_input_on_a_large_multi_stream_ring(clusters, op, how):
     # 12 MiB on 3 ranks with K = 2: 4 sub-reductions of 4 steps each
     assert clusters.get(3, 2).run(aliased, 3 << 19, op, how) == [True] * 3
+
+
+def gathered_in_place(group, count: int) -> bool:
+    """Rank side: all_gather with ``x`` this rank's block of ``out`` (nothing to copy)."""
+    r, n = group.rank(), group.size()
+    out = np.full(n * count, -1.0)
+    x = out[r * count:(r + 1) * count]
+    x[...] = np.arange(count) + 1000.0 * r
+    got = ringcomm.all_gather(x, group=group, out=out)
+    want = np.concatenate([np.arange(count) + 1000.0 * k for k in range(n)])
+    return got is out and np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("count", [1, 3, 1 << 18])
+def test_all_gather_in_place(clusters, count):
+    assert clusters.get(3, 2).run(gathered_in_place, count) == [True] * 3
