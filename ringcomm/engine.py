@@ -9,12 +9,13 @@ time, and are folded into the working buffer (``np.add(..., out=...)`` for sums)
 piece completes; everything else is received straight into the working buffer.  Extra memory
 per call is therefore at most ``streams * SCRATCH_BYTES`` (streams <= 2K), reused across calls.
 
-``source``: the caller's input, laid out as ``work`` (same dtype and size), when ``work`` does
-not hold a copy of it.  Every plan of ``plans`` sends, at step ``k + 1`` of a stream, exactly
-the bytes that step ``k`` received, and a reducing receive always lands on bytes this stream has
-not written yet (``tests/test_plans.py`` checks both).  So with a ``source``, a stream's first
-send reads ``source``, and a reducing receive writes ``work = source op received``: the input
-is never copied into the output, which saves a full pass over memory per call.
+``source``: the caller's input (same dtype as ``work``), when ``work`` does not hold a copy of
+it.  Every plan of ``plans`` sends, at step ``k + 1`` of a stream, exactly the bytes that step
+``k`` received; its folds read each input byte at most once; and a step never receives into
+the bytes its own send reads (``tests/test_plans.py`` checks all three).  So with a
+``source``, a stream's first send reads ``source``, and a reducing receive writes ``work =
+source[range + step.shift] op received``: the input is never copied into the output, which
+saves a full pass over memory per call (and lets sum_scatter work in two blocks, not n).
 """
 from __future__ import annotations
 
@@ -126,9 +127,10 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         st.chunk = min(r.stop - st.recv_pos, SCRATCH_BYTES)
         post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
 
-    def fold(lo: int, n: int, received: np.ndarray) -> None:
-        """``work[lo:lo+n] = (source or work)[lo:lo+n] op received``, elements."""
-        combine(work[lo:lo + n], received, None if source is None else source[lo:lo + n])
+    def fold(lo: int, n: int, received: np.ndarray, shift: int) -> None:
+        """``work[lo:lo+n] = (source[lo+shift:] or work[lo:])[:n] op received``, elements."""
+        combine(work[lo:lo + n], received,
+                None if source is None else source[lo + shift:lo + shift + n])
 
     def sent(st: _Stream) -> bool:
         """False when only the header went: the step's data follows on the same connection."""
@@ -149,7 +151,8 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             check(st.scratch[:h].tobytes(), r.side)
             data = st.scratch[h:h + r.stop - r.start]
             if step.reduce:
-                fold(r.start // itemsize, (r.stop - r.start) // itemsize, data.view(dtype))
+                fold(r.start // itemsize, (r.stop - r.start) // itemsize, data.view(dtype),
+                     step.shift // itemsize)
             else:
                 raw[r.start:r.stop] = data
             return True
@@ -164,7 +167,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         if typed is None:
             typed = st.typed = st.scratch.view(dtype)
         n = st.chunk // itemsize
-        fold(st.recv_pos // itemsize, n, typed[:n])
+        fold(st.recv_pos // itemsize, n, typed[:n], step.shift // itemsize)
         st.recv_pos += st.chunk
         if st.recv_pos < r.stop:
             post_reduce_chunk(st, r)

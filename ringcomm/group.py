@@ -106,15 +106,23 @@ class Group:
                              f"the group size {n}")
         rows = a.shape[0] // n
         result = _output(out, (rows, *a.shape[1:]), a.dtype, "sum_scatter")
-        source = a.reshape(-1)
-        # The engine reads the input where it is and writes only the blocks it receives into
-        # ``work``: n - 1 of its n blocks (pages never written are never backed by memory).
-        work = np.empty_like(source) if n > 1 else source
+        source, flat = a.reshape(-1), result.reshape(-1)
+        if n == 1:
+            flat[...] = source
+            return result
+        # The engine reads the input where it is and folds into two blocks (plans.reduce_scatter):
+        # the last fold lands in block 0.  With 2 ranks there is one fold, straight into the
+        # output, unless out= overlaps the input other than as this rank's own block.
+        if n == 2 and (not np.may_share_memory(flat, source)
+                       or _same_buffer(flat, source[r * flat.size:])):
+            work = flat
+        else:
+            work = np.empty(2 * flat.size, a.dtype)
         self._run("sum_scatter", plans.reduce_scatter(source.size, a.itemsize, n, r,
                                                       self._connections()),
                   work, reducer("sum", a.dtype), a.dtype, a.shape, source=source)
-        block = source.size // n
-        result.reshape(-1)[...] = work[r * block:(r + 1) * block]
+        if work is not flat:
+            flat[...] = work[:flat.size]
         return result
 
     def send(self, x: Any, dst: int) -> np.ndarray:

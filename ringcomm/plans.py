@@ -34,6 +34,7 @@ class Step(NamedTuple):
     send: Move | None
     recv: Move | None
     reduce: bool = False  # combine the received bytes into the range instead of overwriting
+    shift: int = 0        # a reducing receive's input bytes are its range + shift in ``source``
 
 
 Stream = tuple[Step, ...]
@@ -83,24 +84,25 @@ def all_gather(nbytes: int, size: int, rank: int, connections: int) -> Plan:
 def reduce_scatter(count: int, itemsize: int, size: int, rank: int, connections: int) -> Plan:
     """ringcomm's sum_scatter: the reduce-scatter phase, arranged so rank r ends with block r.
 
-    ``count`` divides by ``size``; block ``j`` is elements ``[j*count/size, (j+1)*count/size)``.
-    Blocks are cut into sub-ranges as all_gather cuts its blocks; sub-reduction ``i`` reduces
-    sub-range ``i`` of every block in direction ``d`` (+1 even, -1 odd), sending block
-    ``r + d`` first and receiving block ``r + 2d``, so that its last receive completes block
-    ``r``.  See docs/wire-protocol.md.
+    ``count`` divides by ``size``; block ``j`` is elements ``[j*count/size, (j+1)*count/size)``
+    of the input (the engine's ``source``).  Blocks are cut into sub-ranges as all_gather cuts
+    its blocks; sub-reduction ``i`` reduces sub-range ``i`` of every block in direction ``d``
+    (+1 even, -1 odd): step ``k`` sends block ``r + (k+1)d`` and receives block ``r + (k+2)d``,
+    so that its last receive completes block ``r`` (docs/wire-protocol.md).
+
+    The working buffer is two blocks long, not ``size``: step ``k`` folds into slot
+    ``(size - 2 - k) % 2``, so the last fold lands in slot 0 (the caller's output) and each
+    partial sum is sent on from the other slot while the next one is folded.  Step 0 sends
+    from the input (the engine reads a stream's first send from ``source``).
     """
     if size == 1:
         return ()
-    block = count // size
-    m = _sub_op_count(block * itemsize, connections)
-    step = _ceil(block, m)
-    return tuple(
-        _ring_steps((rank + _direction(i)) % size, _direction(i), size, size - 1,
-                    _block_mover(i // 2, block * itemsize, min(i * step, block) * itemsize,
-                                 min((i + 1) * step, block) * itemsize), reduce=True)
-        for i in range(m))
-
-
+    block = count // size * itemsize
+    m = _sub_op_count(block, connections)
+    piece = _ceil(count // size, m) * itemsize
+    return tuple(_reduce_scatter_stream(min(i * piece, block), min((i + 1) * piece, block),
+                                        _direction(i), i // 2, block, size, rank)
+                 for i in range(m))
 @functools.lru_cache(maxsize=PLAN_CACHE)
 def point_to_point(nbytes: int, side: Side, connections: int, *, sending: bool) -> Plan:
     """MLX's send/recv: pieces of ``max(1024, ceil(B/K))`` bytes, piece ``i`` on connection ``i``."""
@@ -123,6 +125,21 @@ def _all_reduce_stream(lo: int, hi: int, direction: int, pair: int, itemsize: in
     last = (rank + (size - 1) * direction) % size  # where phase 1 left the send index
     return (_ring_steps(rank, direction, size, size - 1, move, reduce=True)
             + _ring_steps(last, direction, size, size - 1, move))
+
+
+def _reduce_scatter_stream(lo: int, hi: int, direction: int, pair: int, block: int, size: int,
+                           rank: int) -> Stream:
+    """Bytes [lo, hi) of every block, reduced around the ring into slot 0 of the work buffer."""
+    send_side, recv_side = _sides(direction)
+    steps = []
+    for k in range(size - 1):
+        slot, sending = (size - 2 - k) % 2, (rank + (k + 1) * direction) % size
+        arriving = (rank + (k + 2) * direction) % size
+        start = sending * block if k == 0 else (1 - slot) * block  # input, then the last fold
+        steps.append(Step(Move(send_side, pair, start + lo, start + hi),
+                          Move(recv_side, pair, slot * block + lo, slot * block + hi),
+                          reduce=True, shift=(arriving - slot) * block))
+    return tuple(steps)
 
 
 def _ring_steps(first_send: int, direction: int, size: int, count: int, move: Mover,

@@ -15,8 +15,12 @@ from ringcomm import plans
 from ringcomm.plans import SUB_OP_BYTES, Move, Side
 
 
-def simulate(rank_plans: list[plans.Plan], buffers: list[np.ndarray], ufunc=None) -> dict:
-    """Run the ranks' plans in lockstep; return the bytes carried by each socket direction."""
+def simulate(rank_plans: list[plans.Plan], buffers: list[np.ndarray], ufunc=None,
+             sources: list[np.ndarray] | None = None) -> dict:
+    """Run the ranks' plans in lockstep; return the bytes carried by each socket direction.
+
+    With ``sources`` (the engine's ``source``), first sends read them and folds combine them
+    (at the receive range + the step's shift) with what arrives, as ``engine.run`` does."""
     size = len(rank_plans)
     wire: dict[tuple[int, Side, int], bytearray] = {}
     carried: dict[tuple[int, Side, int], int] = {}
@@ -34,10 +38,12 @@ def simulate(rank_plans: list[plans.Plan], buffers: list[np.ndarray], ufunc=None
     for t in range(depth):
         for r, plan in enumerate(rank_plans):
             raw = buffers[r].view(np.uint8)
+            first = raw if sources is None else sources[r].view(np.uint8)
             for stream in plan:
                 if t < len(stream) and stream[t].send is not None:
                     m = stream[t].send
-                    wire.setdefault(dest(r, m), bytearray()).extend(raw[m.start:m.stop].tobytes())
+                    data = (first if t == 0 else raw)[m.start:m.stop]
+                    wire.setdefault(dest(r, m), bytearray()).extend(data.tobytes())
                     carried[(r, m.side, m.conn)] = carried.get((r, m.side, m.conn), 0) + m.stop - m.start
         for r, plan in enumerate(rank_plans):
             raw = buffers[r].view(np.uint8)
@@ -50,8 +56,11 @@ def simulate(rank_plans: list[plans.Plan], buffers: list[np.ndarray], ufunc=None
                 data = np.frombuffer(bytes(queue[:n]), np.uint8)
                 del queue[:n]
                 if stream[t].reduce:
-                    dst = buffers[r][m.start // buffers[r].itemsize:m.stop // buffers[r].itemsize]
-                    ufunc(dst, data.view(buffers[r].dtype), out=dst)
+                    item, shift = buffers[r].itemsize, stream[t].shift
+                    dst = buffers[r][m.start // item:m.stop // item]
+                    src = dst if sources is None else \
+                        sources[r][(m.start + shift) // item:(m.stop + shift) // item]
+                    ufunc(src, data.view(buffers[r].dtype), out=dst)
                 else:
                     raw[m.start:m.stop] = data
     assert all(not q for q in wire.values()), "bytes were sent that nobody received"
@@ -87,12 +96,12 @@ def test_all_gather_plan_gathers_every_block(size, connections, nbytes):
        block=st.one_of(st.integers(0, 50), st.integers(SUB_OP_BYTES // 8, SUB_OP_BYTES)))
 def test_reduce_scatter_plan_leaves_block_r_on_rank_r(size, connections, block):
     inputs = [np.arange(size * block, dtype=np.int64) + 1000 * r for r in range(size)]
-    bufs = [x.copy() for x in inputs]
+    bufs = [np.full(2 * block, -1, np.int64) for _ in range(size)]  # two blocks, not n
     simulate([plans.reduce_scatter(size * block, 8, size, r, connections) for r in range(size)],
-             bufs, np.add)
+             bufs, np.add, sources=[x.copy() for x in inputs])
     total = sum(inputs)
     for r, b in enumerate(bufs):
-        np.testing.assert_array_equal(b[r * block:(r + 1) * block], total[r * block:(r + 1) * block])
+        np.testing.assert_array_equal(b[:block], total[r * block:(r + 1) * block])
 
 
 @pytest.mark.parametrize("nbytes,connections,pieces", [
@@ -142,20 +151,25 @@ def test_size_one_needs_no_plan():
 
 def _forwarding_holds(plan: plans.Plan) -> None:
     """What ``engine.run(..., source=...)`` relies on: in every stream, step k+1 sends exactly
-    the bytes step k received, and a reducing receive lands on bytes the stream has not
-    received before (so ``work = source op received`` needs no copy of the input first)."""
+    the bytes step k received; the folds read each input byte at most once (so ``work =
+    source op received`` needs no copy of the input first); and no step receives into the
+    bytes its own send reads."""
+    def disjoint(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return a[0] >= a[1] or b[0] >= b[1] or a[1] <= b[0] or b[1] <= a[0]
+
     for stream in plan:
-        seen: list[tuple[int, int]] = []
+        folded: list[tuple[int, int]] = []
         for k, step in enumerate(stream):
+            recv = None if step.recv is None else (step.recv.start, step.recv.stop)
             if k > 0:
                 before = stream[k - 1].recv
                 assert step.send is not None and before is not None
                 assert (step.send.start, step.send.stop) == (before.start, before.stop)
-            if step.recv is not None and step.reduce:
-                lo, hi = step.recv.start, step.recv.stop
-                assert all(hi <= a or b <= lo for a, b in seen if a < b), "reduced twice"
-            if step.recv is not None:
-                seen.append((step.recv.start, step.recv.stop))
+                assert recv is None or disjoint(recv, (step.send.start, step.send.stop))
+            if recv is not None and step.reduce:
+                read = (recv[0] + step.shift, recv[1] + step.shift)
+                assert all(disjoint(read, f) for f in folded), "an input byte folded twice"
+                folded.append(read)
 
 
 @given(size=st.integers(2, 9), connections=st.integers(1, 3),
