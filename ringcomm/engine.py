@@ -1,8 +1,9 @@
 """Runs a plan over a transport: post each stream's step, reduce what arrives, advance.
 
-With an operation header (ringcomm protocol), each stream's first send is preceded by the
-header on the same connection, and its first receive reads the peer's header and checks it
-before any byte of data is taken.
+With an operation header (ringcomm protocol), each stream's first send carries the header
+ahead of its data (one vectored send: no copy), and its first receive takes the peer's header
+with the first piece of data; the header is checked before any received byte is folded or
+the call returns.
 
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
 time, and are folded into the working buffer (``np.add(..., out=...)`` for sums) as each
@@ -35,13 +36,12 @@ HeaderCheck = Callable[[bytes, Side], None]
 SCRATCH_BYTES = 1 << 20
 WINDOW_BYTES = 2 << 20  # streams run at once while their bytes fit in this (but at least 2)
 MIN_ACTIVE = 2          # one per direction
-JOIN_HEADER_BYTES = 1 << 16  # a first send up to this size is copied behind its header
 _SEND, _RECV = Kind.SEND, Kind.RECV
 
 
 class _Stream:
     __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "typed",
-                 "header_out", "header_in", "joined")
+                 "header_in")
 
     def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
         self.steps = steps
@@ -51,9 +51,7 @@ class _Stream:
         self.chunk = 0     # bytes of the reducing receive in flight
         self.scratch = scratch
         self.typed: np.ndarray | None = None  # scratch seen as the element type
-        self.header_out = False  # the header send is in flight; the data send follows
-        self.header_in: bytearray | None = None  # the peer's header is being received
-        self.joined = False      # header and data arrive together in scratch
+        self.header_in: bytearray | None = None  # the peer's header, arriving before the data
 
 
 class ScratchPool:
@@ -94,73 +92,36 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         if s is not None:
             owner[Channel(s.side, s.conn, _SEND)] = st
             st.pending += 1
-            data = (first_raw if first else raw)[s.start:s.stop]
-            if with_header and s.stop - s.start <= JOIN_HEADER_BYTES:  # one segment, one wake-up
-                post_send(s.side, s.conn, memoryview(header + data))
-            elif with_header:
-                st.header_out = True
-                post_send(s.side, s.conn, memoryview(header))
-            else:
-                post_send(s.side, s.conn, data)
+            post_send(s.side, s.conn, (first_raw if first else raw)[s.start:s.stop],
+                      header if with_header else None)
         r = step.recv
         if r is not None:
             owner[Channel(r.side, r.conn, _RECV)] = st
             st.pending += 1
-            if with_header and r.stop - r.start <= JOIN_HEADER_BYTES:  # one receive for both
-                st.joined = True
-                post_recv(r.side, r.conn, memoryview(st.scratch)[:len(header) + r.stop - r.start])
-            elif with_header:
+            if with_header:  # the peer's header arrives with the first piece of data
                 st.header_in = bytearray(len(header))
-                post_recv(r.side, r.conn, memoryview(st.header_in))
+            if step.reduce and r.stop > r.start:
+                st.recv_pos = r.start
+                post_reduce_chunk(st, r)
             else:
-                post_data_recv(st, step)
-
-    def post_data_recv(st: _Stream, step: Step) -> None:
-        r = step.recv
-        if step.reduce and r.stop > r.start:
-            st.recv_pos = r.start
-            post_reduce_chunk(st, r)
-        else:
-            post_recv(r.side, r.conn, raw[r.start:r.stop])
+                post_recv(r.side, r.conn, raw[r.start:r.stop], st.header_in)
 
     def post_reduce_chunk(st: _Stream, r) -> None:
         st.chunk = min(r.stop - st.recv_pos, SCRATCH_BYTES)
-        post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk])
+        post_recv(r.side, r.conn, memoryview(st.scratch)[:st.chunk], st.header_in)
 
     def fold(lo: int, n: int, received: np.ndarray, shift: int) -> None:
         """``work[lo:lo+n] = (source[lo+shift:] or work[lo:])[:n] op received``, elements."""
         combine(work[lo:lo + n], received,
                 None if source is None else source[lo + shift:lo + shift + n])
 
-    def sent(st: _Stream) -> bool:
-        """False when only the header went: the step's data follows on the same connection."""
-        if not st.header_out:
-            return True
-        st.header_out = False
-        s = st.steps[st.index].send
-        post_send(s.side, s.conn, first_raw[s.start:s.stop])
-        return False
-
     def received(st: _Stream) -> bool:
         """Fold a completed scratch piece into ``work``; False while the step wants more."""
         step = st.steps[st.index]
         r = step.recv
-        if st.joined:  # header and a small payload together in scratch: vet, then place
-            st.joined = False
-            h = len(header)
-            check(st.scratch[:h].tobytes(), r.side)
-            data = st.scratch[h:h + r.stop - r.start]
-            if step.reduce:
-                fold(r.start // itemsize, (r.stop - r.start) // itemsize, data.view(dtype),
-                     step.shift // itemsize)
-            else:
-                raw[r.start:r.stop] = data
-            return True
-        if st.header_in is not None:  # the peer's header: vet it, then take the data
+        if st.header_in is not None:  # vet the peer's header before its bytes are used
             got, st.header_in = bytes(st.header_in), None
             check(got, r.side)
-            post_data_recv(st, step)
-            return False
         if not step.reduce or r.stop == r.start:
             return True
         typed = st.typed
@@ -206,7 +167,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         while active:
             for ch in wait(deadline):
                 st = owner[ch]
-                if not (received(st) if ch.kind is _RECV else sent(st)):
+                if ch.kind is _RECV and not received(st):
                     continue
                 st.pending -= 1
                 if st.pending == 0:

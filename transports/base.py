@@ -43,12 +43,16 @@ class Transport(abc.ABC):
         return (self.rank + (1 if side is Side.RIGHT else -1)) % self.size
 
     @abc.abstractmethod
-    def post_send(self, side: Side, conn: int, data: memoryview) -> None:
-        """Start sending ``data`` (a byte view that must stay alive until completion)."""
+    def post_send(self, side: Side, conn: int, data: memoryview,
+                  head: bytes | None = None) -> None:
+        """Start sending ``data`` (a byte view that must stay alive until completion), after
+        ``head`` when given: one completion for both, and no copy to join them."""
 
     @abc.abstractmethod
-    def post_recv(self, side: Side, conn: int, into: memoryview) -> None:
-        """Start receiving exactly ``len(into)`` bytes into ``into``."""
+    def post_recv(self, side: Side, conn: int, into: memoryview,
+                  head: bytearray | None = None) -> None:
+        """Start receiving exactly ``len(into)`` bytes into ``into``, after filling ``head``
+        when given: one completion for both."""
 
     @abc.abstractmethod
     def wait(self, deadline: float) -> list[Channel]:
@@ -72,7 +76,7 @@ class LoneTransport(Transport):
 
     rank, size, connections = 0, 1, 1
 
-    def post_send(self, side: Side, conn: int, data: memoryview) -> None:
+    def post_send(self, side: Side, conn: int, data: memoryview, head: bytes | None = None) -> None:
         raise RuntimeError("a group of size 1 has no neighbours")
 
     post_recv = post_send

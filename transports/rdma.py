@@ -82,11 +82,13 @@ class _Link:
         self.messages_sent = 0
         self.send_view: memoryview | None = None
         self.send_pos = 0
+        self.send_next: memoryview | None = None  # the data after a head, if one was given
         # receiving: messages that arrived, oldest first, as (slot, length)
         self.arrived: collections.deque[tuple[int, int]] = collections.deque()
         self.head_used = 0  # bytes of arrived[0] already handed out
         self.recv_view: memoryview | None = None
         self.recv_pos = 0
+        self.recv_next: memoryview | None = None
         self.receives_posted = 0
         self.advertised = 0
         self.credit_write_busy = False
@@ -246,36 +248,46 @@ class RdmaTransport(Transport):
 
     # -- data ------------------------------------------------------------------------------
 
-    def post_send(self, side: Side, conn: int, data: memoryview) -> None:
+    def post_send(self, side: Side, conn: int, data: memoryview,
+                  head: bytes | None = None) -> None:
         link = self._links[side][conn]
         if link.send_view is not None:
             raise RuntimeError(f"a send is already posted on {side.name}[{conn}]")
         if link.failure is not None:
             raise self._failed(link)
-        if not len(data):
+        if not len(data) and not head:
             self._done.append(Channel(side, conn, Kind.SEND))
             return
-        link.send_view, link.send_pos = data, 0
+        # a head travels in a slot of its own: the receiver hands bytes out across slots
+        link.send_view, link.send_pos, link.send_next = \
+            (data, 0, None) if not head else (memoryview(head), 0, data)
         self._sending.add(link)
         self._push(link)
 
-    def post_recv(self, side: Side, conn: int, into: memoryview) -> None:
+    def post_recv(self, side: Side, conn: int, into: memoryview,
+                  head: bytearray | None = None) -> None:
         link = self._links[side][conn]
         if link.recv_view is not None:
             raise RuntimeError(f"a receive is already posted on {side.name}[{conn}]")
         if link.failure is not None:
             raise self._failed(link)
-        if not len(into):
+        if not len(into) and not head:
             self._done.append(Channel(side, conn, Kind.RECV))
             return
-        link.recv_view, link.recv_pos = into, 0
+        link.recv_view, link.recv_pos, link.recv_next = \
+            (into, 0, None) if not head else (memoryview(head), 0, into)
         self._drain(link)
 
     def _push(self, link: _Link) -> bool:
         """Copy what credits and free slots allow of the posted send into slots, and post it."""
         view, pushed = link.send_view, False
         credits = link.credit_in.value - link.messages_sent
-        while credits > 0 and link.free_slots and link.send_pos < len(view):
+        while True:
+            if link.send_next is not None and link.send_pos == len(view):  # the head went
+                view = link.send_view = link.send_next
+                link.send_pos, link.send_next = 0, None
+            if not (credits > 0 and link.free_slots and link.send_pos < len(view)):
+                break
             slot = link.free_slots.pop()
             n = min(SLOT_BYTES, len(view) - link.send_pos)
             at = link.send_base + slot * SLOT_BYTES
@@ -286,7 +298,7 @@ class RdmaTransport(Transport):
             link.send_pos += n
             credits -= 1
             pushed = True
-        if link.send_pos == len(view):
+        if link.send_next is None and link.send_pos == len(view):
             link.send_view = None
             self._sending.discard(link)
             self._done.append(Channel(link.side, link.index, Kind.SEND))
@@ -295,6 +307,9 @@ class RdmaTransport(Transport):
     def _drain(self, link: _Link) -> None:
         """Hand arrived bytes to the posted receive; repost each slot once it is empty."""
         view = link.recv_view
+        while link.recv_next is not None and link.recv_pos == len(view):  # an empty head
+            view = link.recv_view = link.recv_next
+            link.recv_pos, link.recv_next = 0, None
         while link.arrived:
             slot, length = link.arrived[0]
             at = slot * SLOT_BYTES + link.head_used
@@ -308,6 +323,9 @@ class RdmaTransport(Transport):
                 self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
                 link.receives_posted += 1
                 self._advertise(link)
+            if link.recv_pos == len(view) and link.recv_next is not None:  # head filled
+                view = link.recv_view = link.recv_next
+                link.recv_pos, link.recv_next = 0, None
             if link.recv_pos == len(view):
                 link.recv_view = None
                 self._done.append(Channel(link.side, link.index, Kind.RECV))

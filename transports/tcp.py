@@ -62,7 +62,8 @@ class _Conn:
     """One socket to a neighbour and the (at most one) send and receive posted on it."""
 
     __slots__ = ("sock", "fd", "side", "index", "peer", "address", "send_view", "send_pos",
-                 "recv_view", "recv_pos", "events", "send_done", "recv_done")
+                 "send_next", "recv_view", "recv_pos", "recv_next", "events", "send_done",
+                 "recv_done")
 
     def __init__(self, sock: socket.socket, side: Side, index: int, peer: int,
                  address: Address) -> None:
@@ -72,10 +73,12 @@ class _Conn:
         self.index = index
         self.peer = peer
         self.address = address
-        self.send_view: memoryview | None = None
+        self.send_view: memoryview | None = None  # what is being sent, from send_pos
         self.send_pos = 0
+        self.send_next: memoryview | None = None  # the data after a head, if one was given
         self.recv_view: memoryview | None = None
         self.recv_pos = 0
+        self.recv_next: memoryview | None = None
         self.events = 0
         self.send_done = Channel(side, index, Kind.SEND)  # what wait() reports, made once
         self.recv_done = Channel(side, index, Kind.RECV)
@@ -375,43 +378,74 @@ class TcpTransport(Transport):
 
     # -- data ---------------------------------------------------------------------------------
 
-    def post_send(self, side: Side, conn: int, data: memoryview) -> None:
+    def post_send(self, side: Side, conn: int, data: memoryview,
+                  head: bytes | None = None) -> None:
         c = self._conns[side][conn]
         if c.send_view is not None:
             raise RuntimeError(f"a send is already posted on {side.name}[{conn}]")
+        total = len(data) + (0 if head is None else len(head))
         sent = 0
-        if len(data):
-            try:
+        try:
+            if head is not None:  # both in one system call (and one segment when small)
+                sent = c.sock.sendmsg((head, data))
+            elif total:
                 sent = c.sock.send(data)
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                raise self._lost(c, "send", e) from e
-        if sent == len(data):
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise self._lost(c, "send", e) from e
+        if sent == total:
             self._done.append(c.send_done)
             return
-        c.send_view, c.send_pos = data, sent
+        c.send_view, c.send_pos, c.send_next = \
+            (data, sent, None) if head is None else (memoryview(head), sent, data)
+        self._advance_send(c)
         self._watch(c, c.events | _POLLOUT)
 
-    def post_recv(self, side: Side, conn: int, into: memoryview) -> None:
+    def post_recv(self, side: Side, conn: int, into: memoryview,
+                  head: bytearray | None = None) -> None:
         c = self._conns[side][conn]
         if c.recv_view is not None:
             raise RuntimeError(f"a receive is already posted on {side.name}[{conn}]")
+        total = len(into) + (0 if head is None else len(head))
         got = 0
-        if len(into):
+        if total:
             try:
-                got = c.sock.recv_into(into)
+                got = c.sock.recv_into(into) if head is None else \
+                    c.sock.recvmsg_into((head, into))[0]
             except BlockingIOError:
                 got = -1
             except OSError as e:
                 raise self._lost(c, "receive", e) from e
             if got == 0:
                 raise self._lost(c, "receive", None)
-        if got == len(into):
+        if got == total:
             self._done.append(c.recv_done)
             return
-        c.recv_view, c.recv_pos = into, max(got, 0)
+        c.recv_view, c.recv_pos, c.recv_next = \
+            (into, max(got, 0), None) if head is None else (memoryview(head), max(got, 0), into)
+        self._advance_recv(c)
         self._watch(c, c.events | _POLLIN)
+
+    @staticmethod
+    def _advance_send(c: _Conn) -> bool:
+        """Move past a head that went out; True when everything posted is sent."""
+        if c.send_next is not None and c.send_pos >= len(c.send_view):
+            c.send_view, c.send_pos, c.send_next = c.send_next, c.send_pos - len(c.send_view), None
+        if c.send_next is None and c.send_pos == len(c.send_view):
+            c.send_view = None
+            return True
+        return False
+
+    @staticmethod
+    def _advance_recv(c: _Conn) -> bool:
+        """Move past a filled head; True when everything posted is received."""
+        if c.recv_next is not None and c.recv_pos >= len(c.recv_view):
+            c.recv_view, c.recv_pos, c.recv_next = c.recv_next, c.recv_pos - len(c.recv_view), None
+        if c.recv_next is None and c.recv_pos == len(c.recv_view):
+            c.recv_view = None
+            return True
+        return False
 
     def wait(self, deadline: float) -> list[Channel]:
         """Completions so far; else poll without sleeping for at most ``self._spin`` seconds,
@@ -450,9 +484,9 @@ class TcpTransport(Transport):
                 self._on_writable(c)
 
     def _on_readable(self, c: _Conn) -> None:
-        view = c.recv_view
         try:
-            got = c.sock.recv_into(view[c.recv_pos:])
+            got = c.sock.recv_into(c.recv_view[c.recv_pos:]) if c.recv_next is None else \
+                c.sock.recvmsg_into((c.recv_view[c.recv_pos:], c.recv_next))[0]
         except BlockingIOError:
             return
         except OSError as e:
@@ -460,22 +494,20 @@ class TcpTransport(Transport):
         if got == 0:
             raise self._lost(c, "receive", None)
         c.recv_pos += got
-        if c.recv_pos == len(view):
-            c.recv_view = None
+        if self._advance_recv(c):
             self._watch(c, c.events & ~_POLLIN)
             self._done.append(c.recv_done)
 
     def _on_writable(self, c: _Conn) -> None:
-        view = c.send_view
         try:
-            sent = c.sock.send(view[c.send_pos:])
+            sent = c.sock.send(c.send_view[c.send_pos:]) if c.send_next is None else \
+                c.sock.sendmsg((c.send_view[c.send_pos:], c.send_next))
         except BlockingIOError:
             return
         except OSError as e:
             raise self._lost(c, "send", e) from e
         c.send_pos += sent
-        if c.send_pos == len(view):
-            c.send_view = None
+        if self._advance_send(c):
             self._watch(c, c.events & ~_POLLOUT)
             self._done.append(c.send_done)
 
