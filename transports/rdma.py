@@ -35,6 +35,7 @@ from .devicefile import ring_devices
 from .errors import CommError, CommTimeoutError, ConfigError, PeerLostError
 from .handshake import job_digest
 from .hostfile import Address
+from .posted import Posted
 from .sidechannel import SideChannel
 
 SLOT_BYTES = 256 << 10   # one message at most; JACCL uses 4 KiB-512 KiB buffers
@@ -80,15 +81,11 @@ class _Link:
         # sending
         self.free_slots = list(range(SLOTS))
         self.messages_sent = 0
-        self.send_view: memoryview | None = None
-        self.send_pos = 0
-        self.send_next: memoryview | None = None  # the data after a head, if one was given
+        self.sending: Posted | None = None
         # receiving: messages that arrived, oldest first, as (slot, length)
         self.arrived: collections.deque[tuple[int, int]] = collections.deque()
-        self.head_used = 0  # bytes of arrived[0] already handed out
-        self.recv_view: memoryview | None = None
-        self.recv_pos = 0
-        self.recv_next: memoryview | None = None
+        self.taken = 0  # bytes of arrived[0] already handed out
+        self.receiving: Posted | None = None
         self.receives_posted = 0
         self.advertised = 0
         self.credit_write_busy = False
@@ -251,83 +248,68 @@ class RdmaTransport(Transport):
     def post_send(self, side: Side, conn: int, data: memoryview,
                   head: bytes | None = None) -> None:
         link = self._links[side][conn]
-        if link.send_view is not None:
+        if link.sending is not None:
             raise RuntimeError(f"a send is already posted on {side.name}[{conn}]")
         if link.failure is not None:
             raise self._failed(link)
         if not len(data) and not head:
             self._done.append(Channel(side, conn, Kind.SEND))
             return
-        # a head travels in a slot of its own: the receiver hands bytes out across slots
-        link.send_view, link.send_pos, link.send_next = \
-            (data, 0, None) if not head else (memoryview(head), 0, data)
+        link.sending = Posted(data, head)  # a head fills a message of its own
         self._sending.add(link)
         self._push(link)
 
     def post_recv(self, side: Side, conn: int, into: memoryview,
                   head: bytearray | None = None) -> None:
         link = self._links[side][conn]
-        if link.recv_view is not None:
+        if link.receiving is not None:
             raise RuntimeError(f"a receive is already posted on {side.name}[{conn}]")
         if link.failure is not None:
             raise self._failed(link)
         if not len(into) and not head:
             self._done.append(Channel(side, conn, Kind.RECV))
             return
-        link.recv_view, link.recv_pos, link.recv_next = \
-            (into, 0, None) if not head else (memoryview(head), 0, into)
+        link.receiving = Posted(into, head)
         self._drain(link)
 
     def _push(self, link: _Link) -> bool:
         """Copy what credits and free slots allow of the posted send into slots, and post it."""
-        view, pushed = link.send_view, False
+        p, pushed = link.sending, False
         credits = link.credit_in.value - link.messages_sent
-        while True:
-            if link.send_next is not None and link.send_pos == len(view):  # the head went
-                view = link.send_view = link.send_next
-                link.send_pos, link.send_next = 0, None
-            if not (credits > 0 and link.free_slots and link.send_pos < len(view)):
-                break
+        while credits > 0 and link.free_slots:
             slot = link.free_slots.pop()
-            n = min(SLOT_BYTES, len(view) - link.send_pos)
+            n = min(SLOT_BYTES, len(p.view) - p.pos)
             at = link.send_base + slot * SLOT_BYTES
-            link.mem[at:at + n] = view[link.send_pos:link.send_pos + n]
+            link.mem[at:at + n] = p.view[p.pos:p.pos + n]
             wr = link.send_wrs[slot] if n == SLOT_BYTES else self._send_wr(link, slot, n)
             self._post(link, "send", link.qp.post_send, wr)
             link.messages_sent += 1
-            link.send_pos += n
             credits -= 1
             pushed = True
-        if link.send_next is None and link.send_pos == len(view):
-            link.send_view = None
-            self._sending.discard(link)
-            self._done.append(Channel(link.side, link.index, Kind.SEND))
+            if p.advance(n):
+                link.sending = None
+                self._sending.discard(link)
+                self._done.append(Channel(link.side, link.index, Kind.SEND))
+                break
         return pushed
 
     def _drain(self, link: _Link) -> None:
         """Hand arrived bytes to the posted receive; repost each slot once it is empty."""
-        view = link.recv_view
-        while link.recv_next is not None and link.recv_pos == len(view):  # an empty head
-            view = link.recv_view = link.recv_next
-            link.recv_pos, link.recv_next = 0, None
+        p = link.receiving
         while link.arrived:
             slot, length = link.arrived[0]
-            at = slot * SLOT_BYTES + link.head_used
-            n = min(length - link.head_used, len(view) - link.recv_pos)
-            view[link.recv_pos:link.recv_pos + n] = link.mem[at:at + n]
-            link.recv_pos += n
-            link.head_used += n
-            if link.head_used == length:
+            at = slot * SLOT_BYTES + link.taken
+            n = min(length - link.taken, len(p.view) - p.pos)
+            p.view[p.pos:p.pos + n] = link.mem[at:at + n]
+            link.taken += n
+            if link.taken == length:
                 link.arrived.popleft()
-                link.head_used = 0
+                link.taken = 0
                 self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
                 link.receives_posted += 1
                 self._advertise(link)
-            if link.recv_pos == len(view) and link.recv_next is not None:  # head filled
-                view = link.recv_view = link.recv_next
-                link.recv_pos, link.recv_next = 0, None
-            if link.recv_pos == len(view):
-                link.recv_view = None
+            if p.advance(n):
+                link.receiving = None
                 self._done.append(Channel(link.side, link.index, Kind.RECV))
                 return
 
@@ -387,16 +369,16 @@ class RdmaTransport(Transport):
             # error unless this link is still needed, so it is raised when (or if) it is.
             if link.failure is None:
                 link.failure = (kind, wc.status)
-            if link.send_view is not None or link.recv_view is not None:
+            if link.sending is not None or link.receiving is not None:
                 raise self._failed(link)
             return
         if kind == RECV:
             link.arrived.append((slot, wc.byte_len))
-            if link.recv_view is not None:
+            if link.receiving is not None:
                 self._drain(link)
         elif kind == SEND:
             link.free_slots.append(slot)
-            if link.send_view is not None:
+            if link.sending is not None:
                 self._push(link)
         else:
             link.credit_write_busy = False
@@ -419,8 +401,8 @@ class RdmaTransport(Transport):
 
     def _timed_out(self) -> CommTimeoutError:
         pending = [(link, what) for link in self._by_number
-                   for what, view in (("send to", link.send_view),
-                                      ("receive from", link.recv_view)) if view is not None]
+                   for what, posted in (("send to", link.sending),
+                                        ("receive from", link.receiving)) if posted is not None]
         detail = "; ".join(f"{what} rank {link.peer} on {link.describe()}"
                            for link, what in pending)
         first = pending[0][0] if pending else None

@@ -31,6 +31,7 @@ from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, job_digest, mac, mismatch,
                         new_hello, parse_hello, reject, verify)
 from .hostfile import Address
+from .posted import Posted
 from .sockets import recv_exactly, resolve
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
@@ -61,9 +62,8 @@ _yield = getattr(os, "sched_yield", lambda: None)
 class _Conn:
     """One socket to a neighbour and the (at most one) send and receive posted on it."""
 
-    __slots__ = ("sock", "fd", "side", "index", "peer", "address", "send_view", "send_pos",
-                 "send_next", "recv_view", "recv_pos", "recv_next", "events", "send_done",
-                 "recv_done")
+    __slots__ = ("sock", "fd", "side", "index", "peer", "address", "sending", "receiving",
+                 "events", "send_done", "recv_done")
 
     def __init__(self, sock: socket.socket, side: Side, index: int, peer: int,
                  address: Address) -> None:
@@ -73,12 +73,8 @@ class _Conn:
         self.index = index
         self.peer = peer
         self.address = address
-        self.send_view: memoryview | None = None  # what is being sent, from send_pos
-        self.send_pos = 0
-        self.send_next: memoryview | None = None  # the data after a head, if one was given
-        self.recv_view: memoryview | None = None
-        self.recv_pos = 0
-        self.recv_next: memoryview | None = None
+        self.sending: Posted | None = None    # the send the kernel has not taken all of
+        self.receiving: Posted | None = None  # the receive still waiting for bytes
         self.events = 0
         self.send_done = Channel(side, index, Kind.SEND)  # what wait() reports, made once
         self.recv_done = Channel(side, index, Kind.RECV)
@@ -381,7 +377,7 @@ class TcpTransport(Transport):
     def post_send(self, side: Side, conn: int, data: memoryview,
                   head: bytes | None = None) -> None:
         c = self._conns[side][conn]
-        if c.send_view is not None:
+        if c.sending is not None:
             raise RuntimeError(f"a send is already posted on {side.name}[{conn}]")
         total = len(data) + (0 if head is None else len(head))
         sent = 0
@@ -397,15 +393,14 @@ class TcpTransport(Transport):
         if sent == total:
             self._done.append(c.send_done)
             return
-        c.send_view, c.send_pos, c.send_next = \
-            (data, sent, None) if head is None else (memoryview(head), sent, data)
-        self._advance_send(c)
+        c.sending = Posted(data, head)
+        c.sending.advance(sent)
         self._watch(c, c.events | _POLLOUT)
 
     def post_recv(self, side: Side, conn: int, into: memoryview,
                   head: bytearray | None = None) -> None:
         c = self._conns[side][conn]
-        if c.recv_view is not None:
+        if c.receiving is not None:
             raise RuntimeError(f"a receive is already posted on {side.name}[{conn}]")
         total = len(into) + (0 if head is None else len(head))
         got = 0
@@ -422,30 +417,9 @@ class TcpTransport(Transport):
         if got == total:
             self._done.append(c.recv_done)
             return
-        c.recv_view, c.recv_pos, c.recv_next = \
-            (into, max(got, 0), None) if head is None else (memoryview(head), max(got, 0), into)
-        self._advance_recv(c)
+        c.receiving = Posted(into, head)
+        c.receiving.advance(max(got, 0))
         self._watch(c, c.events | _POLLIN)
-
-    @staticmethod
-    def _advance_send(c: _Conn) -> bool:
-        """Move past a head that went out; True when everything posted is sent."""
-        if c.send_next is not None and c.send_pos >= len(c.send_view):
-            c.send_view, c.send_pos, c.send_next = c.send_next, c.send_pos - len(c.send_view), None
-        if c.send_next is None and c.send_pos == len(c.send_view):
-            c.send_view = None
-            return True
-        return False
-
-    @staticmethod
-    def _advance_recv(c: _Conn) -> bool:
-        """Move past a filled head; True when everything posted is received."""
-        if c.recv_next is not None and c.recv_pos >= len(c.recv_view):
-            c.recv_view, c.recv_pos, c.recv_next = c.recv_next, c.recv_pos - len(c.recv_view), None
-        if c.recv_next is None and c.recv_pos == len(c.recv_view):
-            c.recv_view = None
-            return True
-        return False
 
     def wait(self, deadline: float) -> list[Channel]:
         """Completions so far; else poll without sleeping for at most ``self._spin`` seconds,
@@ -478,36 +452,38 @@ class TcpTransport(Transport):
             if c.index == self.connections:
                 self._on_notice(c)
                 continue
-            if ev & _IN_READY and c.recv_view is not None:
+            if ev & _IN_READY and c.receiving is not None:
                 self._on_readable(c)
-            if ev & _OUT_READY and c.send_view is not None:
+            if ev & _OUT_READY and c.sending is not None:
                 self._on_writable(c)
 
     def _on_readable(self, c: _Conn) -> None:
+        p = c.receiving
         try:
-            got = c.sock.recv_into(c.recv_view[c.recv_pos:]) if c.recv_next is None else \
-                c.sock.recvmsg_into((c.recv_view[c.recv_pos:], c.recv_next))[0]
+            got = c.sock.recv_into(p.view[p.pos:]) if p.next is None else \
+                c.sock.recvmsg_into((p.view[p.pos:], p.next))[0]
         except BlockingIOError:
             return
         except OSError as e:
             raise self._lost(c, "receive", e) from e
         if got == 0:
             raise self._lost(c, "receive", None)
-        c.recv_pos += got
-        if self._advance_recv(c):
+        if p.advance(got):
+            c.receiving = None
             self._watch(c, c.events & ~_POLLIN)
             self._done.append(c.recv_done)
 
     def _on_writable(self, c: _Conn) -> None:
+        p = c.sending
         try:
-            sent = c.sock.send(c.send_view[c.send_pos:]) if c.send_next is None else \
-                c.sock.sendmsg((c.send_view[c.send_pos:], c.send_next))
+            sent = c.sock.send(p.view[p.pos:]) if p.next is None else \
+                c.sock.sendmsg((p.view[p.pos:], p.next))
         except BlockingIOError:
             return
         except OSError as e:
             raise self._lost(c, "send", e) from e
-        c.send_pos += sent
-        if self._advance_send(c):
+        if p.advance(sent):
+            c.sending = None
             self._watch(c, c.events & ~_POLLOUT)
             self._done.append(c.send_done)
 
@@ -545,7 +521,7 @@ class TcpTransport(Transport):
 
     def _timed_out(self) -> CommTimeoutError:
         pending = [(c, k) for conns in self._conns for c in conns
-                   for k, v in (("send to", c.send_view), ("receive from", c.recv_view))
+                   for k, v in (("send to", c.sending), ("receive from", c.receiving))
                    if v is not None]
         c, what = pending[0] if pending else (None, "progress with")
         detail = "; ".join(f"{k} rank {p.peer} on {p.side.name.lower()}[{p.index}]"
