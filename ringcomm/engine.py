@@ -140,14 +140,13 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     # then stay in cache from the step that receives them to the step that sends them on.
     sizes, window = _layout(plan)
     free = scratch.get(window)[::-1]
-    window_streams = window
     waiting = list(reversed(range(len(plan))))
     active = 0
     in_flight = 0
 
     def admit() -> None:
         nonlocal active, in_flight
-        while waiting and (active < window_streams
+        while waiting and (active < window
                            and (active < MIN_ACTIVE or in_flight + sizes[waiting[-1]] <= WINDOW_BYTES)):
             i = waiting.pop()
             st = _Stream(plan[i], free.pop())
