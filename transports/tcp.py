@@ -32,7 +32,7 @@ from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, job_digest, mac, mism
                         new_hello, parse_hello, reject, verify)
 from .hostfile import Address
 from .posted import Posted
-from .sockets import recv_exactly, resolve
+from .sockets import recv_exactly, resolve, set_congestion
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
 FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
@@ -124,6 +124,9 @@ class TcpTransport(Transport):
             raise
         for c in self._all_conns():
             c.sock.setblocking(False)
+        for conns in self._conns:
+            for c in conns:
+                set_congestion(c.sock)
         for c in self._control.values():
             self._watch(c, _POLLIN)
 
