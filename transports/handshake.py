@@ -28,8 +28,9 @@ from .sockets import read_reason, recv_exactly
 
 MAGIC = b"RCMH"
 REJECT = b"RCMX"
-VERSION = 1
+VERSION = 2  # 2: data connections carry a warm-up exchange after set-up
 FLAG_TOKEN = 1
+FLAG_WARM_UP = 2  # the data connections carry the warm-up exchange (transports.tcp)
 HELLO = struct.Struct("!4sHH16sIII16s")
 MAC_SIZE = 32
 OK = b"\x01"
@@ -42,18 +43,21 @@ class Hello(NamedTuple):
     index: int
     has_token: bool
     nonce: bytes
+    warm_up: bool = False
 
     def pack(self) -> bytes:
-        return HELLO.pack(MAGIC, VERSION, FLAG_TOKEN if self.has_token else 0, self.job,
-                          self.rank, self.size, self.index, self.nonce)
+        flags = (FLAG_TOKEN if self.has_token else 0) | (FLAG_WARM_UP if self.warm_up else 0)
+        return HELLO.pack(MAGIC, VERSION, flags, self.job, self.rank, self.size, self.index,
+                          self.nonce)
 
 
 def job_digest(job_id: str) -> bytes:
     return hashlib.sha256(job_id.encode()).digest()[:16]
 
 
-def new_hello(job: bytes, rank: int, size: int, index: int, token: bytes | None) -> Hello:
-    return Hello(job, rank, size, index, token is not None, os.urandom(16))
+def new_hello(job: bytes, rank: int, size: int, index: int, token: bytes | None,
+              warm_up: bool = False) -> Hello:
+    return Hello(job, rank, size, index, token is not None, os.urandom(16), warm_up)
 
 
 def parse_hello(data: bytes) -> Hello:
@@ -65,7 +69,8 @@ def parse_hello(data: bytes) -> Hello:
         raise ValueError(f"not a ringcomm peer (first bytes {data[:4]!r})")
     if version != VERSION:
         raise ValueError(f"protocol version {version}, this side speaks {VERSION}")
-    return Hello(job, rank, size, index, bool(flags & FLAG_TOKEN), nonce)
+    return Hello(job, rank, size, index, bool(flags & FLAG_TOKEN), nonce,
+                 bool(flags & FLAG_WARM_UP))
 
 
 def mismatch(got: Hello, want: Hello) -> str | None:
@@ -81,6 +86,11 @@ def mismatch(got: Hello, want: Hello) -> str | None:
     if got.has_token != want.has_token:
         return ("it has RINGCOMM_TOKEN set and this rank does not" if got.has_token
                 else "this rank requires RINGCOMM_TOKEN and the peer has none")
+    if got.warm_up != want.warm_up:
+        return ("it warms its connections up and this rank does not (RINGCOMM_TCP_WARMUP=0 "
+                "here); set it alike on every rank" if got.warm_up else
+                "it does not warm its connections up (RINGCOMM_TCP_WARMUP=0 there); set it "
+                "alike on every rank")
     return None
 
 
