@@ -53,16 +53,13 @@ def reducer(op: str, dtype: np.dtype) -> Combine:
     if dtype not in _INEXACT:  # integers: no NaN, no signed zero, so numpy's ufunc is MLX's op
         return _ufunc(np.maximum if op == "max" else np.minimum)
     less = _complex_less if dtype.kind == "c" else np.less
-    take_received = (lambda base, received: less(base, received)) if op == "max" else \
-        (lambda base, received: less(received, base))
 
     def combine(local: np.ndarray, received: np.ndarray, src: np.ndarray | None = None) -> None:
-        if src is None:
-            np.copyto(local, received, where=take_received(local, received))
-        else:
-            mask = take_received(src, received)
-            np.copyto(local, src)
-            np.copyto(local, received, where=mask)
+        base = local if src is None else src
+        take = less(base, received) if op == "max" else less(received, base)
+        if base is not local:
+            np.copyto(local, base)
+        np.copyto(local, received, where=take)
     return combine
 
 

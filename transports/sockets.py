@@ -50,7 +50,7 @@ def set_congestion(sock: socket.socket) -> None:
     Ring steps are bursts between two hosts on one link.  BBR, the default of many Linux
     systems, paces each burst at its bandwidth estimate, and the estimate falls after the
     first large transfers: on loopback a 128 KiB all_gather then takes 60 us instead of 30, and
-    64 MiB moves 10-20% slower than under reno (docs/performance.md).  A system that does not
+    8-32 MiB all_sums take 1.5-1.6x as long as under reno (docs/performance.md).  A system that does not
     allow the choice (an unprivileged process, an algorithm missing from
     ``net.ipv4.tcp_allowed_congestion_control``, macOS) keeps its own.
     """

@@ -4,7 +4,8 @@ Set-up (see ``docs/wire-protocol.md``): rank ``r`` accepts one connection on eac
 hostfile addresses, in order (its LEFT connections), and connects to each address of rank
 ``r+1``, in order (its RIGHT connections).  Every rank but the last accepts first; the last
 connects first.  Connects are tried 5 times, 1, 2, 4, 8 and 16 s apart; every wait is bounded
-by the caller's deadline.  No byte is exchanged during set-up.
+by the caller's deadline.  With MLX's protocol no byte is exchanged during set-up; ringcomm's
+adds a handshake per connection and then the warm-up exchange (``_warm_up``).
 
 Data moves through non-blocking sockets driven by one ``poll()`` loop in the caller's
 thread: a send or receive is tried at once, and what the kernel cannot take yet waits for
@@ -56,7 +57,7 @@ def _spin_seconds() -> float:
 
 
 SPIN_SECONDS = _spin_seconds()
-WARMUP_BYTES = 8 << 20   # each way per data connection, ringcomm protocol (see _warm_up)
+WARMUP_BYTES = 4 << 20   # each way per data connection, ringcomm protocol (see _warm_up)
 _yield = getattr(os, "sched_yield", lambda: None)
 
 
@@ -144,7 +145,8 @@ class TcpTransport(Transport):
         """ringcomm protocol: ``WARMUP_BYTES`` each way over every data connection before the
         first operation.  Reno on a new connection moves 256 KiB-2 MiB steps at half the
         speed it reaches once the connection has carried a few MiB (docs/performance.md);
-        this pays that once, at set-up (a few ms), instead of in the first operations."""
+        this pays that once, at set-up (~10 ms on 2 local ranks), instead of in the first
+        operations."""
         out, into = memoryview(bytes(WARMUP_BYTES)), memoryview(bytearray(WARMUP_BYTES))
         for side in (Side.LEFT, Side.RIGHT):
             for i in range(self.connections):
