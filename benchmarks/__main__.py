@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: the same command as ``ringcomm-bench``."""
+"""``python -m ringcomm.bench``: the same command as ``ringcomm-bench``."""
 from .cli import main
 
-main(prog="python -m benchmarks")
+main(prog="python -m ringcomm.bench")

@@ -1,4 +1,4 @@
-"""``ringcomm-bench`` / ``python -m benchmarks``: the nccl-tests-style benchmark command.
+"""``ringcomm-bench`` / ``python -m ringcomm.bench``: the nccl-tests-style benchmark command.
 
 With ``-n N`` this process starts the ranks itself (one pass per implementation, see
 ``spawn``) and prints the combined table; without it, it is one rank of a ring started by
@@ -7,11 +7,11 @@ ringcomm-launch (or configured by MLX_RANK and MLX_HOSTFILE), and rank 0 prints 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
-from transports.errors import ConfigError
+from ringcomm.transports import settings
+from ringcomm.transports.errors import ConfigError
 
 from . import options, output, rank, report, spawn
 from .impls import connections_per_neighbour
@@ -45,7 +45,8 @@ def _spawn_ranks(args: argparse.Namespace, config: options.Config) -> int:
 
 
 def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
-    if "MLX_RANK" not in os.environ and "MLX_HOSTFILE" not in os.environ:
+    knobs = settings.load()
+    if knobs.rank is None and knobs.hostfile is None:
         print(f"{args.prog}: error: no ring to join: give -n N to start N local ranks, or run "
               "under ringcomm-launch (or set MLX_RANK and MLX_HOSTFILE)", file=sys.stderr)
         return 2
@@ -54,7 +55,7 @@ def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
     except ConfigError as e:
         print(f"{args.prog}: {e}", file=sys.stderr)
         return rank.EXIT_CONFIG
-    if os.environ.get("MLX_RANK", "0").strip() == "0" and records:
+    if (knobs.rank or "0").strip() == "0" and records:
         _report(args, records, records[0].ranks, connections_per_neighbour())
     return 0
 
@@ -62,7 +63,7 @@ def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
 def _report(args: argparse.Namespace, records: list[Record], ranks: int,
             connections: int | None) -> None:
     transport = args.transport
-    if transport == "rdma" and os.environ.get("RINGCOMM_VERBS") == "emulated":
+    if transport == "rdma" and settings.load().verbs == "emulated":
         transport = "rdma on EMULATED verbs (Unix sockets, not RDMA hardware)"
     title = report.header(ranks, connections, transport, args.dtype, args.warmup,
                           args.iters, args.vs, args.in_place)

@@ -1,6 +1,6 @@
 """What the ringcomm protocol's operation header costs a small all_sum.
 
-    python -m ringcomm.launch -n 2 -- python -m benchmarks.header_cost [BYTES]
+    python -m ringcomm.launch -n 2 -- python -m ringcomm.bench.header_cost [BYTES]
 
 Runs the same all_sum (8 bytes unless given) with the header on and off in alternating blocks of one run, on
 every rank in step, so that both halves see the same machine noise; prints the medians.

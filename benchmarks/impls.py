@@ -7,12 +7,12 @@ first, so no pair waits on the other.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import numpy as np
 
-from transports.hostfile import read_hostfile
+from ringcomm.transports import settings
+from ringcomm.transports.hostfile import read_hostfile
 
 
 class Impl(Protocol):
@@ -169,6 +169,6 @@ def create(name: str, transport: str = "tcp", protocol: str | None = None,
 def connections_per_neighbour() -> int | None:
     """K of the ring in MLX_HOSTFILE, for the report's header (None when unreadable)."""
     try:
-        return len(read_hostfile(os.environ["MLX_HOSTFILE"])[0])
+        return len(read_hostfile(settings.load().hostfile)[0])
     except Exception:
         return None

@@ -35,6 +35,7 @@ class Record:
     algbw_gbps: float
     busbw_gbps: float
     wrong: int | None  # None when not checked
+    in_place: bool = False  # timed in place (--in-place; ringcomm only)
 
     @property
     def count(self) -> int:
@@ -83,7 +84,7 @@ def measure(impl: Impl, op: str, nbytes: int, dtype: np.dtype, warmup: int, iter
     moved = count * dtype.itemsize * (n if op == "all_gather" else 1)
     algbw = moved / seconds / 1e9
     return Record(impl.name, op, n, moved, dtype.name, seconds * 1e6, algbw,
-                  algbw * bus_factor(op, n), wrong)
+                  algbw * bus_factor(op, n), wrong, impl.in_place)
 
 
 def sweep(impl: Impl, ops: list[str], sizes: list[int], dtype: np.dtype, warmup: int,

@@ -1,4 +1,4 @@
-"""One rank of a benchmark: ``python -m benchmarks.rank CONFIG_JSON`` (what ``-n`` starts).
+"""One rank of a benchmark: ``python -m ringcomm.bench.rank CONFIG_JSON`` (what ``-n`` starts).
 
 Joins the ring of ``MLX_RANK``/``MLX_HOSTFILE`` once per implementation in the config, one
 after the other (ringcomm first: MLX's group cannot be closed, so its ports stay bound until
@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Sequence
 
-from transports.errors import ConfigError
+from ringcomm.transports.errors import ConfigError
 
 from . import impls
 from .measure import Record, sweep
@@ -48,7 +48,7 @@ def _writer(path: str | None):
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 1:
-        sys.exit("usage: python -m benchmarks.rank CONFIG_JSON (ringcomm-bench -n starts it)")
+        sys.exit("usage: python -m ringcomm.bench.rank CONFIG_JSON (ringcomm-bench -n starts it)")
     try:
         run(Config.from_json(argv[0]))
     except ConfigError as e:

@@ -41,7 +41,7 @@ def run_pass(impl: str, config: Config, nproc: int, connections: int,
                    "--connections-per-ip", str(connections)]
         if impl == "ringcomm" and config.transport != "tcp":
             command += ["--backend", config.transport]
-        command += ["--", sys.executable, "-m", "benchmarks.rank", rank_config.to_json()]
+        command += ["--", sys.executable, "-m", "ringcomm.bench.rank", rank_config.to_json()]
         code = _run(command, time_limit, f"the {impl} pass")
         return PassResult(impl, code, read_records(results))
 

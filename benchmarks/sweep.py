@@ -1,8 +1,8 @@
-"""``python -m benchmarks.sweep``: the original name of the benchmark command, kept as an alias.
+"""``python -m ringcomm.bench.sweep``: the original name of the benchmark command, kept as an alias.
 
-    python -m ringcomm.launch -n 2 -- python -m benchmarks.sweep -b 8 -e 64M -f 8 --op all_sum
+    python -m ringcomm.launch -n 2 -- python -m ringcomm.bench.sweep -b 8 -e 64M -f 8 --op all_sum
 
-is ``ringcomm-bench`` run as one rank of a launched ring; ``python -m benchmarks -n 2 ...``
+is ``ringcomm-bench`` run as one rank of a launched ring; ``python -m ringcomm.bench -n 2 ...``
 starts the ranks itself.  The helpers that lived here moved to ``options`` and ``measure``.
 """
 from __future__ import annotations
@@ -14,4 +14,4 @@ from .options import DTYPES, OPS, parse_size, sizes
 __all__ = ["DTYPES", "OPS", "bus_factor", "input_count", "main", "measure", "parse_size", "sizes"]
 
 if __name__ == "__main__":
-    main(prog="python -m benchmarks.sweep")
+    main(prog="python -m ringcomm.bench.sweep")

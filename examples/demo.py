@@ -1,4 +1,4 @@
-"""The README's example: python -m ringcomm.launch -n 2 examples/demo.py"""
+"""The README's example: python -m ringcomm.launch -n 3 examples/demo.py"""
 import numpy as np
 
 import ringcomm

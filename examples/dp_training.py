@@ -13,7 +13,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 import ringcomm
-from layers import average_gradients
+from ringcomm.layers import average_gradients
 
 STEPS, PER_RANK = 20, 16
 

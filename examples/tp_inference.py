@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 import ringcomm
-from layers import shard_linear, shard_inplace
+from ringcomm.layers import shard_linear, shard_inplace
 
 DIMS, HEADS, HIDDEN = 64, 8, 256
 

@@ -1,6 +1,6 @@
 """Sharded MLX layers on ringcomm groups: a drop-in for ``mlx.nn.layers.distributed``.
 
-    from layers import shard_linear          # instead of mlx.nn.layers.distributed
+    from ringcomm.layers import shard_linear          # instead of mlx.nn.layers.distributed
     layer = shard_linear(nn.Linear(64, 128), "all-to-sharded", group=ringcomm.init())
 
 Needs MLX (``pip install "ringcomm[mlx]"``).  The collectives run eagerly (see README).

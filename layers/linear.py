@@ -17,7 +17,8 @@ import mlx.nn as nn
 import ringcomm
 
 from .gradients import sum_gradients
-from .sharding import Segments, _group, all_to_sharded_rule, shard_tree, sharded_to_all_rule
+from .shards import (Segments, all_to_sharded_rule, group_or_default, shard_tree,
+                     sharded_to_all_rule)
 
 
 def _per_rank(dims: int, group: ringcomm.Group, what: str) -> int:
@@ -33,7 +34,7 @@ def _uniform(shape: tuple[int, ...], input_dims: int) -> mx.array:
 
 def _sharded_copy(cls, linear_layer: nn.Module, rule, group: ringcomm.Group | None):
     """A ``cls`` layer holding this rank's shard of ``linear_layer``'s parameters."""
-    group = _group(group)
+    group = group_or_default(group)
     out_dims, in_dims = linear_layer.weight.shape
     layer = cls(in_dims, out_dims, "bias" in linear_layer, group)
     layer.update(shard_tree(linear_layer.parameters(), rule, group))
@@ -46,7 +47,7 @@ class AllToShardedLinear(nn.Module):
     def __init__(self, input_dims: int, output_dims: int, bias: bool = True,
                  group: ringcomm.Group | None = None) -> None:
         super().__init__()
-        self.group = _group(group)
+        self.group = group_or_default(group)
         rows = _per_rank(output_dims, self.group, "output")
         self.weight = _uniform((rows, input_dims), input_dims)
         if bias:
@@ -74,7 +75,7 @@ class ShardedToAllLinear(nn.Module):
     def __init__(self, input_dims: int, output_dims: int, bias: bool = True,
                  group: ringcomm.Group | None = None) -> None:
         super().__init__()
-        self.group = _group(group)
+        self.group = group_or_default(group)
         cols = _per_rank(input_dims, self.group, "input")
         self.weight = _uniform((output_dims, cols), input_dims)
         if bias:
@@ -123,7 +124,7 @@ class _QuantizedSharded(nn.Module):
 
     @classmethod
     def _from(cls, layer: nn.Module, rule, segments: Segments, group: ringcomm.Group | None):
-        group = _group(group)
+        group = group_or_default(group)
         out_dims, packed = layer.weight.shape
         sharded = cls(packed * 32 // layer.bits, out_dims, "bias" in layer,
                       group_size=layer.group_size, bits=layer.bits,
@@ -138,7 +139,7 @@ class QuantizedAllToShardedLinear(_QuantizedSharded):
     def __init__(self, input_dims: int, output_dims: int, bias: bool = True,
                  group_size: int = 64, bits: int = 4, mode: str = "affine",
                  group: ringcomm.Group | None = None) -> None:
-        group = _group(group)
+        group = group_or_default(group)
         rows = _per_rank(output_dims, group, "output")
         super().__init__(_uniform((rows, input_dims), input_dims), rows if bias else None,
                          group_size, bits, mode, group)
@@ -165,7 +166,7 @@ class QuantizedShardedToAllLinear(_QuantizedSharded):
     def __init__(self, input_dims: int, output_dims: int, bias: bool = True,
                  group_size: int = 64, bits: int = 4, mode: str = "affine",
                  group: ringcomm.Group | None = None) -> None:
-        group = _group(group)
+        group = group_or_default(group)
         cols = _per_rank(input_dims, group, "input")
         super().__init__(_uniform((output_dims, cols), input_dims),
                          output_dims if bias else None, group_size, bits, mode, group)

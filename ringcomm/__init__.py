@@ -10,7 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transports.errors import (CommError, CommTimeoutError, ConfigError, GroupBrokenError,
+from . import _source_tree
+
+_source_tree.install()  # a checkout on PYTHONPATH: find ringcomm.transports etc. (see there)
+
+from .transports.errors import (CommError, CommTimeoutError, ConfigError, GroupBrokenError,
                                MismatchError, PeerLostError, RingcommError)
 
 from .dtypes import SUPPORTED_DTYPES

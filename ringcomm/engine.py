@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from transports import Channel, Kind, Side, Transport
+from .transports import Channel, Kind, Side, Transport
 
 from . import plans
 from .dtypes import Combine

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transports import CommError, GroupBrokenError, Side, Transport
+from .transports import CommError, GroupBrokenError, Side, Transport
 
 from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from transports import MismatchError
+from .transports import MismatchError
 
 from .dtypes import SUPPORTED_DTYPES
 

@@ -5,20 +5,19 @@ import json
 import os
 from typing import Sequence
 
-from transports import Address, ConfigError, parse_hostfile, read_hostfile
-from transports.base import LoneTransport, Transport
-from transports.devicefile import parse_devices, read_device_file
-from transports.handshake import job_digest
-from transports.tcp import TcpTransport
+from .transports import Address, ConfigError, parse_hostfile, read_hostfile, settings
+from .transports.base import LoneTransport, Transport
+from .transports.devicefile import parse_devices, read_device_file
+from .transports.handshake import job_digest
+from .transports.tcp import TcpTransport
 
 from .group import Group
 
-DEFAULT_TIMEOUT = 300.0
-BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
+BACKENDS = settings.BACKENDS
 # Connection set-up protocols: "ringcomm" (handshake, optional HMAC, control connections for
 # failure notices, a header on every operation) and "mlx" (MLX's bare set-up and raw bytes,
 # so that ringcomm and MLX processes can share a ring).
-PROTOCOLS = ("ringcomm", "mlx")
+PROTOCOLS = settings.PROTOCOLS
 
 _default_group: Group | None = None
 
@@ -50,31 +49,33 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     sets it), else TCP.  The group becomes the default for calls made with ``group=None``.
     """
     global _default_group
+    knobs = settings.load()
     if backend == "any":  # what ringcomm-launch --backend asked for, else TCP
-        backend = os.environ.get("RINGCOMM_BACKEND", "any")
+        backend = knobs.backend
     kind = BACKENDS.get(backend)
     if kind is None:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    timeout = _timeout(timeout)
-    protocol = _protocol(protocol)
-    token = os.environ.get("RINGCOMM_TOKEN") if token is None else token
+    timeout = knobs.timeout if timeout is None else settings.timeout_seconds(timeout)
+    protocol = knobs.protocol if protocol is None else settings.choice(
+        protocol, "the protocol argument", PROTOCOLS, "ringcomm", "protocol")
+    token = knobs.token if token is None else token
     if token is not None and protocol == "mlx":
         raise ConfigError("RINGCOMM_TOKEN (or token=) needs protocol='ringcomm': MLX's "
                           "protocol has no way to check it")
-    rank_text = os.environ.get("MLX_RANK") if rank is None else rank
+    rank_text = knobs.rank if rank is None else rank
     if kind == "rdma":
         if protocol == "mlx":
             raise ConfigError("the RDMA transport speaks only ringcomm's protocol (MLX's "
                               "JACCL wire format is not implemented); unset "
                               "RINGCOMM_PROTOCOL=mlx or use backend='tcp'")
-        transport = _rdma(rank_text, devices, coordinator, timeout, verbs, token, job_id,
-                          strict)
+        transport = _rdma(knobs, rank_text, devices, coordinator, timeout, verbs, token,
+                          job_id, strict)
         group = (Group(transport, timeout) if transport.size == 1 else
                  Group(transport, timeout, headers=True,
                        job=int.from_bytes(job_digest(transport.job_id)[:4], "big")))
         _default_group = group
         return group
-    hostfile = os.environ.get("MLX_HOSTFILE") if hostfile is None else hostfile
+    hostfile = knobs.hostfile if hostfile is None else hostfile
     if rank_text is None and hostfile is None:
         if strict:
             raise ConfigError("ringcomm.init(strict=True): no ring is configured; set MLX_RANK "
@@ -88,28 +89,26 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
                               "ring configuration is; set both")
         addresses = (parse_hostfile(hostfile, source="hostfile argument")
                      if isinstance(hostfile, (list, tuple)) else read_hostfile(hostfile))
-        job_id = os.environ.get("RINGCOMM_JOB_ID") if job_id is None else job_id
+        job_id = knobs.job_id if job_id is None else job_id
         if job_id is None:
             job_id = json.dumps([[str(a) for a in r] for r in addresses])
         transport = TcpTransport(_rank(rank_text, len(addresses)), addresses, timeout=timeout,
                                  protocol=protocol, job_id=job_id,
-                                 token=token.encode() if token is not None else None)
+                                 token=token.encode() if token is not None else None,
+                                 knobs=knobs)
         group = Group(transport, timeout, headers=protocol == "ringcomm",
                       job=int.from_bytes(job_digest(job_id)[:4], "big"))
     _default_group = group
     return group
 
 
-def _rdma(rank_text: object, devices: object, coordinator: str | None, timeout: float,
-          verbs: str | None, token: str | None, job_id: str | None,
-          strict: bool) -> Transport:
+def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
+          coordinator: str | None, timeout: float, verbs: str | None, token: str | None,
+          job_id: str | None, strict: bool) -> Transport:
     """The RDMA transport from the JACCL-style configuration (or a lone rank without one)."""
-    from transports.rdma import RdmaTransport  # imports nothing of pyverbs until used
-    devices = (os.environ.get("JACCL_IBV_DEVICES") or os.environ.get("MLX_IBV_DEVICES")
-               if devices is None else devices)
-    coordinator = (os.environ.get("JACCL_COORDINATOR")
-                   or os.environ.get("MLX_JACCL_COORDINATOR")
-                   if coordinator is None else coordinator)
+    from .transports.rdma import RdmaTransport  # imports nothing of pyverbs until used
+    devices = knobs.ibv_devices if devices is None else devices
+    coordinator = knobs.coordinator if coordinator is None else coordinator
     if devices is None and rank_text is None and coordinator is None:
         if strict:
             raise ConfigError("ringcomm.init(strict=True, backend='rdma'): no RDMA ring is "
@@ -130,7 +129,7 @@ def _rdma(rank_text: object, devices: object, coordinator: str | None, timeout: 
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"MLX_JACCL_COORDINATOR must be rank 0's host:port; got "
                           f"{coordinator!r}")
-    job_id = os.environ.get("RINGCOMM_JOB_ID") if job_id is None else job_id
+    job_id = knobs.job_id if job_id is None else job_id
     if job_id is None:
         job_id = json.dumps([table, str(coordinator)])
     transport = RdmaTransport(rank, table, Address(host.strip("[]"), int(port)),
@@ -153,26 +152,3 @@ def _rank(value: object, size: int) -> int:
         raise ConfigError(f"rank {rank} is out of range: the hostfile describes {size} ranks "
                           f"(0 to {size - 1})")
     return rank
-
-
-def _protocol(value: str | None) -> str:
-    value = os.environ.get("RINGCOMM_PROTOCOL", "ringcomm") if value is None else value
-    if value not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {value!r} (from the protocol argument or "
-                          f"RINGCOMM_PROTOCOL); choose one of: {', '.join(PROTOCOLS)}")
-    return value
-
-
-def _timeout(value: float | None) -> float:
-    if value is None:
-        text = os.environ.get("RINGCOMM_TIMEOUT")
-        if text is None:
-            return DEFAULT_TIMEOUT
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"RINGCOMM_TIMEOUT must be a number of seconds; got {text!r}") \
-                from None
-    if not value > 0:
-        raise ConfigError(f"timeout must be a positive number of seconds; got {value!r}")
-    return float(value)

@@ -21,9 +21,9 @@ import threading
 import uuid
 from typing import IO, Sequence
 
-from transports import verbs
-from transports.errors import ConfigError
-from transports.hostfile import Address, write_hostfile
+from .transports import settings, verbs
+from .transports.errors import ConfigError
+from .transports.hostfile import Address, write_hostfile
 
 STOP_GRACE_SECONDS = 5.0
 
@@ -117,13 +117,14 @@ def launch(args: argparse.Namespace) -> int:
         base_env = dict(os.environ, MLX_HOSTFILE=hostfile, PYTHONUNBUFFERED="1")
         base_env.setdefault("RINGCOMM_JOB_ID", uuid.uuid4().hex)  # tells this job from others
         base_env.update(item.split("=", 1) for item in args.env)
-        if args.backend in ("rdma", "jaccl"):
-            try:
+        try:  # every rank would fail on a bad setting: say so once, before starting any
+            knobs = settings.load(base_env)
+            if args.backend in ("rdma", "jaccl"):
                 base_env.update(rdma_env(workdir, args.nproc, args.connections_per_ip,
-                                         args.verbs or base_env.get("RINGCOMM_VERBS")))
-            except ConfigError as e:
-                print(f"ringcomm-launch: {e}", file=sys.stderr)
-                return 2
+                                         args.verbs or knobs.verbs))
+        except ConfigError as e:
+            print(f"ringcomm-launch: {e}", file=sys.stderr)
+            return 2
         return _supervise(command, base_env, args.nproc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
-from transports.errors import RingcommError
+from .transports.errors import RingcommError
 
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, NamedTuple
 
-from transports import Side
+from .transports import Side
 
 SUB_OP_BYTES = 262144    # MLX: one sub-operation per this many bytes (per rank), up to 2K
 SMALL_SEND_BYTES = 1024  # MLX: a send/recv is cut into pieces of at least this size

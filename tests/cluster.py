@@ -19,7 +19,7 @@ import traceback
 from typing import Any, Callable
 
 from ringcomm.launch import free_ports, localhost_devices, localhost_hostfile
-from transports.hostfile import write_hostfile
+from ringcomm.transports.hostfile import write_hostfile
 
 RANK_TIMEOUT = 60.0   # the ranks' group timeout: a hang inside a collective fails here
 REPLY_TIMEOUT = 120.0  # the controller's wait for a reply from a rank

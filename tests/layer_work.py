@@ -12,7 +12,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
-import layers
+from ringcomm import layers
 
 OUT, BATCH = 192, 8
 IN = {False: 192, True: 256}  # quantized: every rank's input slice a multiple of group size 32

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from ringcomm.launch import localhost_hostfile
-from transports.hostfile import write_hostfile
+from ringcomm.transports.hostfile import write_hostfile
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ needs_mlx = pytest.mark.skipif(importlib.util.find_spec("mlx") is None,
                                reason="mlx is not importable (pip install 'ringcomm[mlx]')")
 
 
-def bench(*args: str, module: str = "benchmarks", **extra_env: str) -> subprocess.CompletedProcess:
+def bench(*args: str, module: str = "ringcomm.bench", **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], env=env(**extra_env), cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
@@ -125,7 +125,7 @@ def test_plot(tmp_path):
 def test_alias_under_the_launcher_prints_the_table_on_rank_0():
     result = subprocess.run(
         [sys.executable, "-m", "ringcomm.launch", "-n", "2", "--", sys.executable, "-m",
-         "benchmarks.sweep", "-b", "64", "-e", "64", "--op", "all_min", "--iters", "2", "-c"],
+         "ringcomm.bench.sweep", "-b", "64", "-e", "64", "--op", "all_min", "--iters", "2", "-c"],
         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if "#" not in line]
@@ -148,7 +148,7 @@ def test_usage_errors_exit_2_and_say_what_to_fix(args, message):
 
 
 def test_expected_results_match_a_direct_computation():
-    from benchmarks.checks import expected, rank_input
+    from ringcomm.bench.checks import expected, rank_input
     n, count = 3, 12
     for dtype in map(np.dtype, ("int8", "float16", "complex64", "bool")):
         xs = np.stack([rank_input(r, count, dtype) for r in range(n)])

@@ -97,7 +97,7 @@ def test_a_script_for_mlx_layers_runs_with_only_the_import_and_group_changed(tmp
     """examples/tp_inference.py, turned back into a script for MLX's own layers and ring,
     passes too: the two differ in those two lines only."""
     ours = (ROOT / "examples" / "tp_inference.py").read_text()
-    theirs = ours.replace("from layers import shard_linear, shard_inplace",
+    theirs = ours.replace("from ringcomm.layers import shard_linear, shard_inplace",
                           "from mlx.nn.layers.distributed import shard_linear, shard_inplace")
     theirs = theirs.replace("group = ringcomm.init(strict=True)",
                             'group = mx.distributed.init(strict=True, backend="ring")')

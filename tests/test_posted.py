@@ -1,7 +1,7 @@
 """The bookkeeping of a posted send or receive that moves in pieces, head first."""
 from __future__ import annotations
 
-from transports.posted import Posted
+from ringcomm.transports.posted import Posted
 
 
 def test_a_head_then_its_data_in_uneven_pieces():

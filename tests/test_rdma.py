@@ -32,8 +32,8 @@ import pytest
 
 from ringcomm.launch import free_ports, rdma_env
 from tests.procs import ROOT, env, launch, start_ranks
-from transports import emulated_verbs
-from transports.rdma import SLOT_BYTES, SLOTS
+from ringcomm.transports import emulated_verbs
+from ringcomm.transports.rdma import SLOT_BYTES, SLOTS
 
 EV = emulated_verbs
 E = EV.enums
@@ -389,8 +389,8 @@ PRELUDE = """
 import json, os, sys, time
 import numpy as np
 import ringcomm
-from transports import Side
-from transports.rdma import SLOTS, SLOT_BYTES
+from ringcomm.transports import Side
+from ringcomm.transports.rdma import SLOTS, SLOT_BYTES
 
 def report(**kw):
     print("RESULT", json.dumps(kw), flush=True)
@@ -489,7 +489,7 @@ def test_long_messages_recycle_the_slots_many_times_emulated(tmp_path):
 
 FLOW = """
 rnr = []
-from transports import emulated_verbs as ev
+from ringcomm.transports import emulated_verbs as ev
 real_on_rnr = ev.QP._on_rnr
 def on_rnr(self, psn):          # count receiver-not-ready NAKs reaching this rank
     rnr.append(psn)
@@ -725,7 +725,7 @@ def test_a_wrong_device_file_is_a_config_error_saying_what_to_fix_emulated(
 
 def pyverbs_here() -> tuple[object | None, list[str], str]:
     """(pyverbs provider or None, the devices it lists, why not) on this interpreter."""
-    from transports import verbs
+    from ringcomm.transports import verbs
     try:
         import pyverbs  # noqa: F401
     except ImportError as e:
@@ -811,9 +811,10 @@ PINNED_METHODS = {"QP": ("to_init", "to_rtr", "to_rts", "post_send", "post_recv"
 
 
 def rdma_py_usage() -> tuple[dict, set[str], set[str]]:
-    """What transports/rdma.py calls on the provider: constructors (as PINNED_CALLS), the
+    """What transports/rdma.py and rdma_setup.py call on the provider: constructors (as PINNED_CALLS), the
     fields it sets on a QPAttr (always named ``attr``) and the enum names it reads."""
-    tree = ast.parse((ROOT / "transports" / "rdma.py").read_text())
+    tree = ast.parse("\n".join((ROOT / "transports" / name).read_text()
+                               for name in ("rdma.py", "rdma_setup.py")))
     calls: dict[str, set] = {}
     fields, names = set(), set()
     for node in ast.walk(tree):
@@ -901,7 +902,7 @@ def provider(name: str):
     if name == "pyverbs":
         pytest.importorskip("pyverbs", reason="pyverbs not installed: the construction "
                             "check against real pyverbs runs where it is (see README, RDMA)")
-    from transports import verbs
+    from ringcomm.transports import verbs
     return verbs.load(name)
 
 

@@ -273,7 +273,7 @@ def test_token(tokens, ok):
 
 ROGUE = """
 import numpy as np, os, ringcomm, sys
-from transports import Side
+from ringcomm.transports import Side
 g = ringcomm.init(strict=True, timeout=10)
 if g.rank() == 1:  # a peer that passed the handshake and then sends garbage where rank 0 reads
     rng = np.random.default_rng(int(sys.argv[1]))
@@ -295,7 +295,7 @@ def test_random_bytes_from_a_peer_are_an_error_not_data(tmp_path, seed):
     import sys
     from tests.procs import env
     hostfile = tmp_path / "hosts.json"
-    from transports.hostfile import write_hostfile
+    from ringcomm.transports.hostfile import write_hostfile
     write_hostfile(hostfile, localhost_hostfile(2, 1))
     procs = [subprocess.Popen([sys.executable, "-c", ROGUE, str(seed)], stdout=subprocess.PIPE,
                               text=True, env=env(MLX_RANK=str(r), MLX_HOSTFILE=str(hostfile)))

@@ -11,7 +11,7 @@ import pytest
 
 from ringcomm.launch import localhost_hostfile
 from tests.procs import env, start_ranks
-from transports.hostfile import write_hostfile
+from ringcomm.transports.hostfile import write_hostfile
 
 needs_congestion = pytest.mark.skipif(not hasattr(socket, "TCP_CONGESTION"),
                                       reason="this platform has no TCP_CONGESTION option")
@@ -58,9 +58,12 @@ def test_reno_by_default_and_the_system_choice_on_request(tmp_path):
 
 
 @needs_congestion
-def test_an_algorithm_the_system_refuses_is_no_error(tmp_path):
-    assert congestion_of_every_data_connection(
-        tmp_path, RINGCOMM_TCP_CONGESTION="no-such-algorithm") == [system_default()] * 2
+def test_an_algorithm_the_system_does_not_offer_is_a_config_error(tmp_path):
+    ranks = start_ranks(tmp_path, 2, REPORT, RINGCOMM_TCP_CONGESTION="no-such-algorithm")
+    outs = [p.communicate(timeout=60) for p in ranks]
+    assert all(p.returncode != 0 for p in ranks), outs
+    assert all("ConfigError" in err and "RINGCOMM_TCP_CONGESTION='no-such-algorithm'" in err
+               for _, err in outs), outs
 
 
 JOIN = """

@@ -1,9 +1,4 @@
-"""RDMA verbs as a ring transport: reliable-connected queue pairs to both ring neighbours.
-
-Each rank opens, per neighbour, one RC queue pair on each device the device file names
-toward it (``MLX_IBV_DEVICES``; K devices = K connections).  Queue-pair numbers, GIDs, PSNs
-and memory keys travel through the TCP side channel (``transports.sidechannel``, rank 0 the
-coordinator at ``MLX_JACCL_COORDINATOR``); then every queue pair goes INIT -> RTR -> RTS.
+"""RDMA verbs as a ring transport: moving bytes over the queue pairs ``rdma_setup`` opened.
 
 Data moves with two-sided sends (``IBV_WR_SEND``) between registered slots: each queue pair
 owns ``SLOTS`` receive slots and ``SLOTS`` send slots of ``SLOT_BYTES``.  A transfer is a byte
@@ -13,6 +8,10 @@ posted by a rank is counted, and the count is RDMA-written into its peer's credi
 rank sends only while its messages sent are fewer than that word.  Queue pairs therefore run
 with ``rnr_retry = 0``: a receiver-not-ready would be a bug, and fails loudly.
 
+Set-up: ``transports.rdma_setup`` opens the queue pairs; their numbers, GIDs, PSNs and keys
+travel through the TCP side channel (``transports.sidechannel``, rank 0 the coordinator at
+``MLX_JACCL_COORDINATOR``), which then carries failure notices.
+
 Waiting polls the completion queues, spins for at most ``SPIN_SECONDS`` after the last
 completion, then sleeps on the side channel in naps that double from ``FIRST_NAP`` to
 ``MAX_NAP``; a notice from another rank (or a rank's death) wakes it at once.  Protocol
@@ -21,10 +20,7 @@ in ``transports.emulated_verbs`` (``RINGCOMM_VERBS=emulated``).
 """
 from __future__ import annotations
 
-import collections
-import ctypes
 import json
-import os
 import time
 from types import SimpleNamespace
 from typing import Sequence
@@ -32,22 +28,20 @@ from typing import Sequence
 from . import verbs
 from .base import Channel, Kind, Side, Transport
 from .devicefile import ring_devices
-from .errors import CommError, CommTimeoutError, ConfigError, PeerLostError
+from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import job_digest
 from .hostfile import Address
 from .posted import Posted
+from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
 from .sidechannel import SideChannel
 
-SLOT_BYTES = 256 << 10   # one message at most; JACCL uses 4 KiB-512 KiB buffers
-SLOTS = 8                # receive slots (= credits) and send slots per queue pair
+__all__ = ["RdmaTransport", "SLOT_BYTES", "SLOTS"]
+
 SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
 FIRST_NAP, MAX_NAP = 20e-6, 1e-3
 POLL_BATCH = 16
 NOTICE_GRACE = 0.1       # after a failed completion, how long to wait for the root cause
 FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
-RECV, SEND, CREDIT = 0, 1, 2  # the kinds of work request, in bits 8-15 of wr_id
-PORT = 1
-_CREDIT_WORDS = 16       # after the slots: credit_in (the peer writes it), credit_out
 
 STATUS_HINTS = {
     "IBV_WC_RETRY_EXC_ERR": "the peer's adapter stopped answering (its process died, the "
@@ -70,31 +64,6 @@ STATUS_HINTS = {
 LOST_STATUSES = ("IBV_WC_RETRY_EXC_ERR",)
 
 
-class _Link:
-    """One queue pair to a neighbour: its registered slots, credits, and posted transfers."""
-
-    def __init__(self, number: int, side: Side, index: int, peer: int, device: str) -> None:
-        self.number, self.side, self.index, self.peer, self.device = (number, side, index,
-                                                                      peer, device)
-        self.qp = self.mr = None
-        self.psn = int.from_bytes(os.urandom(3), "big")
-        # sending
-        self.free_slots = list(range(SLOTS))
-        self.messages_sent = 0
-        self.sending: Posted | None = None
-        # receiving: messages that arrived, oldest first, as (slot, length)
-        self.arrived: collections.deque[tuple[int, int]] = collections.deque()
-        self.taken = 0  # bytes of arrived[0] already handed out
-        self.receiving: Posted | None = None
-        self.receives_posted = 0
-        self.advertised = 0
-        self.credit_write_busy = False
-        self.failure: tuple[int, int] | None = None  # (kind, status) of the first failed request
-
-    def describe(self) -> str:
-        return f"{self.side.name.lower()}[{self.index}] on {self.device}"
-
-
 class RdmaTransport(Transport):
     """A rank's queue pairs to its ring neighbours, on pyverbs or the verbs emulation."""
 
@@ -105,12 +74,13 @@ class RdmaTransport(Transport):
         left_names, right_names = ring_devices(devices, rank)
         self.connections = max(len(right_names), 1)
         self._done: list[Channel] = []
-        self._links: tuple[list[_Link], list[_Link]] = ([], [])
-        self._by_number: list[_Link] = []
-        self._sending: set[_Link] = set()
-        self._contexts: dict[str, SimpleNamespace] = {}
+        self._sending: set[Link] = set()
         self._side: SideChannel | None = None
         self._closed = False
+        self._setup: RdmaSetup | None = None
+        self._links: tuple[list[Link], list[Link]] = ([], [])
+        self._by_number: list[Link] = []
+        self._contexts: dict[str, SimpleNamespace] = {}
         if self.size == 1:
             return
         self._api = verbs.load(verbs_provider)
@@ -120,128 +90,24 @@ class RdmaTransport(Transport):
         self._status_names = {getattr(e, n): n for n in (
             "IBV_WC_SUCCESS", *STATUS_HINTS) if hasattr(e, n)}
         deadline = time.monotonic() + timeout
-        available = verbs.device_names(self._api)
-        for name in sorted({*left_names, *right_names}):
-            if name not in available:
-                raise ConfigError(
-                    f"rank {rank}: the RDMA device file names {name!r}, which "
-                    f"{'the verbs emulation' if self.emulated else 'this machine'} does not "
-                    f"have; devices here: {', '.join(available) or 'none'}"
-                    + ("" if available or self.emulated else
-                       " (pyverbs lists no RDMA device; to run the RDMA protocol without "
-                       "one, set RINGCOMM_VERBS=emulated: an emulation, not RDMA)"))
+        setup = self._setup = RdmaSetup(self._api, rank, self.connections, gid_index)
+        self._links, self._by_number, self._contexts = (setup.links, setup.by_number,
+                                                         setup.contexts)
+        setup.check_devices({*left_names, *right_names}, verbs.device_names(self._api),
+                            self.emulated)
         try:
             for side, names in ((Side.LEFT, left_names), (Side.RIGHT, right_names)):
                 for i, name in enumerate(names):
-                    link = _Link(len(self._by_number), side, i, self.peer(side), name)
-                    self._open(link, gid_index)
-                    self._links[side].append(link)
-                    self._by_number.append(link)
+                    setup.add(side, i, self.peer(side), name)
             self._side = SideChannel(rank, self.size, coordinator, job=job_digest(job_id),
                                      token=token, deadline=deadline)
-            table = self._side.all_gather(json.dumps(self._describe_links()).encode(),
-                                          deadline)
+            table = self._side.all_gather(json.dumps(setup.describe()).encode(), deadline)
             for link in self._by_number:
-                self._connect(link, json.loads(table[link.peer]), gid_index)
+                setup.connect(link, json.loads(table[link.peer]))
             self._side.all_gather(b"ready", deadline)  # nobody sends before all are in RTS
         except BaseException:
             self.close()
             raise
-
-    # -- set-up ----------------------------------------------------------------------------
-
-    def _context(self, name: str, gid_index: int) -> SimpleNamespace:
-        """The opened device ``name`` with its protection domain and completion queue."""
-        ctx = self._contexts.get(name)
-        if ctx is None:
-            api = self._api
-            opened = api.Context(name=name)
-            ctx = SimpleNamespace(ctx=opened, pd=api.PD(opened), cq=None,
-                                  port=opened.query_port(PORT),
-                                  gid=opened.query_gid(PORT, gid_index).gid)
-            # every link on this device shares the queue: room for all their requests
-            ctx.cq = api.CQ(opened, 4 * (2 * SLOTS + 2) * self.connections)
-            self._contexts[name] = ctx
-        return ctx
-
-    def _open(self, link: _Link, gid_index: int) -> None:
-        """Create the queue pair and its memory, post every receive slot, move to INIT."""
-        api, e = self._api, self._api.enums
-        ctx = self._context(link.device, gid_index)
-        link.context = ctx
-        access = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
-        length = 2 * SLOTS * SLOT_BYTES + 8 * _CREDIT_WORDS
-        link.mr = api.MR(ctx.pd, length, access)
-        base = link.mr.buf
-        link.mem = memoryview((ctypes.c_char * length).from_address(base)).cast("B")
-        credit = base + 2 * SLOTS * SLOT_BYTES
-        link.credit_in = ctypes.c_uint64.from_address(credit)       # written by the peer
-        link.credit_out = ctypes.c_uint64.from_address(credit + 8)  # what we write there
-        link.credit_in.value = SLOTS  # the peer posts SLOTS receives before anyone sends
-        link.credit_addr = credit
-        cap = api.QPCap(max_send_wr=SLOTS + 2, max_recv_wr=SLOTS, max_send_sge=1,
-                        max_recv_sge=1)
-        link.qp = api.QP(ctx.pd, api.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=ctx.cq,
-                                                 rcq=ctx.cq, cap=cap, sq_sig_all=0))
-        attr = api.QPAttr(qp_state=e.IBV_QPS_INIT, port_num=PORT)
-        attr.pkey_index = 0
-        attr.qp_access_flags = access
-        link.qp.to_init(attr)
-        wr_base = link.number << 16
-        lkey = link.mr.lkey
-        link.recv_wrs = [api.RecvWR(wr_id=wr_base | RECV << 8 | s, num_sge=1,
-                                    sg=[api.SGE(base + s * SLOT_BYTES, SLOT_BYTES, lkey)])
-                         for s in range(SLOTS)]
-        link.send_base = SLOTS * SLOT_BYTES
-        link.send_wrs = [self._send_wr(link, s, SLOT_BYTES) for s in range(SLOTS)]
-        for wr in link.recv_wrs:
-            link.qp.post_recv(wr)
-        link.receives_posted = link.advertised = SLOTS
-
-    def _send_wr(self, link: _Link, slot: int, length: int):
-        api, e = self._api, self._api.enums
-        sge = api.SGE(link.mr.buf + link.send_base + slot * SLOT_BYTES, length, link.mr.lkey)
-        return api.SendWR(wr_id=link.number << 16 | SEND << 8 | slot, num_sge=1, sg=[sge],
-                          opcode=e.IBV_WR_SEND, send_flags=e.IBV_SEND_SIGNALED)
-
-    def _describe_links(self) -> dict:
-        """What a peer needs to connect to each of this rank's queue pairs."""
-        return {f"{link.side.name}{link.index}": {
-            "qpn": link.qp.qp_num, "psn": link.psn, "lid": link.context.port.lid,
-            "gid": link.context.gid, "mtu": int(link.context.port.active_mtu),
-            "credit_addr": link.credit_addr, "rkey": link.mr.rkey}
-            for link in self._by_number}
-
-    def _connect(self, link: _Link, peer_links: dict, gid_index: int) -> None:
-        """Bring ``link`` to RTS toward its twin: the peer's opposite side, same index."""
-        api, e = self._api, self._api.enums
-        other = Side.LEFT if link.side is Side.RIGHT else Side.RIGHT
-        theirs = peer_links.get(f"{other.name}{link.index}")
-        if theirs is None:
-            raise ConfigError(f"rank {self.rank}: rank {link.peer} has no queue pair "
-                              f"{other.name.lower()}[{link.index}]; do both use the same "
-                              "device file?")
-        link.peer_credit_addr, link.peer_rkey = theirs["credit_addr"], theirs["rkey"]
-        attr = api.QPAttr(qp_state=e.IBV_QPS_RTR, port_num=PORT)
-        attr.path_mtu = min(int(link.context.port.active_mtu), theirs["mtu"])
-        attr.dest_qp_num = theirs["qpn"]
-        attr.rq_psn = theirs["psn"]
-        attr.max_dest_rd_atomic = 1
-        attr.min_rnr_timer = 12
-        attr.ah_attr = api.AHAttr(port_num=PORT, is_global=1, dlid=theirs["lid"], sl=0,
-                                  gr=api.GlobalRoute(dgid=api.GID(theirs["gid"]),
-                                                     sgid_index=gid_index, hop_limit=1))
-        link.qp.to_rtr(attr)
-        attr.qp_state = e.IBV_QPS_RTS
-        attr.sq_psn = link.psn
-        attr.timeout, attr.retry_cnt, attr.rnr_retry = 14, 7, 0
-        attr.max_rd_atomic = 1
-        link.qp.to_rts(attr)
-        credit_sge = api.SGE(link.credit_addr + 8, 8, link.mr.lkey)
-        link.credit_wr = api.SendWR(wr_id=link.number << 16 | CREDIT << 8, num_sge=1,
-                                    sg=[credit_sge], opcode=e.IBV_WR_RDMA_WRITE,
-                                    send_flags=e.IBV_SEND_SIGNALED)
-        link.credit_wr.set_wr_rdma(link.peer_rkey, link.peer_credit_addr)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -272,7 +138,7 @@ class RdmaTransport(Transport):
         link.receiving = Posted(into, head)
         self._drain(link)
 
-    def _push(self, link: _Link) -> bool:
+    def _push(self, link: Link) -> bool:
         """Copy what credits and free slots allow of the posted send into slots, and post it."""
         p, pushed = link.sending, False
         credits = link.credit_in.value - link.messages_sent
@@ -281,7 +147,7 @@ class RdmaTransport(Transport):
             n = min(SLOT_BYTES, len(p.view) - p.pos)
             at = link.send_base + slot * SLOT_BYTES
             link.mem[at:at + n] = p.view[p.pos:p.pos + n]
-            wr = link.send_wrs[slot] if n == SLOT_BYTES else self._send_wr(link, slot, n)
+            wr = link.send_wrs[slot] if n == SLOT_BYTES else self._setup.send_wr(link, slot, n)
             self._post(link, "send", link.qp.post_send, wr)
             link.messages_sent += 1
             credits -= 1
@@ -293,7 +159,7 @@ class RdmaTransport(Transport):
                 break
         return pushed
 
-    def _drain(self, link: _Link) -> None:
+    def _drain(self, link: Link) -> None:
         """Hand arrived bytes to the posted receive; repost each slot once it is empty."""
         p = link.receiving
         while link.arrived:
@@ -313,7 +179,7 @@ class RdmaTransport(Transport):
                 self._done.append(Channel(link.side, link.index, Kind.RECV))
                 return
 
-    def _advertise(self, link: _Link) -> None:
+    def _advertise(self, link: Link) -> None:
         """Write our receive count into the peer's credit word (one write in flight at most)."""
         if link.credit_write_busy or link.receives_posted == link.advertised:
             return
@@ -322,7 +188,7 @@ class RdmaTransport(Transport):
         link.credit_write_busy = True
         self._post(link, "credit update", link.qp.post_send, link.credit_wr)
 
-    def _post(self, link: _Link, what: str, post, wr) -> None:
+    def _post(self, link: Link, what: str, post, wr) -> None:
         try:
             post(wr)
         except self._api.PyverbsError as err:
@@ -384,7 +250,7 @@ class RdmaTransport(Transport):
             link.credit_write_busy = False
             self._advertise(link)
 
-    def _failed(self, link: _Link) -> CommError:
+    def _failed(self, link: Link) -> CommError:
         """The error for a failed completion: a notice's root cause if one comes, else this."""
         try:
             if self._side is not None:
@@ -455,19 +321,5 @@ class RdmaTransport(Transport):
             self._flush()
         if self._side is not None:
             self._side.close()
-        for link in self._by_number:  # drop views of registered memory before freeing it
-            link.mem = link.credit_in = link.credit_out = None
-            for obj in (link.qp, link.mr):
-                _close(obj)
-        for ctx in self._contexts.values():
-            for obj in (ctx.cq, ctx.pd, ctx.ctx):
-                _close(obj)
-        self._contexts.clear()
-
-
-def _close(obj: object) -> None:
-    if obj is not None:
-        try:
-            obj.close()
-        except Exception:  # noqa: BLE001 - closing after a failure must not mask it
-            pass
+        if self._setup is not None:
+            self._setup.release()

@@ -1,7 +1,6 @@
 """Small blocking-socket helpers shared by the TCP transport and the RDMA side channel."""
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
@@ -40,12 +39,9 @@ def resolve(addr: Address, rank: int, *, passive: bool = False, what: str = "hos
     return infos[0]
 
 
-CONGESTION = "reno"  # see set_congestion
-
-
-def set_congestion(sock: socket.socket) -> None:
-    """Use ``RINGCOMM_TCP_CONGESTION`` (default reno; ``system`` keeps the system's choice)
-    as the congestion control of a data connection, where Linux allows it.
+def set_congestion(sock: socket.socket, name: str) -> None:
+    """Use congestion control ``name`` (``RINGCOMM_TCP_CONGESTION``, default reno; ``system``
+    keeps the system's choice) on a data connection, where Linux allows it.
 
     Ring steps are bursts between two hosts on one link.  BBR, the default of many Linux
     systems, paces each burst at its bandwidth estimate, and the estimate falls after the
@@ -54,7 +50,6 @@ def set_congestion(sock: socket.socket) -> None:
     allow the choice (an unprivileged process, an algorithm missing from
     ``net.ipv4.tcp_allowed_congestion_control``, macOS) keeps its own.
     """
-    name = os.environ.get("RINGCOMM_TCP_CONGESTION", CONGESTION).strip()
     option = getattr(socket, "TCP_CONGESTION", None)
     if option is None or not name or name == "system":
         return

@@ -8,16 +8,16 @@ Both are returned as one namespace with the same names (``Context``, ``PD``, ``M
 """
 from __future__ import annotations
 
-import os
 from types import ModuleType, SimpleNamespace
 
+from . import settings
 from .errors import ConfigError
 
-PROVIDERS = ("pyverbs", "emulated")
+PROVIDERS = settings.VERBS_PROVIDERS
 
 
 def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
-    provider = provider or os.environ.get("RINGCOMM_VERBS") or "pyverbs"
+    provider = provider or settings.load().verbs
     if provider == "emulated":
         from . import emulated_verbs
         return emulated_verbs

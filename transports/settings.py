@@ -1,0 +1,158 @@
+"""Every environment setting ringcomm reads, parsed and checked in one place.
+
+``load()`` turns the environment into a frozen ``Settings``; init, the transports, the
+launcher and the benchmark take their knobs from it, never from ``os.environ``.  A value that
+cannot be used raises ``ConfigError`` naming the variable and what to write instead, before any
+socket opens.  ``KNOWN`` lists every variable, and README's knob table lists exactly these (a
+test checks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Mapping
+
+from .errors import ConfigError
+
+DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 10 * 365 * 86400.0  # ten years: longer is a typo, and overflows poll()
+MAX_SPIN_US = 1_000_000.0         # a wait spins at most a second before it sleeps
+PROTOCOLS = ("ringcomm", "mlx")
+BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
+VERBS_PROVIDERS = ("pyverbs", "emulated")
+
+# variable -> what it sets (the order of README's knob table)
+KNOWN = {
+    "RINGCOMM_TIMEOUT": "deadline of init and of every call, seconds",
+    "RINGCOMM_PROTOCOL": "ringcomm or mlx",
+    "RINGCOMM_TOKEN": "shared secret proven by every connection",
+    "RINGCOMM_JOB_ID": "tells this job's connections from another's",
+    "RINGCOMM_BACKEND": "the transport init(backend='any') picks",
+    "RINGCOMM_TCP_CONGESTION": "congestion control of TCP data connections",
+    "RINGCOMM_TCP_WARMUP": "warm-up exchange at set-up (1) or none (0)",
+    "RINGCOMM_SPIN_US": "bounded busy-poll of a TCP wait, microseconds",
+    "RINGCOMM_VERBS": "verbs provider: pyverbs or emulated",
+    "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
+    "MLX_RANK": "this process's rank",
+    "MLX_HOSTFILE": "the ring hostfile (TCP)",
+    "MLX_IBV_DEVICES": "the RDMA device file (alias JACCL_IBV_DEVICES)",
+    "MLX_JACCL_COORDINATOR": "rank 0's host:port for RDMA set-up (alias JACCL_COORDINATOR)",
+}
+ALIASES = {"JACCL_IBV_DEVICES": "MLX_IBV_DEVICES", "JACCL_COORDINATOR": "MLX_JACCL_COORDINATOR"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The environment's settings; ``None`` where a variable is unset and has no default."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    protocol: str = "ringcomm"
+    token: str | None = None
+    job_id: str | None = None
+    backend: str = "any"
+    tcp_congestion: str = "reno"     # "system": keep the operating system's choice
+    tcp_warmup: bool = True
+    spin_seconds: float = 50e-6
+    verbs: str = "pyverbs"
+    emulated_devices: tuple[str, ...] | None = None
+    rank: str | None = None
+    hostfile: str | None = None
+    ibv_devices: str | None = None
+    coordinator: str | None = None
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of ``env`` (default ``os.environ``), parsed once per distinct environment."""
+    env = os.environ if env is None else env
+    key = tuple(env.get(name) for name in (*KNOWN, *ALIASES))
+    cached = _cache.get(key)
+    if cached is None:
+        _cache.clear()
+        cached = _cache[key] = _parse(env)
+    return cached
+
+
+_cache: dict[tuple, Settings] = {}
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    def get(name: str) -> str | None:
+        for alias, target in ALIASES.items():  # JACCL's names win, as in MLX
+            if target == name and env.get(alias):
+                return env[alias]
+        return env.get(name)
+
+    devices = get("RINGCOMM_EMULATED_DEVICES")
+    return Settings(
+        timeout=timeout_seconds(get("RINGCOMM_TIMEOUT"), "RINGCOMM_TIMEOUT"),
+        protocol=choice(get("RINGCOMM_PROTOCOL"), "RINGCOMM_PROTOCOL", PROTOCOLS, "ringcomm",
+                        "protocol"),
+        token=get("RINGCOMM_TOKEN"),
+        job_id=get("RINGCOMM_JOB_ID"),
+        backend=choice(get("RINGCOMM_BACKEND"), "RINGCOMM_BACKEND", tuple(BACKENDS), "any",
+                       "backend"),
+        tcp_congestion=_congestion(get("RINGCOMM_TCP_CONGESTION")),
+        tcp_warmup=choice(get("RINGCOMM_TCP_WARMUP"), "RINGCOMM_TCP_WARMUP", ("0", "1"),
+                          "1", "warm-up setting") == "1",
+        spin_seconds=_spin(get("RINGCOMM_SPIN_US")),
+        verbs=choice(get("RINGCOMM_VERBS"), "RINGCOMM_VERBS", VERBS_PROVIDERS, "pyverbs",
+                     "verbs provider"),
+        emulated_devices=None if not devices else
+        tuple(n.strip() for n in devices.split(",") if n.strip()),
+        rank=get("MLX_RANK"), hostfile=get("MLX_HOSTFILE"),
+        ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"))
+
+
+def choice(text: str | None, name: str, allowed: tuple[str, ...], default: str,
+           what: str = "value") -> str:
+    """``text`` when it is one of ``allowed`` (unset or empty: ``default``), else ConfigError."""
+    value = default if text is None or not text.strip() else text.strip()
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {text!r} (from {name}); choose one of: "
+                          f"{', '.join(allowed)}")
+    return value
+
+
+def timeout_seconds(value: object, name: str = "timeout") -> float:
+    """A deadline in seconds: a finite positive number, at most ``MAX_TIMEOUT``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds; got {value!r}") from None
+    if not (0 < seconds <= MAX_TIMEOUT) or math.isnan(seconds):
+        raise ConfigError(f"{name} must be a positive number of seconds up to {MAX_TIMEOUT:.0f} "
+                          f"(ten years); got {value!r}")
+    return seconds
+
+
+def _spin(text: str | None) -> float:
+    if text is None or not text.strip():
+        return 50e-6
+    try:
+        micros = float(text)
+    except ValueError:
+        raise ConfigError(f"RINGCOMM_SPIN_US must be a number of microseconds (0 turns the "
+                          f"spin off); got {text!r}") from None
+    if not 0 <= micros <= MAX_SPIN_US:
+        raise ConfigError(f"RINGCOMM_SPIN_US must be between 0 and {MAX_SPIN_US:.0f} "
+                          f"microseconds; got {text!r}")
+    return micros * 1e-6
+
+
+def _congestion(text: str | None) -> str:
+    """A congestion-control name Linux offers, or "system"; elsewhere any name is kept."""
+    name = "reno" if text is None or not text.strip() else text.strip()
+    if name == "system":
+        return name
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            available = f.read().split()
+    except OSError:  # not Linux, or no /proc: the choice is left to the system anyway
+        return name
+    if name not in available:
+        raise ConfigError(f"RINGCOMM_TCP_CONGESTION={text!r} is not a congestion control this "
+                          f"system offers ({', '.join(available)}); or write 'system'")
+    return name
