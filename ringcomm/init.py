@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Sequence
 
 from .transports import Address, ConfigError, parse_hostfile, read_hostfile, settings
@@ -11,6 +12,7 @@ from .transports.devicefile import parse_devices, read_device_file
 from .transports.handshake import job_digest
 from .transports.tcp import TcpTransport
 
+from . import rendezvous
 from .group import Group
 
 BACKENDS = settings.BACKENDS
@@ -45,6 +47,10 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     ``verbs`` (default ``RINGCOMM_VERBS`` or "pyverbs") picks the verbs provider;
     "emulated" is an emulation of verbs for machines without RDMA (it proves the protocol,
     not the hardware).
+    Under other launchers (Open MPI's mpirun, PMI MPIs, Slurm's srun, torchrun), with no
+    MLX_RANK/MLX_HOSTFILE, the rank and size come from their variables and the ranks find each
+    other through a rendezvous at ``MASTER_ADDR:MASTER_PORT`` (or ``RINGCOMM_RENDEZVOUS``, or
+    Slurm's first node, or MPI itself): see ``ringcomm.rendezvous``.
     ``backend="any"`` takes ``RINGCOMM_BACKEND`` when set (``ringcomm-launch --backend``
     sets it), else TCP.  The group becomes the default for calls made with ``group=None``.
     """
@@ -76,8 +82,15 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
         _default_group = group
         return group
     hostfile = knobs.hostfile if hostfile is None else hostfile
+    deadline = time.monotonic() + timeout
+    if rank_text is None and hostfile is None and knobs.world is not None \
+            and knobs.world[2] > 1:  # mpirun, srun or torchrun: find the others (rendezvous)
+        _, rank_text, size = knobs.world
+        hostfile, found_job = rendezvous.find_peers(
+            rank_text, size, knobs, deadline, token.encode() if token is not None else None)
+        job_id = job_id or knobs.job_id or found_job
     if rank_text is None and hostfile is None:
-        if strict:
+        if strict and knobs.world is None:
             raise ConfigError("ringcomm.init(strict=True): no ring is configured; set MLX_RANK "
                               "and MLX_HOSTFILE (ringcomm-launch does), or pass rank= and "
                               "hostfile=")
@@ -92,7 +105,8 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
         job_id = knobs.job_id if job_id is None else job_id
         if job_id is None:
             job_id = json.dumps([[str(a) for a in r] for r in addresses])
-        transport = TcpTransport(_rank(rank_text, len(addresses)), addresses, timeout=timeout,
+        transport = TcpTransport(_rank(rank_text, len(addresses)), addresses,
+                                 timeout=max(deadline - time.monotonic(), 1e-3),
                                  protocol=protocol, job_id=job_id,
                                  token=token.encode() if token is not None else None,
                                  knobs=knobs)

@@ -38,7 +38,25 @@ KNOWN = {
     "MLX_HOSTFILE": "the ring hostfile (TCP)",
     "MLX_IBV_DEVICES": "the RDMA device file (alias JACCL_IBV_DEVICES)",
     "MLX_JACCL_COORDINATOR": "rank 0's host:port for RDMA set-up (alias JACCL_COORDINATOR)",
+    # other launchers (ringcomm.rendezvous), read when MLX_RANK and MLX_HOSTFILE are absent
+    "OMPI_COMM_WORLD_RANK": "rank under Open MPI's mpirun", "OMPI_COMM_WORLD_SIZE": "its size",
+    "PMI_RANK": "rank under a PMI-based MPI (MPICH, Intel MPI)", "PMI_SIZE": "its size",
+    "RANK": "rank under torchrun", "WORLD_SIZE": "its size",
+    "SLURM_PROCID": "rank under Slurm's srun", "SLURM_NTASKS": "its size",
+    "MASTER_ADDR": "the rendezvous host (torchrun's name)",
+    "MASTER_PORT": "the rendezvous port (torchrun's name)",
+    "RINGCOMM_RENDEZVOUS": "the rendezvous host:port when MASTER_ADDR is not set",
+    "SLURM_STEP_NODELIST": "Slurm's nodes: the first one is the rendezvous host",
+    "SLURM_JOB_ID": "with SLURM_STEP_ID, picks the rendezvous port under Slurm",
+    "SLURM_STEP_ID": "see SLURM_JOB_ID",
+    "RINGCOMM_IFNAME": "the network interface whose address a rank listens on",
 }
+# (launcher, rank variable, size variable), first match wins: torchrun and MPI run inside
+# Slurm allocations, where SLURM_PROCID counts srun's tasks, not their ranks
+LAUNCHERS = (("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+             ("a PMI-based MPI", "PMI_RANK", "PMI_SIZE"),
+             ("torchrun", "RANK", "WORLD_SIZE"),
+             ("Slurm", "SLURM_PROCID", "SLURM_NTASKS"))
 ALIASES = {"JACCL_IBV_DEVICES": "MLX_IBV_DEVICES", "JACCL_COORDINATOR": "MLX_JACCL_COORDINATOR"}
 
 
@@ -60,6 +78,13 @@ class Settings:
     hostfile: str | None = None
     ibv_devices: str | None = None
     coordinator: str | None = None
+    world: tuple[str, int, int] | None = None  # (launcher, rank, size) of another launcher
+    master_addr: str | None = None
+    master_port: int | None = None
+    rendezvous: str | None = None
+    slurm_nodelist: str | None = None
+    slurm_step: tuple[int, int] | None = None  # (job id, step id)
+    ifname: str | None = None
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -101,7 +126,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         emulated_devices=None if not devices else
         tuple(n.strip() for n in devices.split(",") if n.strip()),
         rank=get("MLX_RANK"), hostfile=get("MLX_HOSTFILE"),
-        ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"))
+        ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"),
+        world=_world(env), master_addr=get("MASTER_ADDR") or None,
+        master_port=_port(get("MASTER_PORT"), "MASTER_PORT"),
+        rendezvous=get("RINGCOMM_RENDEZVOUS") or None,
+        slurm_nodelist=get("SLURM_STEP_NODELIST") or None,
+        slurm_step=_slurm_step(env), ifname=get("RINGCOMM_IFNAME") or None)
 
 
 def choice(text: str | None, name: str, allowed: tuple[str, ...], default: str,
@@ -156,3 +186,39 @@ def _congestion(text: str | None) -> str:
         raise ConfigError(f"RINGCOMM_TCP_CONGESTION={text!r} is not a congestion control this "
                           f"system offers ({', '.join(available)}); or write 'system'")
     return name
+
+
+def _world(env: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """(launcher, rank, size) from the first launcher whose variables are both set."""
+    for launcher, rank_name, size_name in LAUNCHERS:
+        rank, size = env.get(rank_name), env.get(size_name)
+        if rank is None or size is None:
+            continue
+        try:
+            r, n = int(rank), int(size)
+        except ValueError:
+            raise ConfigError(f"{rank_name}={rank!r} and {size_name}={size!r} (set by "
+                              f"{launcher}) must be integers") from None
+        if not 0 <= r < n:
+            raise ConfigError(f"{rank_name}={r} is not a rank of {size_name}={n} (set by "
+                              f"{launcher})")
+        return launcher, r, n
+    return None
+
+
+def _port(text: str | None, name: str) -> int | None:
+    if text is None or not text.strip():
+        return None
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{name} must be a port from 1 to 65535; got {text!r}")
+    return int(text)
+
+
+def _slurm_step(env: Mapping[str, str]) -> tuple[int, int] | None:
+    job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID", "0")
+    if not job:
+        return None
+    try:
+        return int(job), int(step) if step.isdigit() else 0
+    except ValueError:
+        raise ConfigError(f"SLURM_JOB_ID must be an integer; got {job!r}") from None
