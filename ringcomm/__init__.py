@@ -21,10 +21,12 @@ from .dtypes import SUPPORTED_DTYPES
 from .group import Group
 from .init import default_group, init
 from .mlx_arrays import EagerCollectiveError
+from .mlx_patch import patch_mlx, unpatch_mlx  # imports mlx only when called
 
 __all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError", "Group", "GroupBrokenError",
            "MismatchError", "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
-           "all_min", "all_sum", "barrier", "init", "recv", "recv_like", "send", "sum_scatter"]
+           "all_min", "all_sum", "barrier", "init", "patch_mlx", "recv", "recv_like", "send",
+           "sum_scatter", "unpatch_mlx"]
 
 
 def _group(group: Group | None) -> Group:

@@ -11,7 +11,7 @@ from .transports import CommError, GroupBrokenError, Side, Transport
 from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype
 from .header import OpHeader, check, pack_header
-from .mlx_arrays import differentiable, is_mlx_array, mlx_dtype_to_numpy, to_mlx, to_numpy
+from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 
 
 class Group:
@@ -40,6 +40,11 @@ class Group:
 
     def size(self) -> int:
         return self._transport.size
+
+    def split(self, color: int, key: int = -1) -> Group:
+        """MLX's ``Group.split`` (a collective; the splits that need no new ring only)."""
+        from .mlx_patch import split_group
+        return split_group(self, color, key)
 
     def close(self) -> None:
         """Close every connection.  Later calls raise ``GroupBrokenError``."""
@@ -144,7 +149,8 @@ class Group:
             if out is not None:
                 raise ValueError("recv: out= takes numpy arrays; with an mx.Dtype the result "
                                  "is a new mx.array")
-            return to_mlx(self.recv(shape, mlx_dtype_to_numpy(dtype), src))
+            return recv_mlx(self, (shape,) if isinstance(shape, (int, np.integer))
+                            else tuple(shape), dtype, src)
         dtype = wire_dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         result = _output(out, shape, dtype, "recv")
@@ -173,8 +179,7 @@ class Group:
         if out is not None:
             raise ValueError(f"{op}: out= takes numpy arrays; for an mx.array the result is "
                              "a new mx.array")
-        method = getattr(self, op)
-        return differentiable(self, op, lambda xm: to_mlx(method(to_numpy(xm))))(x)
+        return collective(self, op, x)  # the result written straight into a new mx.array
 
     def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
         a = _contiguous(x)
