@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from .group import Group
+from .mlx_arrays import collective as mlx_collective
 
 NAMES = ("init", "is_available", "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
          "send", "recv", "recv_like")
@@ -115,7 +116,7 @@ def _collective(name: str) -> Callable[..., Any]:
         g = _resolve(group)
         if g is None:
             return _originals[name](x, group=group, stream=stream)  # an MLX group
-        return getattr(g, name)(_as_mlx(x))
+        return mlx_collective(g, name, _as_mlx(x))
     collective.__name__ = collective.__qualname__ = name
     collective.__doc__ = (f"ringcomm's {name} on the patched group (or ``group``); MLX's "
                           "signature, ``stream`` accepted and unused (the call is eager).")

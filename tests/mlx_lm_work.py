@@ -50,10 +50,11 @@ def build(family: str, seed: int):
     return model
 
 
-def greedy(model, tokens: int) -> list[int]:
+def greedy(model, tokens: int, prefill_step_size: int = 2048) -> list[int]:
     """mlx-lm's generate_step with its default (greedy) sampler."""
     from mlx_lm.generate import generate_step
-    steps = generate_step(mx.array(PROMPT), model, max_tokens=tokens)
+    steps = generate_step(mx.array(PROMPT), model, max_tokens=tokens,
+                          prefill_step_size=prefill_step_size)
     return [int(t) for t, _ in steps]
 
 
@@ -84,10 +85,12 @@ def pipeline_parallel(group, family: str, seed: int, tokens: int) -> dict[str, A
     try:
         model.model.pipeline(mx.distributed.init())
         got_tokens = greedy(model, tokens)
+        chunked = greedy(model, tokens, prefill_step_size=3)  # the prompt in 3 passes
         held = sum(layer is not None for layer in model.model.layers[model.model.start_idx:])
     finally:
         ringcomm.unpatch_mlx()
-    return {"tokens": got_tokens, "want_tokens": want_tokens, "layers_held": held}
+    return {"tokens": got_tokens, "chunked_prefill_tokens": chunked, "want_tokens": want_tokens,
+            "layers_held": held}
 
 
 def _sharded_count(model) -> int:

@@ -41,6 +41,7 @@ def test_pipeline_parallel_greedy_tokens_match_one_process(clusters, size):
     assert all(r["layers_held"] > 0 for r in results)
     for rank, res in enumerate(results):
         assert res["tokens"] == res["want_tokens"], (rank, res)
+        assert res["chunked_prefill_tokens"] == res["want_tokens"], (rank, res)
 
 
 @pytest.mark.parametrize("family,pipeline", [("llama", False), ("deepseek_v3", True)],
