@@ -29,8 +29,11 @@ class CommError(RingcommError):
         self.peer = peer
         self.address = address
         self.op = op
-        self.origin: int | None = None  # for a failure relayed around the ring: who saw it
-        self.failed: int | None = None  # ... and which rank it blamed
+        # For a failure relayed around the ring (``transports.notices``): the rank that saw
+        # it, the rank it blamed, and its own words, which every relay forwards unchanged.
+        self.origin: int | None = None
+        self.failed: int | None = None
+        self.reported: str | None = None
 
     def __str__(self) -> str:
         where = f"rank {self.rank}"

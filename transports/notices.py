@@ -1,53 +1,157 @@
-"""Abort notices: how a failing rank tells the others which rank failed and why.
+"""Control messages: abort notices, which tell every rank which rank failed and why, and the
+liveness probes that find a frozen rank (``transports.liveness``).
 
-A notice is ``"RCAB" kind:u8 origin:u32 failed:u32 length:u16`` then ``length`` bytes of
-UTF-8 text (big-endian).  ``origin`` is the rank that saw the failure, ``failed`` the rank it
-blames (``NO_RANK`` for none) and ``kind`` the error class, so the receiver raises the same
-type of error, naming the same ranks.
+Every message is ``"RCAB" kind:u8 origin:u32 failed:u32 length:u16`` then ``length`` bytes of
+UTF-8 text (big-endian).
+
+- An abort notice (kind 0-3: the error class, so the receiver raises the same type): ``origin``
+  is the rank that saw the failure, ``failed`` the rank it blames (the dead, frozen or
+  disagreeing peer, or ``origin`` itself when it failed on its own, e.g. Ctrl-C), and the text
+  is what ``origin`` saw, in its own words.  A rank that stops because of a notice forwards
+  that notice unchanged, so however many hops it travels, every rank reads one layer:
+  "rank 3: all_sum: rank 1 failed first; rank 0 reported: <text> [peer rank 1 (address)]".
+- A probe (kind 16) asks a neighbour whether it is alive; the answer is kind 17.  Both have
+  ``failed`` = ``NO_RANK`` and no text.
+
+Every rank a message names is checked against the group's size: a message that names a rank
+outside the group, or that is not a control message at all, is a ``MismatchError`` naming
+the neighbour that sent it.
 """
 from __future__ import annotations
 
+import socket
 import struct
-from typing import Callable
+from typing import Callable, Iterable, NamedTuple
 
 from .errors import CommError, CommTimeoutError, MismatchError, PeerLostError
+from .sockets import recv_exactly
 
 ABORT = struct.Struct("!4sBIIH")
 ABORT_MAGIC = b"RCAB"
 NO_RANK = 0xFFFFFFFF
 ABORT_KINDS: dict[int, type[CommError]] = {0: PeerLostError, 1: CommTimeoutError,
                                            2: MismatchError, 3: PeerLostError}
+PROBE, ALIVE = 16, 17
+GARBAGE = 255            # what ``read`` makes of bytes that are not a control message
 MAX_TEXT = 60000
+
+Address = Callable[[int], "str | None"]  # rank -> its address, for error messages
+
+
+class Notice(NamedTuple):
+    kind: int
+    origin: int
+    failed: int
+    text: str
+
+
+def blame(error: BaseException, rank: int) -> int:
+    """The rank that ``error``, seen on ``rank``, holds responsible: the peer that was lost,
+    did not answer or disagreed; else ``rank`` itself (Ctrl-C, a bad setting, a queue pair
+    that failed here: a plain ``CommError`` names the peer it was talking to, not a culprit)."""
+    if isinstance(error, CommError):
+        if error.origin is not None:
+            return error.failed if error.failed is not None else error.origin
+        if error.peer is not None and isinstance(error, (PeerLostError, CommTimeoutError,
+                                                         MismatchError)):
+            return error.peer
+    return rank
+
+
+def describe(error: BaseException) -> str:
+    """The words a notice carries for ``error``: its own, never a relayed layer."""
+    if isinstance(error, CommError):
+        return error.reported if error.origin is not None and error.reported else error.what
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def encode(error: BaseException, rank: int) -> bytes:
     """The notice for ``error`` seen on ``rank`` (a relayed error keeps its origin)."""
-    kind = next((k for k, cls in ABORT_KINDS.items() if type(error) is cls), 3)
-    if isinstance(error, CommError) and error.origin is not None:
-        origin, failed = error.origin, error.failed
-    else:
-        origin = rank
-        failed = error.peer if isinstance(error, PeerLostError) and error.peer is not None \
-            else NO_RANK
-    text = (str(error) or type(error).__name__).encode()[:MAX_TEXT]
-    return ABORT.pack(ABORT_MAGIC, kind, origin, failed if failed is not None else NO_RANK,
-                      len(text)) + text
+    kind = next((k for k, cls in ((2, MismatchError), (1, CommTimeoutError),
+                                  (0, PeerLostError)) if isinstance(error, cls)), 3)
+    relayed = isinstance(error, CommError) and error.origin is not None
+    origin = error.origin if relayed else rank  # type: ignore[union-attr]
+    return pack(kind, origin, blame(error, rank), describe(error))
 
 
-def decode(head: bytes, read: Callable[[int], bytes]) -> tuple[int, int, int, str]:
-    """(kind, origin, failed, text) from a notice's fixed part and a reader for the rest."""
+def pack(kind: int, origin: int, failed: int | None, text: str = "") -> bytes:
+    data = text.encode()[:MAX_TEXT]
+    return ABORT.pack(ABORT_MAGIC, kind, origin, NO_RANK if failed is None else failed,
+                      len(data)) + data
+
+
+def probe(rank: int) -> bytes:
+    return pack(PROBE, rank, None)
+
+
+def alive(rank: int) -> bytes:
+    return pack(ALIVE, rank, None)
+
+
+def decode(head: bytes, read: Callable[[int], bytes]) -> Notice:
+    """The message from its fixed part and a reader for the rest; ValueError if not one."""
     magic, kind, origin, failed, length = ABORT.unpack(head)
     if magic != ABORT_MAGIC:
-        raise ValueError("not an abort notice")
-    return kind, origin, failed, read(length).decode(errors="replace")
+        raise ValueError(f"bytes that are not a control message ({head[:8].hex()}...)")
+    return Notice(kind, origin, failed, read(length).decode(errors="replace"))
 
 
-def to_error(kind: int, origin: int, failed: int, text: str, *, rank: int,
-             address: Callable[[int], str | None]) -> CommError:
-    """The error a notice reports, raised on ``rank``; ``address(r)`` describes rank r."""
-    blamed = None if failed == NO_RANK else failed
-    error = ABORT_KINDS.get(kind, PeerLostError)(
-        f"stopped because rank {origin} reported: {text}", rank=rank, peer=blamed,
-        address=address(blamed) if blamed is not None else None)
-    error.origin, error.failed = origin, failed
+def read(sock: socket.socket, seconds: float = 1.0) -> Notice | None:
+    """One message from a control connection, or None when it closed (or broke).
+
+    The socket is left non-blocking, as the TCP transport keeps its control connections.
+    """
+    sock.settimeout(seconds)
+    try:
+        head = recv_exactly(sock, ABORT.size)
+        return decode(head, lambda n: recv_exactly(sock, n))
+    except ValueError as e:
+        return Notice(GARBAGE, NO_RANK, NO_RANK, str(e))
+    except (OSError, struct.error):
+        return None
+    finally:
+        try:
+            sock.setblocking(False)
+        except OSError:
+            pass
+
+
+def malformed(notice: Notice, size: int) -> str | None:
+    """Why ``notice`` cannot come from a rank of a group of ``size`` ranks, or None."""
+    if notice.kind == GARBAGE:
+        return notice.text
+    if notice.kind not in ABORT_KINDS and notice.kind not in (PROBE, ALIVE):
+        return f"a control message of unknown kind {notice.kind}"
+    if not 0 <= notice.origin < size:
+        return f"it names rank {notice.origin}, but the group has {size} ranks"
+    if notice.kind in ABORT_KINDS and not 0 <= notice.failed < size:
+        return f"it blames rank {notice.failed}, but the group has {size} ranks"
+    return None
+
+
+def to_error(notice: Notice, *, rank: int, size: int, sender: int,
+             address: Address) -> CommError:
+    """The error an abort notice from neighbour ``sender`` reports on ``rank`` (a
+    MismatchError naming ``sender`` when the message is not a valid notice)."""
+    why = malformed(notice, size)
+    if why is None and notice.kind not in ABORT_KINDS:
+        why = f"a {'probe' if notice.kind == PROBE else 'probe answer'} where a notice was due"
+    if why is not None:
+        return MismatchError(f"rank {sender} sent a control message that this group cannot "
+                             f"take ({why}): a peer of another ringcomm version, or not a "
+                             "ringcomm peer", rank=rank, peer=sender, address=address(sender))
+    kind, origin, failed, text = notice
+    error = ABORT_KINDS[kind](f"rank {failed} failed first; rank {origin} reported: {text}",
+                              rank=rank, peer=failed, address=address(failed))
+    error.origin, error.failed, error.reported = origin, failed, text
     return error
+
+
+def send(socks: Iterable[socket.socket], data: bytes) -> None:
+    """Best effort and non-blocking: a failing rank must never wait on a peer."""
+    for sock in socks:
+        try:
+            sock.setblocking(False)
+            sock.send(data)
+        except OSError:
+            pass

@@ -185,7 +185,7 @@ class SideChannel:
             raise PeerLostError(f"rank {peer} left during set-up ({e})", rank=self.rank,
                                 peer=peer, op="init") from None
         if got == ABORT:
-            self._raise_notice(payload)
+            self._raise_notice(payload, peer)
         if got != kind:
             raise CommError(f"unexpected side-channel message {got} from rank {peer}",
                             rank=self.rank, peer=peer, op="init")
@@ -214,24 +214,33 @@ class SideChannel:
             self._gone.add(peer)
             return
         if kind == ABORT:
-            if self.rank == 0:
-                self._relay(payload, skip=peer)
-            self._raise_notice(payload)
+            error = self._notice_error(payload, peer)
+            if self.rank == 0:  # forward it unchanged, or name the rank that sent garbage
+                self._relay(payload if error.origin is not None else
+                            notices.encode(error, 0), skip=peer)
+            raise error
         # the connection closed without a goodbye: that rank's process is gone
         self._forget(peer)
         error = PeerLostError(f"rank {peer} is gone: its side-channel connection closed "
                               "without a goodbye (the process died or was killed)",
                               rank=self.rank, peer=peer)
         if self.rank == 0:
-            error.origin, error.failed = 0, peer
             self._relay(notices.encode(error, 0), skip=peer)
         raise error
 
-    def _raise_notice(self, payload: bytes) -> None:
+    def _notice_error(self, payload: bytes, sender: int) -> CommError:
+        """The error a notice from ``sender`` reports (MismatchError if it is not one)."""
         head, rest = payload[:notices.ABORT.size], payload[notices.ABORT.size:]
-        kind, origin, failed, text = notices.decode(head, lambda n: rest[:n])
-        raise notices.to_error(kind, origin, failed, text, rank=self.rank,
-                               address=lambda r: None)
+        try:
+            notice = notices.decode(head, lambda n: rest[:n])
+        except (ValueError, struct.error) as e:
+            notice = notices.Notice(notices.GARBAGE, notices.NO_RANK, notices.NO_RANK,
+                                    str(e) or "a notice too short to read")
+        return notices.to_error(notice, rank=self.rank, size=self.size, sender=sender,
+                                address=lambda r: None)
+
+    def _raise_notice(self, payload: bytes, sender: int) -> None:
+        raise self._notice_error(payload, sender)
 
     def _relay(self, notice: bytes, skip: int | None = None) -> None:
         frame = FRAME.pack(ABORT, len(notice)) + notice

@@ -14,22 +14,19 @@ from __future__ import annotations
 import math
 import os
 import select
-import selectors
 import socket
-import struct
 import time
 from typing import Sequence
 
-from . import notices, settings
+from . import liveness, notices, settings
 from .base import Channel, Kind, Side, Transport
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .hostfile import Address
 from .posted import Posted
-from .sockets import recv_exactly, set_congestion
+from .sockets import set_congestion
 from .tcp_setup import TcpSetup
 
 NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
-_READ = selectors.EVENT_READ
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _POLLBAD = select.POLLERR | select.POLLHUP | select.POLLNVAL  # reported whatever was asked
 _IN_READY, _OUT_READY = _POLLIN | _POLLBAD, _POLLOUT | _POLLBAD
@@ -109,8 +106,10 @@ class TcpTransport(Transport):
         if self._warm:
             try:
                 self._warm_up(deadline)
-            except BaseException:
-                self.close()
+            except BaseException as e:  # tell the neighbours, as a failed collective does
+                if isinstance(e, CommError):
+                    e.op = e.op or "init"
+                self.abort(e)
                 raise
 
     def _warm_up(self, deadline: float) -> None:
@@ -270,31 +269,46 @@ class TcpTransport(Transport):
         one (it does so just before closing), else a PeerLostError blaming the neighbour."""
         control = self._control.get(c.side)
         if control is not None:
-            ready = selectors.DefaultSelector()
-            try:
-                ready.register(control.sock, _READ)
-                if ready.select(NOTICE_GRACE):
-                    self._on_notice(control)
-            except CommError as notice:
-                return notice
-            finally:
-                ready.close()
+            heard = liveness.listen(self.rank, self.size, [(control.peer, control.sock)],
+                                    self._address, probe=False, seconds=NOTICE_GRACE)
+            if heard.notice is not None:
+                return heard.notice
         reason = "peer closed the connection" if e is None else (e.strerror or str(e))
         return PeerLostError(f"connection {c.side.name.lower()}[{c.index}] lost during "
                              f"{what}: {reason}", rank=self.rank, peer=c.peer,
                              address=str(c.address))
 
-    def _timed_out(self) -> CommTimeoutError:
+    def _timed_out(self) -> CommError:
+        """The error at a deadline.  With ringcomm's protocol the neighbours are probed first
+        (``transports.liveness``), so that the error names the frozen rank, not a live one
+        that was waiting for it too; this adds at most ``liveness.NOTICE_SECONDS``."""
         pending = [(c, k) for conns in self._conns for c in conns
                    for k, v in (("send to", c.sending), ("receive from", c.receiving))
                    if v is not None]
-        c, what = pending[0] if pending else (None, "progress with")
         detail = "; ".join(f"{k} rank {p.peer} on {p.side.name.lower()}[{p.index}]"
-                           for p, k in pending)
-        return CommTimeoutError(f"deadline passed while waiting to {detail or what}; "
-                                "a peer may be frozen, overloaded or in a different operation",
-                                rank=self.rank, peer=c.peer if c else None,
-                                address=str(c.address) if c else None)
+                           for p, k in pending) or "progress"
+        peer = pending[0][0].peer if pending else None
+        why = "a peer may be frozen, overloaded or in a different operation"
+        if self.secure and self._control:
+            heard = liveness.listen(self.rank, self.size,
+                                    [(c.peer, c.sock) for c in self._control.values()],
+                                    self._address, probe=True, seconds=liveness.PROBE_SECONDS)
+            if heard.notice is not None:
+                return heard.notice
+            if heard.silent or heard.closed:
+                peer = next((c.peer for c, _ in pending if c.peer in heard.silent),
+                            (heard.silent or heard.closed)[0])
+                why = (f"rank {peer} did not answer a liveness probe within "
+                       f"{liveness.PROBE_SECONDS:g} s: it is frozen (stopped, swapping), busy "
+                       "outside ringcomm, or still in init() connecting to its other neighbour"
+                       if peer in heard.silent else
+                       f"rank {peer} closed its control connection without a notice")
+            else:
+                why = ("every neighbour answered a liveness probe: a rank further along the "
+                       "ring, or ranks in different operations, hold the ring up")
+        return CommTimeoutError(f"deadline passed while waiting to {detail}; {why}",
+                                rank=self.rank, peer=peer,
+                                address=self._address(peer) if peer is not None else None)
 
     # -- failure notices (ringcomm protocol) -------------------------------------------------
 
@@ -306,33 +320,34 @@ class TcpTransport(Transport):
         """
         if self._closed:
             return
+        if isinstance(error, CommError) and error.peer is not None and error.address is None \
+                and 0 <= error.peer < self.size:
+            error.address = self._address(error.peer)  # e.g. a MismatchError from the engine
         if self.secure:
-            notice = notices.encode(error, self.rank)
-            for c in self._control.values():
-                try:
-                    c.sock.send(notice)
-                except OSError:
-                    pass
+            notices.send((c.sock for c in self._control.values()),
+                         notices.encode(error, self.rank))
         self.close()
 
     def _on_notice(self, c: _Conn) -> None:
-        """Raise the error a neighbour's abort notice reports.
+        """Raise the error a neighbour's abort notice reports; answer its liveness probe.
 
         A control connection that just closes means the neighbour closed its group (or died):
         that alone is no error, since it may have finished everything it had for this rank;
         the data connections report a real loss when an operation needs that neighbour.
         """
-        c.sock.settimeout(1.0)
-        try:
-            kind, origin, failed, text = notices.decode(
-                recv_exactly(c.sock, notices.ABORT.size), lambda n: recv_exactly(c.sock, n))
-        except (OSError, ValueError, struct.error):
+        message = notices.read(c.sock)
+        if message is None:
             self._watch(c, 0)
             c.sock.close()
             del self._control[c.side]
-            return
-        raise notices.to_error(kind, origin, failed, text, rank=self.rank,
-                               address=lambda r: str(self._hostfile[r][0]))
+        elif message.kind == notices.PROBE:
+            notices.send((c.sock,), notices.alive(self.rank))
+        elif message.kind != notices.ALIVE:  # a late answer to a probe of ours: nothing to do
+            raise notices.to_error(message, rank=self.rank, size=self.size, sender=c.peer,
+                                   address=self._address)
+
+    def _address(self, rank: int) -> str | None:
+        return str(self._hostfile[rank][0]) if 0 <= rank < self.size else None
 
     def close(self) -> None:
         if self._closed:

@@ -18,7 +18,7 @@ import struct
 import time
 from typing import Sequence
 
-from . import handshake
+from . import handshake, notices
 from .base import Side
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, job_digest, mac, mismatch,
@@ -71,7 +71,9 @@ class TcpSetup:
         try:
             for step in (steps if self.peer(Side.RIGHT) > self.rank else steps[::-1]):
                 step()
-        except BaseException:
+        except BaseException as e:  # the neighbours already connected learn why (notices)
+            notices.send((sock for sock, _ in self.control.values()),
+                         notices.encode(e, self.rank))
             self.close()
             raise
 

@@ -1,0 +1,77 @@
+"""Whom to blame when a TCP wait times out: the neighbour that does not answer.
+
+When one rank of a ring freezes (SIGSTOP, swapping, stuck outside ringcomm), every rank
+waits, and the peer a rank waits for is often alive and waiting itself.  So before it raises
+``CommTimeoutError``, a rank sends a probe on each control connection (``notices.probe``) and
+listens: a live neighbour answers at once from whatever wait it is in
+(``TcpTransport._on_notice``, or this module when it is timing out too), and the neighbour
+that stays silent for ``PROBE_SECONDS`` is the frozen one.  When every neighbour answers,
+the frozen rank is further along the ring: its own neighbours find it the same way and send
+their abort notice, which this rank waits for up to ``NOTICE_SECONDS`` in all.  A notice
+that arrives meanwhile wins at once, since its sender saw the failure first.  So a timeout
+is raised at most ``NOTICE_SECONDS`` after the deadline.
+"""
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from typing import NamedTuple, Sequence
+
+from . import notices
+from .errors import CommError
+
+PROBE_SECONDS = 0.5    # a live rank answers within this (it is sleeping in poll())
+NOTICE_SECONDS = 1.0   # ... and a rank further along the ring reports within this
+
+Link = tuple[int, socket.socket]  # (neighbour rank, control connection to it)
+
+
+class Verdict(NamedTuple):
+    notice: CommError | None    # the failure a neighbour reported meanwhile
+    silent: list[int]           # neighbours that did not answer
+    closed: list[int]           # neighbours whose control connection closed
+
+
+def listen(rank: int, size: int, links: Sequence[Link], address: notices.Address, *,
+           probe: bool, seconds: float) -> Verdict:
+    """Read the control connections for up to ``seconds``, answering probes.
+
+    With ``probe``, first ask every neighbour whether it is alive, and stop once each has
+    answered or closed, or ``seconds`` pass; without, wait for a notice (or for every
+    connection to close).  Once every neighbour has answered, keep listening for a notice
+    until ``NOTICE_SECONDS``.
+    """
+    start = time.monotonic()
+    if probe:
+        notices.send((sock for _, sock in links), notices.probe(rank))
+    answered: set[int] = set()
+    closed: list[int] = []
+    sel = selectors.DefaultSelector()
+    try:
+        for peer, sock in links:
+            sel.register(sock, selectors.EVENT_READ, (peer, sock))
+        while sel.get_map():
+            waiting = {key.data[0] for key in sel.get_map().values()} - answered
+            limit = seconds if waiting or not probe else max(seconds, NOTICE_SECONDS)
+            left = start + limit - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(left):
+                peer, sock = key.data
+                message = notices.read(sock)
+                if message is None:
+                    sel.unregister(sock)
+                    closed.append(peer)
+                elif message.kind == notices.PROBE:
+                    answered.add(peer)  # asking is answering: it is alive
+                    notices.send((sock,), notices.alive(rank))
+                elif message.kind == notices.ALIVE:
+                    answered.add(peer)
+                else:
+                    return Verdict(notices.to_error(message, rank=rank, size=size,
+                                                    sender=peer, address=address), [], [])
+        silent = [peer for peer, _ in links if peer not in answered and peer not in closed]
+        return Verdict(None, list(dict.fromkeys(silent)) if probe else [], closed)
+    finally:
+        sel.close()
