@@ -7,23 +7,17 @@ entries toward other ranks are ignored (MLX's mesh uses them).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from .errors import ConfigError
+from .hostfile import read_json, short_repr
 
 
 def read_device_file(path: str | os.PathLike) -> list[list[list[str]]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read the RDMA device file {os.fspath(path)!r} "
-                          f"(MLX_IBV_DEVICES): {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"the RDMA device file {os.fspath(path)!r} is not valid JSON: "
-                          f"{e}") from e
+    """Read and check the device file; as for hostfiles, a FIFO, a device, bytes that are not
+    UTF-8 or JSON nested too deeply are ``ConfigError``s (``hostfile.read_json``)."""
+    data = read_json(path, "the RDMA device file", "MLX_IBV_DEVICES")
     return parse_devices(data, source=os.fspath(path))
 
 
@@ -36,13 +30,13 @@ def parse_devices(data: Any, source: str = "device file") -> list[list[list[str]
     for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != size:
             raise ConfigError(f"{source}: row {i} must list {size} entries (one per rank); "
-                              f"got {row!r}")
+                              f"got {short_repr(row)}")
         entries = []
         for j, entry in enumerate(row):
             names = [] if entry is None else [entry] if isinstance(entry, str) else entry
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
                 raise ConfigError(f"{source}: entry [{i}][{j}] must be null, a device name or "
-                                  f"a list of names; got {entry!r}")
+                                  f"a list of names; got {short_repr(entry)}")
             if i == j and names:
                 raise ConfigError(f"{source}: entry [{i}][{i}] links rank {i} to itself; it "
                                   "must be null")
