@@ -29,54 +29,69 @@ __all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError
            "sum_scatter", "unpatch_mlx"]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # on first use: importlib.metadata costs ~0.1 s to import
+        from ._version import version
+        globals()["__version__"] = value = version()
+        return value
+    raise AttributeError(f"module 'ringcomm' has no attribute {name!r}")
+
+
 def _group(group: Group | None) -> Group:
     return default_group() if group is None else group
 
 
-def all_sum(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+# ``stream=`` is MLX's keyword (the device stream a lazy op runs on); ringcomm's collectives
+# run eagerly on the calling thread, so it is accepted for MLX code and ignored.
+
+
+def all_sum(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+            stream: Any = None) -> np.ndarray:
     """Sum ``x`` over every rank of ``group``."""
     return _group(group).all_sum(x, out=out)
 
 
-def all_max(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+def all_max(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+            stream: Any = None) -> np.ndarray:
     """Element-wise maximum of ``x`` over every rank of ``group``."""
     return _group(group).all_max(x, out=out)
 
 
-def all_min(x: Any, *, group: Group | None = None, out: np.ndarray | None = None) -> np.ndarray:
+def all_min(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+            stream: Any = None) -> np.ndarray:
     """Element-wise minimum of ``x`` over every rank of ``group``."""
     return _group(group).all_min(x, out=out)
 
 
-def all_gather(x: Any, *, group: Group | None = None,
-               out: np.ndarray | None = None) -> np.ndarray:
+def all_gather(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+               stream: Any = None) -> np.ndarray:
     """Concatenate every rank's ``x`` along axis 0."""
     return _group(group).all_gather(x, out=out)
 
 
-def sum_scatter(x: Any, *, group: Group | None = None,
-                out: np.ndarray | None = None) -> np.ndarray:
+def sum_scatter(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+                stream: Any = None) -> np.ndarray:
     """Sum ``x`` over every rank and return this rank's slice of axis 0."""
     return _group(group).sum_scatter(x, out=out)
 
 
-def send(x: Any, dst: int, *, group: Group | None = None) -> np.ndarray:
+def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
     """Send ``x`` to the neighbouring rank ``dst``."""
     return _group(group).send(x, dst)
 
 
 def recv(shape: Sequence[int] | int, dtype: Any, src: int, *, group: Group | None = None,
-         out: np.ndarray | None = None) -> np.ndarray:
+         out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
     """Receive an array of ``shape`` and ``dtype`` from the neighbouring rank ``src``."""
     return _group(group).recv(shape, dtype, src, out=out)
 
 
 def recv_like(x: Any, src: int, *, group: Group | None = None,
-              out: np.ndarray | None = None) -> np.ndarray:
+              out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
     """Receive an array shaped and typed like ``x`` from the neighbouring rank ``src``."""
     return _group(group).recv_like(x, src, out=out)
 
 
-def barrier(*, group: Group | None = None) -> None:
+def barrier(*, group: Group | None = None, stream: Any = None) -> None:
     """Block until every rank of ``group`` has reached the barrier."""
     _group(group).barrier()

@@ -8,49 +8,131 @@ mixed rings: every rank must hold the same bytes.
 - max: ``std::max(local, received)``, i.e. ``received if local < received else local``; min:
   ``received if received < local else local``.  A NaN on either side keeps ``local``, and of
   two equal zeros ``local`` wins: not numpy's ``maximum``/``minimum``, which propagate NaN.
+
+bfloat16 is ml_dtypes', whose import takes most of a second and more (1.35 s of the 1.5 s
+``import ringcomm`` took on this project's machine, paid by every rank).  So ml_dtypes is
+imported only when a bfloat16 is met: an array or a header of that type, or a read of that
+entry of ``SUPPORTED_DTYPES``.  A bfloat16 array exists only once ml_dtypes is imported, so
+recognising one (``dtype_index``) never imports it.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, Iterator
 
-import ml_dtypes
 import numpy as np
 
-SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in (
-    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-    np.uint64, np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.complex64))
+# The 14 element types, in the order of the operation header's dtype codes (1-based).
+DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+               "uint64", "float16", "bfloat16", "float32", "float64", "complex64")
+BFLOAT16 = DTYPE_NAMES.index("bfloat16")
+_INDEX = {np.dtype(name): i for i, name in enumerate(DTYPE_NAMES) if i != BFLOAT16}
+
+
+@functools.lru_cache(maxsize=None)
+def bfloat16() -> np.dtype:
+    """ml_dtypes' bfloat16, imported on the first call."""
+    import ml_dtypes
+    dtype = np.dtype(ml_dtypes.bfloat16)
+    _INDEX[dtype] = BFLOAT16
+    return dtype
+
+
+def dtype_index(dtype: np.dtype) -> int | None:
+    """``dtype``'s position in ``DTYPE_NAMES``, or None if ringcomm cannot carry it.
+
+    A bfloat16 dtype can exist only once ml_dtypes is imported (by ringcomm, MLX or the
+    user), so until then a miss needs no import; after, bfloat16 joins the table."""
+    index = _INDEX.get(dtype)
+    if index is None and len(_INDEX) < len(DTYPE_NAMES) and "ml_dtypes" in sys.modules:
+        bfloat16()
+        index = _INDEX.get(dtype)
+    return index
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    return dtype_index(dtype) == BFLOAT16
+
+
+class _SupportedDtypes(Sequence):
+    """The supported dtypes in header order, as a read-only sequence whose bfloat16 entry
+    imports ml_dtypes when it is first read (``in`` never does)."""
+
+    def __len__(self) -> int:
+        return len(DTYPE_NAMES)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        name = DTYPE_NAMES[i]
+        return bfloat16() if name == "bfloat16" else np.dtype(name)
+
+    def __iter__(self) -> Iterator[np.dtype]:
+        return (self[i] for i in range(len(self)))
+
+    def __contains__(self, dtype: object) -> bool:
+        return isinstance(dtype, np.dtype) and dtype_index(dtype) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+SUPPORTED_DTYPES: Sequence[np.dtype] = _SupportedDtypes()
+
+
+class _DtypeCodes:
+    """dtype -> its code in the operation header, as a mapping, without importing ml_dtypes."""
+
+    def __getitem__(self, dtype: np.dtype) -> int:
+        index = dtype_index(np.dtype(dtype))
+        if index is None:
+            raise KeyError(dtype)
+        return index + 1
+
+    def __contains__(self, dtype: object) -> bool:
+        return dtype in SUPPORTED_DTYPES
+
+
+DTYPE_CODES = _DtypeCodes()
 
 Combine = Callable[..., None]
 """``combine(local, received, src=None)`` writes ``src op received`` into ``local`` (``src``
 defaults to ``local``: an in-place fold); ``src`` may be ``local`` itself, never a partial
 overlap of it."""
 
-_SUPPORTED = frozenset(SUPPORTED_DTYPES)
 _BOOL = np.dtype(np.bool_)
-_INEXACT = frozenset(d for d in SUPPORTED_DTYPES if d.kind in "fc" or d.name == "bfloat16")
+_FLOAT16 = np.dtype(np.float16)
 
 
 def wire_dtype(dtype: np.dtype) -> np.dtype:
     """The little-endian dtype that goes on the wire; TypeError for what MLX cannot carry."""
     dtype = np.dtype(dtype)
     le = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
-    if le not in _SUPPORTED:
-        names = ", ".join(str(t) for t in SUPPORTED_DTYPES)
-        raise TypeError(f"dtype {dtype} is not supported by ringcomm (MLX's types only: {names})")
+    if dtype_index(le) is None:
+        raise TypeError(f"dtype {dtype} is not supported by ringcomm (MLX's types only: "
+                        f"{', '.join(DTYPE_NAMES)})")
     return le
 
 
 @functools.lru_cache(maxsize=None)
 def reducer(op: str, dtype: np.dtype) -> Combine:
     """How ``op`` ("sum", "max" or "min") folds a received buffer into the local one."""
+    bf16 = is_bfloat16(dtype)
     if op == "sum":
-        if dtype in _CANONICAL_NAN:
-            return _sum_canonical_nan(_CANONICAL_NAN[dtype])
+        if dtype == _FLOAT16 or bf16:
+            return _sum_canonical_nan(_CANONICAL_NAN["bfloat16" if bf16 else "float16"])
         return _ufunc(np.logical_or if dtype == _BOOL else np.add)
     if dtype == _BOOL:
         return _ufunc(np.logical_or if op == "max" else np.logical_and)
-    if dtype not in _INEXACT:  # integers: no NaN, no signed zero, so numpy's ufunc is MLX's op
+    if dtype.kind not in "fc" and not bf16:
+        # integers: no NaN, no signed zero, so numpy's ufunc is MLX's op
         return _ufunc(np.maximum if op == "max" else np.minimum)
     less = _complex_less if dtype.kind == "c" else np.less
 
@@ -70,8 +152,7 @@ def _ufunc(ufunc: np.ufunc) -> Combine:
 
 
 # (bits of MLX's NaN, mask of the sign bits it keeps) for the 16-bit floats
-_CANONICAL_NAN = {np.dtype(np.float16): (0x7D00, 0x8000),
-                  np.dtype(ml_dtypes.bfloat16): (0x7FC0, 0x0000)}
+_CANONICAL_NAN = {"float16": (0x7D00, 0x8000), "bfloat16": (0x7FC0, 0x0000)}
 
 
 def _sum_canonical_nan(nan: tuple[int, int]) -> Combine:

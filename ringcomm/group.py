@@ -18,7 +18,8 @@ class Group:
     """The ranks of one ring.  Collectives are eager: they run when called and block until done.
 
     Every call shares the group's ``timeout`` (seconds).  After any communication failure the
-    group is broken and every later call raises ``GroupBrokenError`` at once.
+    group is broken and every later call raises ``GroupBrokenError`` at once.  ``stream=``
+    (MLX's keyword) is accepted by every collective and ignored: they run on the calling thread.
     """
 
     def __init__(self, transport: Transport, timeout: float, *, headers: bool = False,
@@ -63,23 +64,27 @@ class Group:
 
     # -- collectives ---------------------------------------------------------------------------
 
-    def all_sum(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    def all_sum(self, x: Any, *, out: np.ndarray | None = None,
+                stream: Any = None) -> np.ndarray:
         """Element-wise sum over all ranks; every rank gets the same bytes."""
         if is_mlx_array(x):
             return self._mlx_call("all_sum", x, out)
         return self._all_reduce("all_sum", "sum", x, out)
 
-    def all_max(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    def all_max(self, x: Any, *, out: np.ndarray | None = None,
+                stream: Any = None) -> np.ndarray:
         if is_mlx_array(x):
             return self._mlx_call("all_max", x, out)
         return self._all_reduce("all_max", "max", x, out)
 
-    def all_min(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    def all_min(self, x: Any, *, out: np.ndarray | None = None,
+                stream: Any = None) -> np.ndarray:
         if is_mlx_array(x):
             return self._mlx_call("all_min", x, out)
         return self._all_reduce("all_min", "min", x, out)
 
-    def all_gather(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    def all_gather(self, x: Any, *, out: np.ndarray | None = None,
+                   stream: Any = None) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,)).
 
         In place: ``x`` may be this rank's block of ``out`` (``out[rank * len(x):(rank + 1) *
@@ -100,7 +105,8 @@ class Group:
                   a.dtype, a.shape)
         return result
 
-    def sum_scatter(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+    def sum_scatter(self, x: Any, *, out: np.ndarray | None = None,
+                    stream: Any = None) -> np.ndarray:
         """Sum over all ranks, then return this rank's slice of axis 0 (which must divide by size)."""
         if is_mlx_array(x):
             return self._mlx_call("sum_scatter", x, out)
@@ -130,7 +136,7 @@ class Group:
             flat[...] = work[:flat.size]
         return result
 
-    def send(self, x: Any, dst: int) -> np.ndarray:
+    def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
         a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
         side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
@@ -140,7 +146,7 @@ class Group:
         return x if is_mlx_array(x) else a
 
     def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
         """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``.
 
         An ``mx.Dtype`` gives an ``mx.array`` (numpy's dtypes give numpy arrays).
@@ -161,14 +167,15 @@ class Group:
                   message=(side, False))
         return result
 
-    def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None) -> np.ndarray:
+    def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None,
+                  stream: Any = None) -> np.ndarray:
         """Receive an array shaped and typed like ``x`` (numpy or MLX) from neighbour ``src``."""
         if is_mlx_array(x):
             return self.recv(tuple(x.shape), x.dtype, src, out=out)
         a = np.asarray(x)
         return self.recv(a.shape, a.dtype, src, out=out)
 
-    def barrier(self) -> None:
+    def barrier(self, *, stream: Any = None) -> None:
         """Return once every rank of the group has called barrier() (an all_sum of one byte)."""
         self._all_reduce("barrier", "sum", np.zeros(1, np.uint8), None)
 

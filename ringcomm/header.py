@@ -23,13 +23,13 @@ import numpy as np
 
 from .transports import MismatchError
 
-from .dtypes import SUPPORTED_DTYPES
+from .dtypes import DTYPE_CODES, SUPPORTED_DTYPES
 
 HEADER = struct.Struct("!4sQBBxxQII")
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier")
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
-_DTYPE_CODE = {d: i + 1 for i, d in enumerate(SUPPORTED_DTYPES)}
+_DTYPE_CODE = DTYPE_CODES  # reads no bfloat16 entry: ml_dtypes is imported when one is met
 
 
 class OpHeader(NamedTuple):

@@ -19,12 +19,11 @@ import math
 import weakref
 from typing import Any, Callable
 
-import ml_dtypes
 import numpy as np
 
 from .transports.errors import RingcommError
 
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+from .dtypes import bfloat16, is_bfloat16  # ml_dtypes is imported once a bfloat16 is met
 _UINT16 = np.dtype(np.uint16)
 _MX_DTYPES: dict[np.dtype, Any] = {}  # numpy dtype -> mx.Dtype (dtype.name costs ~5 us a call)
 _NP_DTYPES: dict[Any, np.dtype] = {}  # mx.Dtype -> numpy dtype
@@ -64,7 +63,7 @@ def to_numpy(x: Any) -> np.ndarray:
             x = mx.contiguous(x)
             mx.eval(x)
             raw = memoryview(x).cast("B")
-        return np.frombuffer(raw, _BFLOAT16).reshape(x.shape)
+        return np.frombuffer(raw, bfloat16()).reshape(x.shape)
     return np.asarray(x)
 
 
@@ -81,7 +80,8 @@ def new_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, np.ndarray]
     """A new, evaluated MLX array of ``shape`` and ``dtype`` that nothing else shares, and a
     writable numpy view of its memory for a result to be written into."""
     import mlx.core as mx
-    store = _UINT16 if dtype == _BFLOAT16 else dtype  # numpy cannot export bfloat16
+    bf16 = is_bfloat16(dtype)
+    store = _UINT16 if bf16 else dtype  # numpy cannot export bfloat16
     if math.prod(shape) * store.itemsize <= _SMALL_RESULT:
         result = mx.array(np.empty(shape, store), dtype=mlx_dtype(store))
     else:  # filled from a kept zero, so that nothing but the result is allocated
@@ -94,8 +94,8 @@ def new_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, np.ndarray]
     view = np.asarray(result)
     if not view.flags.writeable:  # pragma: no cover - MLX's buffers have been writable
         raise RuntimeError("ringcomm: this MLX exports read-only buffers; cannot write results")
-    if dtype == _BFLOAT16:
-        return result.view(mx.bfloat16), view.view(_BFLOAT16)
+    if bf16:
+        return result.view(mx.bfloat16), view.view(bfloat16())
     return result, view
 
 
@@ -141,7 +141,7 @@ def recv(group: Any, shape: tuple[int, ...], dtype: Any, src: int) -> Any:
 def to_mlx(a: np.ndarray) -> Any:
     """A new MLX array with ``a``'s dtype (float64 stays float64), copied once."""
     import mlx.core as mx
-    if a.dtype == _BFLOAT16:
+    if is_bfloat16(a.dtype):
         return mx.array(a.view(np.uint16)).view(mx.bfloat16)
     return mx.array(a, dtype=mlx_dtype(a.dtype))
 
@@ -152,7 +152,7 @@ def mlx_dtype_to_numpy(dtype: Any) -> np.dtype:
     if found is None:
         import mlx.core as mx
         if dtype == mx.bfloat16:
-            found = _BFLOAT16
+            found = bfloat16()
         else:
             name = str(dtype).rsplit(".", 1)[-1]
             found = np.dtype("bool" if name in ("bool", "bool_") else name)
