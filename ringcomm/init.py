@@ -140,7 +140,7 @@ def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
              if isinstance(devices, (list, tuple)) else read_device_file(devices))
     rank = _rank(rank_text, len(table))
     host, sep, port = str(coordinator).rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ConfigError(f"MLX_JACCL_COORDINATOR must be rank 0's host:port; got "
                           f"{coordinator!r}")
     job_id = knobs.job_id if job_id is None else job_id

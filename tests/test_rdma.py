@@ -32,7 +32,7 @@ import pytest
 
 from ringcomm.launch import free_ports, rdma_env
 from tests.procs import ROOT, env, launch, start_ranks
-from ringcomm.transports import emulated_verbs
+from ringcomm.transports import emulated_verbs, emulated_wire
 from ringcomm.transports.rdma import SLOT_BYTES, SLOTS
 
 EV = emulated_verbs
@@ -45,7 +45,7 @@ def _own_sockets() -> list[str]:
     """Queue-pair sockets of this process left in the emulation's directory."""
     mine = f"{os.getpid():08x}"
     try:
-        return [n for n in os.listdir(EV._SOCKET_DIR) if n.startswith(mine)]
+        return [n for n in os.listdir(emulated_wire._SOCKET_DIR) if n.startswith(mine)]
     except FileNotFoundError:
         return []
 
@@ -431,7 +431,7 @@ def emulated_ranks(tmp_path: Path, size: int, script: str, connections: int = 1,
             if p.poll() is None:
                 p.kill()
             p.communicate()
-        left = [name for name in os.listdir(EV._SOCKET_DIR) for p in procs
+        left = [name for name in os.listdir(emulated_wire._SOCKET_DIR) for p in procs
                 if name.startswith(f"{p.pid:08x}")] if os.path.isdir(EV._SOCKET_DIR) else []
         assert not left, f"queue-pair sockets left behind: {left}"
 
@@ -552,8 +552,8 @@ def test_without_credits_a_late_receiver_is_a_receiver_not_ready_error_emulated(
     # the receiver hears the root cause from rank 0 (its own credit writes to rank 0's
     # failed queue pair would time out only after the retries, 0.5 s later)
     assert receiver["type"] == "PeerLostError", receiver
-    assert receiver["message"].startswith("rank 1: recv: stopped because rank 0 reported: "
-                                          "rank 0: send: "), receiver
+    assert receiver["message"].startswith("rank 1: recv: rank 0 failed first; rank 0 reported: "
+                                          "send on "), receiver
     assert "IBV_WC_RNR_RETRY_EXC_ERR" in receiver["message"], receiver
 
 
