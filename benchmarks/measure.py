@@ -35,7 +35,7 @@ class Record:
     algbw_gbps: float
     busbw_gbps: float
     wrong: int | None  # None when not checked
-    in_place: bool = False  # timed in place (--in-place; ringcomm only)
+    in_place: bool = False  # timed in place (ringcomm's --in-place; gloo's all_reduce is)
 
     @property
     def count(self) -> int:

@@ -15,7 +15,8 @@ from ringcomm.dtypes import SUPPORTED_DTYPES
 
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "sendrecv")
 DTYPES = {d.name: d for d in SUPPORTED_DTYPES}
-IMPLS = ("ringcomm", "mlx")
+IMPLS = ("ringcomm", "mlx", "gloo")
+PEERS = IMPLS[1:]  # what --vs can name, in the table's order
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
 
 
@@ -64,8 +65,9 @@ def build_parser(prog: str = "ringcomm-bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Time ringcomm's collectives over a size sweep, in the style of nccl-tests "
-                    "(optionally side by side with MLX's ring backend). Start ranks with -n, "
-                    "or run under ringcomm-launch / with MLX_RANK and MLX_HOSTFILE set.")
+                    "(optionally side by side with MLX's ring backend and torch's gloo). "
+                    "Start ranks with -n, or run under ringcomm-launch / with MLX_RANK and "
+                    "MLX_HOSTFILE set.")
     p.add_argument("-n", "--nproc", type=int, default=None, metavar="N",
                    help="start N ranks on this machine (else join the ring of MLX_RANK and "
                         "MLX_HOSTFILE, as set by ringcomm-launch)")
@@ -98,8 +100,10 @@ def build_parser(prog: str = "ringcomm-bench") -> argparse.ArgumentParser:
                         "emulation with RINGCOMM_VERBS=emulated")
     p.add_argument("--protocol", default=None, choices=["ringcomm", "mlx"],
                    help="ringcomm's wire protocol (default RINGCOMM_PROTOCOL or ringcomm)")
-    p.add_argument("--vs", default=None, choices=["mlx"],
-                   help="also run the sweep on MLX's ring backend and compare")
+    p.add_argument("--vs", default=None, metavar="PEERS",
+                   help="also run the sweep on mlx (MLX's ring backend), gloo (torch."
+                        "distributed's gloo backend, when torch is importable) or both "
+                        "(mlx,gloo), and compare: each peer's time, busbw and ratio")
     p.add_argument("--output", default=None, metavar="FILE",
                    help="write the results: JSON lines (.json, .jsonl) or CSV (.csv)")
     p.add_argument("--plot", default=None, metavar="PNG",
@@ -141,8 +145,11 @@ def parse(argv: Sequence[str] | None, prog: str = "ringcomm-bench") -> argparse.
                 "or .csv")
     if args.time_limit <= 0:
         p.error("--time-limit must be a positive number of seconds")
-    if args.vs == "mlx" and not _importable("mlx.core"):
+    args.vs = _peers(p, args.vs)
+    if "mlx" in args.vs and not _importable("mlx.core"):
         p.error("--vs mlx needs MLX: pip install 'ringcomm[mlx]' (mlx[cpu] on Linux)")
+    if "gloo" in args.vs and not _importable("torch"):
+        p.error("--vs gloo needs torch (torch.distributed with gloo): pip install torch")
     if args.plot and not _importable("matplotlib"):
         p.error("--plot needs matplotlib: pip install 'ringcomm[bench]'")
     return args
@@ -154,7 +161,21 @@ def config_from(args: argparse.Namespace) -> Config:
                   dtype=args.dtype, warmup=args.warmup, iters=args.iters, check=args.check,
                   in_place=args.in_place,
                   transport=args.transport, protocol=args.protocol,
-                  impls=["ringcomm", "mlx"] if args.vs == "mlx" else ["ringcomm"])
+                  impls=["ringcomm", *args.vs])
+
+
+def _peers(p: argparse.ArgumentParser, text: str | None) -> list[str]:
+    """``--vs mlx,gloo`` as a list in the table's order (empty without --vs)."""
+    if text is None:
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown or not names:
+        p.error(f"--vs: unknown peer {', '.join(map(repr, unknown)) or repr(text)}; choose "
+                f"from {', '.join(PEERS)}, or both comma-separated (mlx,gloo)")
+    if len(set(names)) != len(names):
+        p.error(f"--vs names a peer twice: {text}")
+    return [peer for peer in PEERS if peer in names]
 
 
 def _importable(module: str) -> bool:

@@ -1,9 +1,10 @@
 """One rank of a benchmark: ``python -m ringcomm.bench.rank CONFIG_JSON`` (what ``-n`` starts).
 
 Joins the ring of ``MLX_RANK``/``MLX_HOSTFILE`` once per implementation in the config, one
-after the other (ringcomm first: MLX's group cannot be closed, so its ports stay bound until
-the process ends), and on rank 0 appends every record to ``config.results`` as a JSON line as
-soon as it is measured, so that the parent has whatever finished even if a later size fails.
+after the other (ringcomm, then gloo, then MLX: MLX's group cannot be closed, so its ports,
+rank 0's first one being gloo's rendezvous, stay bound until the process ends), and on rank 0
+appends every record to ``config.results`` as a JSON line as soon as it is measured, so that
+the parent has whatever finished even if a later size fails.
 Prints nothing on stdout: the parent owns the table.
 """
 from __future__ import annotations
@@ -13,21 +14,23 @@ import json
 import sys
 from typing import Sequence
 
-from ringcomm.transports.errors import ConfigError
+from ringcomm.transports.errors import ConfigError, RingcommError
 
 from . import impls
 from .measure import Record, sweep
 from .options import DTYPES, Config
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def run(config: Config) -> list[Record]:
     """Every implementation's sweep on this rank; rank 0's records (other ranks' are equal)."""
     dtype = DTYPES[config.dtype]
     records: list[Record] = []
-    for name in sorted(config.impls, key=("ringcomm", "mlx").index):
-        impl = impls.create(name, config.transport, config.protocol, config.in_place)
+    for name in sorted(config.impls, key=("ringcomm", "gloo", "mlx").index):
+        impl = impls.create(name, config.transport, config.protocol, config.in_place,
+                            config.dtype)
         write = _writer(config.results) if impl.rank() == 0 else (lambda r: None)
         try:
             records += sweep(impl, config.ops, config.sizes, dtype, config.warmup,
@@ -54,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         print(f"ringcomm-bench: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except RingcommError as e:  # it names the rank, the peer and the call: no traceback
+        print(f"ringcomm-bench: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -1,47 +1,56 @@
-"""The nccl-tests-style table: one block per op, ringcomm's columns, then MLX's and the ratio."""
+"""The nccl-tests-style table: one block per op, ringcomm's columns, then each peer's (MLX's
+ring, torch's gloo) with the ratio of ringcomm's busbw to it."""
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Sequence, TextIO
 
+from .impls import gloo_lacks
 from .measure import Record
 
 _BASE = [("size(B)", 12), ("count", 12), ("type", 9), ("op", 12), ("time(us)", 11),
          ("algbw(GB/s)", 12), ("busbw(GB/s)", 12), ("#wrong", 7)]
-_MLX = [("mlx time(us)", 13), ("mlx busbw(GB/s)", 16)]
+_LABELS = {"mlx": "MLX", "gloo": "gloo"}
 
 
 def header(ranks: int, connections: int | None, transport: str, dtype: str, warmup: int,
-           iters: int, vs: str | None, in_place: bool = False) -> str:
+           iters: int, vs: Sequence[str] | str | None, in_place: bool = False) -> str:
     """The comment line above the tables: what ran, and how it was timed."""
+    peers = _peers(vs)
     k = f"{connections} connection(s) per neighbour" if connections else "connections from hostfile"
-    versus = (f"; vs {_mlx_version()}: ratio = ringcomm busbw / MLX busbw" if vs == "mlx"
-              else "")
+    versus = ""
+    if len(peers) == 1:
+        versus = f"; vs {_version(peers[0])}: ratio = ringcomm busbw / {_LABELS[peers[0]]} busbw"
+    elif peers:
+        versus = (f"; vs {' and '.join(map(_version, peers))}: PEER ratio = ringcomm busbw / "
+                  "PEER busbw")
     place = ", ringcomm in place" if in_place else ""
     return (f"# ringcomm-bench: {ranks} ranks, transport {transport}, {k}, {dtype}{place}, "
             f"{warmup} warm-up + {iters} timed calls per size, time = median over calls of the "
             f"slowest rank{versus}")
 
 
-def print_tables(records: list[Record], ops: list[str], vs: str | None, check: bool,
-                 out: TextIO) -> None:
-    """A block per op, rows by size; MLX's row of the same size beside ringcomm's."""
-    cols = _BASE + (_MLX + ([("mlx #wrong", 11)] if check else []) + [("ratio", 7)]
-                    if vs == "mlx" else [])
+def print_tables(records: list[Record], ops: list[str], vs: Sequence[str] | str | None,
+                 check: bool, out: TextIO) -> None:
+    """A block per op, rows by size; each peer's row of the same size beside ringcomm's."""
+    peers = _peers(vs)
+    cols = _columns(peers, check)
     for op in ops:
         ours = {r.bytes: r for r in records if r.impl == "ringcomm" and r.op == op}
-        theirs = {r.bytes: r for r in records if r.impl == "mlx" and r.op == op}
-        if not ours and not theirs:
+        theirs = {p: {r.bytes: r for r in records if r.impl == p and r.op == op} for p in peers}
+        sizes = set(ours).union(*theirs.values())
+        if not sizes:
             continue
-        print(f"#\n# {op}" + (" (MLX's ring has no reduce-scatter: '-')"
-                              if vs == "mlx" and op == "sum_scatter" else ""), file=out)
+        dtype = next(r.dtype for r in records if r.op == op)
+        print(f"#\n# {op}{_notes(op, peers, dtype)}", file=out)
         print("#" + " ".join(f"{name:>{w}}" for name, w in cols)[1:], file=out)
-        for size in sorted(set(ours) | set(theirs)):
-            r, m = ours.get(size), theirs.get(size)
-            first = r or m
+        for size in sorted(sizes):
+            r = ours.get(size)
+            first = r or next(t[size] for t in theirs.values() if size in t)
             cells = [str(size), str(first.count), first.dtype, op]
             cells += ([f"{r.time_us:.1f}", f"{r.algbw_gbps:.3f}", f"{r.busbw_gbps:.3f}",
                        _wrong(r.wrong)] if r else ["-"] * 4)
-            if vs == "mlx":
+            for p in peers:
+                m = theirs[p].get(size)
                 cells += [f"{m.time_us:.1f}", f"{m.busbw_gbps:.3f}"] if m else ["-", "-"]
                 if check:
                     cells.append(_wrong(m.wrong) if m else "-")
@@ -50,11 +59,48 @@ def print_tables(records: list[Record], ops: list[str], vs: str | None, check: b
             print(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)), file=out, flush=True)
 
 
+def _peers(vs: Sequence[str] | str | None) -> list[str]:
+    """``--vs``'s peers as a list (a single name is accepted, as callers passed before)."""
+    if not vs:
+        return []
+    return [vs] if isinstance(vs, str) else list(vs)
+
+
+def _columns(peers: list[str], check: bool) -> list[tuple[str, int]]:
+    cols = list(_BASE)
+    for p in peers:
+        cols += [(f"{p} time(us)", len(p) + 10), (f"{p} busbw(GB/s)", len(p) + 13)]
+        if check:
+            cols.append((f"{p} #wrong", len(p) + 8))
+        cols.append(("ratio", 7) if len(peers) == 1 else (f"{p} ratio", len(p) + 7))
+    return cols
+
+
+def _notes(op: str, peers: list[str], dtype: str) -> str:
+    """What a peer lacks for ``op`` (its cells are '-'), or does differently."""
+    notes = []
+    if "mlx" in peers and op == "sum_scatter":
+        notes.append("MLX's ring has no reduce-scatter: '-'")
+    if "gloo" in peers:
+        lacks = gloo_lacks(op, dtype)
+        if lacks:
+            notes.append(f"{lacks}: '-'")
+        elif op == "sum_scatter":
+            notes.append("gloo's reduce_scatter is a whole all_reduce, then this rank's slice")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def _wrong(value: int | None) -> str:
     return "N/A" if value is None else str(value)
 
 
-def _mlx_version() -> str:
+def _version(peer: str) -> str:
+    if peer == "gloo":  # torch's version without importing torch (seconds) in the parent
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return f"torch {version('torch')} gloo"
+        except PackageNotFoundError:
+            return "torch gloo"
     try:
         import mlx.core as mx
         return f"MLX {mx.__version__} ring"

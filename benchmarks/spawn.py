@@ -3,7 +3,8 @@
 The launcher does the work of starting ranks (free ports, a fresh hostfile per pass, the
 environment, prefixed output, stopping every rank when one fails); this module only bounds
 each pass in time and collects rank 0's records.  Passes run one after the other because
-MLX's ring and ringcomm would both bind the hostfile's ports.
+MLX's ring and ringcomm would both bind the hostfile's ports (and gloo's rendezvous binds rank
+0's first one).
 """
 from __future__ import annotations
 

@@ -6,22 +6,30 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from ringcomm.launch import localhost_hostfile
+from ringcomm.transports.hostfile import write_hostfile
 from tests.procs import ROOT, env
 
-KEYS = ["impl", "op", "ranks", "bytes", "dtype", "time_us", "algbw_gbps", "busbw_gbps", "wrong"]
+KEYS = ["impl", "op", "ranks", "bytes", "dtype", "time_us", "algbw_gbps", "busbw_gbps", "wrong",
+        "in_place"]
 OPS = ["all_sum", "all_gather", "sum_scatter", "sendrecv"]
 SWEEP = ["-n", "2", "-b", "8", "-e", "64K", "-f", "16", "--op", ",".join(OPS),
          "--iters", "3", "-w", "1"]
 SIZES = [8, 128, 2048, 32768]
-FACTOR = {"all_sum": 1.0, "all_max": 1.0, "all_gather": 0.5, "sum_scatter": 0.5,
-          "sendrecv": 1.0}  # 2 ranks
+FACTOR = {"all_sum": 1.0, "all_max": 1.0, "all_min": 1.0, "all_gather": 0.5,
+          "sum_scatter": 0.5, "sendrecv": 1.0}  # 2 ranks
 
 needs_mlx = pytest.mark.skipif(importlib.util.find_spec("mlx") is None,
                                reason="mlx is not importable (pip install 'ringcomm[mlx]')")
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="torch is not importable: --vs gloo times torch.distributed's gloo, and torch is no "
+           "dependency of ringcomm (pip install torch, a CPU build is enough)")
 
 
 def bench(*args: str, module: str = "ringcomm.bench", **extra_env: str) -> subprocess.CompletedProcess:
@@ -99,6 +107,121 @@ def test_vs_mlx(tmp_path):
     assert scatter[-4:] == ["-", "-", "-", "-"]
 
 
+def table_rows(stdout: str, op: str) -> list[list[str]]:
+    """The cells of ``op``'s rows in the table."""
+    return [line.split() for line in stdout.splitlines()
+            if not line.startswith("#") and line.split()[3:4] == [op]]
+
+
+def column_names(stdout: str) -> list[str]:
+    """The column names of the table's first block, as printed (names hold one space)."""
+    line = next(line for line in stdout.splitlines() if "size(B)" in line)
+    return [name.strip() for name in line.lstrip("#").split("  ") if name.strip()]
+
+
+@needs_torch
+def test_vs_gloo_results_are_right_and_the_table_has_its_columns(tmp_path):
+    out = tmp_path / "r.jsonl"
+    ops = [*OPS, "all_max", "all_min"]
+    sweep = [*SWEEP[:SWEEP.index("--op") + 1], ",".join(ops), *SWEEP[SWEEP.index("--op") + 2:]]
+    result = bench(*sweep, "-c", "--vs", "gloo", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = records(out)
+    assert_sweep(rows, "ringcomm", ops)
+    assert_sweep(rows, "gloo", ops)  # every gloo result checked against numpy: 0 wrong
+    assert {(r["op"], r["in_place"]) for r in rows if r["impl"] == "gloo"} == {
+        (op, op in ("all_sum", "all_max", "all_min")) for op in ops}  # gloo's all_reduce is
+    assert "vs torch " in result.stdout and " gloo: ratio = ringcomm busbw / gloo busbw" in (
+        result.stdout)
+    names = column_names(result.stdout)
+    assert names[8:] == ["gloo time(us)", "gloo busbw(GB/s)", "gloo #wrong", "ratio"]
+    assert "mlx" not in result.stdout
+    for op in ops:
+        cells = table_rows(result.stdout, op)
+        assert [int(c[0]) for c in cells] == SIZES
+        assert all(c[-2] == "0" for c in cells), cells  # the gloo #wrong column
+        for c in cells:
+            ours, theirs = (next(r for r in rows if r["impl"] == impl and r["op"] == op
+                                 and r["bytes"] == int(c[0])) for impl in ("ringcomm", "gloo"))
+            assert float(c[8]) == pytest.approx(theirs["time_us"], abs=0.06)
+            assert float(c[-1]) == pytest.approx(ours["busbw_gbps"] / theirs["busbw_gbps"],
+                                                 rel=0.01, abs=0.01)
+    assert "# sum_scatter (gloo's reduce_scatter is a whole all_reduce" in result.stdout
+
+
+@needs_torch
+def test_vs_gloo_check_counts_its_wrong_elements_and_marks_what_gloo_lacks(tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = bench("-n", "2", "-b", "64", "-e", "64", "--op", "all_sum,sendrecv", "--iters", "2",
+                   "-w", "1", "-c", "--dtype", "int16", "--vs", "gloo", "--output", str(out),
+                   RINGCOMM_BENCH_CORRUPT_RANK="1")
+    assert result.returncode == 0, result.stderr
+    rows = [(r["impl"], r["op"], r["wrong"]) for r in records(out)]
+    # gloo's all_reduce has no int16 (torch: "Invalid scalar type"); its send/recv has, and
+    # rank 1's corrupted element is counted on rank 0 through gloo's own all_reduce
+    assert sorted(rows) == [("gloo", "sendrecv", 1), ("ringcomm", "all_sum", 1),
+                            ("ringcomm", "sendrecv", 1)]
+    assert "# all_sum (gloo has no int16 collectives: '-')" in result.stdout
+    assert table_rows(result.stdout, "all_sum")[0][-4:] == ["-", "-", "-", "-"]
+    assert table_rows(result.stdout, "sendrecv")[0][-2] == "1"
+
+
+@needs_mlx
+@needs_torch
+def test_vs_mlx_and_gloo_shows_both_peers(tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = bench("-n", "2", "-b", "2K", "-e", "2K", "--op", "all_sum,sum_scatter", "--iters",
+                   "2", "-w", "1", "-c", "--vs", "gloo,mlx", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {(r["impl"], r["op"]): r for r in records(out)}
+    assert sorted(rows) == [("gloo", "all_sum"), ("gloo", "sum_scatter"), ("mlx", "all_sum"),
+                            ("ringcomm", "all_sum"), ("ringcomm", "sum_scatter")]
+    assert all(r["wrong"] == 0 for r in rows.values())
+    assert column_names(result.stdout)[8:] == [
+        "mlx time(us)", "mlx busbw(GB/s)", "mlx #wrong", "mlx ratio",
+        "gloo time(us)", "gloo busbw(GB/s)", "gloo #wrong", "gloo ratio"]
+    ours = rows["ringcomm", "all_sum"]["busbw_gbps"]
+    cells = table_rows(result.stdout, "all_sum")[0]
+    assert float(cells[11]) == pytest.approx(ours / rows["mlx", "all_sum"]["busbw_gbps"],
+                                             rel=0.01, abs=0.01)
+    assert float(cells[15]) == pytest.approx(ours / rows["gloo", "all_sum"]["busbw_gbps"],
+                                             rel=0.01, abs=0.01)
+    scatter = table_rows(result.stdout, "sum_scatter")[0]
+    assert scatter[8:12] == ["-", "-", "-", "-"] and scatter[14] == "0"  # MLX has none
+    assert "MLX's ring has no reduce-scatter: '-'; gloo's reduce_scatter" in result.stdout
+
+
+@needs_torch
+def test_gloo_rendezvous_has_a_deadline_and_names_the_rank(tmp_path):
+    config = '{"ops": ["all_sum"], "sizes": [8], "impls": ["gloo"]}'
+    procs = {}
+    start = time.monotonic()
+    for rank in (0, 1):  # each alone in its own 2-rank ring: 0 waits, 1 finds no rank 0
+        hostfile = tmp_path / f"hostfile{rank}.json"
+        write_hostfile(hostfile, localhost_hostfile(2, 1))
+        procs[rank] = subprocess.Popen(
+            [sys.executable, "-m", "ringcomm.bench.rank", config], cwd=ROOT,
+            env=env(MLX_RANK=str(rank), MLX_HOSTFILE=str(hostfile), RINGCOMM_TIMEOUT="2"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for rank, proc in procs.items():
+            _, err = proc.communicate(timeout=150)
+            assert proc.returncode == 1, err
+            master = (tmp_path / f"hostfile{rank}.json").read_text().split('"')[1]
+            line = next(line for line in err.splitlines() if line.startswith("ringcomm-bench:"))
+            assert line.startswith(f"ringcomm-bench: CommTimeoutError: rank {rank}: gloo "
+                                   f"rendezvous at tcp://{master}: gloo: "), line
+            assert line.endswith(f"[peer rank 0 ({master})]") == (rank == 1), line
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    # a 2 s deadline plus importing torch twice on a busy 2-core machine (gloo's own default
+    # would be 30 minutes)
+    assert time.monotonic() - start < 100
+
+
 def test_csv_output(tmp_path):
     out = tmp_path / "r.csv"
     result = bench("-n", "2", "-b", "8", "-e", "1K", "-f", "32", "--op", "all_max,sendrecv",
@@ -139,6 +262,8 @@ def test_alias_under_the_launcher_prints_the_table_on_rank_0():
     (["-n", "2", "-b", "8 bytes"], "is not a size such as 8, 64K"),
     (["-n", "2", "--output", "r.txt"], "must end in .json or .jsonl"),
     (["--op", "all_sum"], "give -n N to start N local ranks, or run under ringcomm-launch"),
+    (["-n", "2", "--vs", "nccl"], "--vs: unknown peer 'nccl'; choose from mlx, gloo"),
+    (["-n", "2", "--vs", "gloo,gloo"], "--vs names a peer twice: gloo,gloo"),
 ])
 def test_usage_errors_exit_2_and_say_what_to_fix(args, message):
     result = bench(*args)
