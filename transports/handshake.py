@@ -13,7 +13,10 @@ Every connection of the "ringcomm" protocol opens with (all integers big-endian)
 (``RINGCOMM_TOKEN``) the MACs are HMAC-SHA256 over both HELLOs, prefixed ``b"acceptor"`` or
 ``b"connector"``, so each side proves it knows the token without sending it; without one they
 are zeros.  An acceptor drops a connection whose HELLO is wrong (random bytes, another job,
-the wrong rank) and goes on listening, so the ring still forms with the right peers.
+the wrong rank) and goes on listening, so the ring still forms with the right peers
+(``transports.tcp_accept``).  Every reason names both ranks, so that it reads the same on
+either side; a warm-up disagreement is checked only after both MACs, so that with a token
+only the real peer can report it.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import hmac
 import os
 import socket
 import struct
+import time
 from typing import Callable, NamedTuple
 
 from .sockets import read_reason, recv_exactly
@@ -73,25 +77,49 @@ def parse_hello(data: bytes) -> Hello:
                  bool(flags & FLAG_WARM_UP))
 
 
-def mismatch(got: Hello, want: Hello) -> str | None:
-    """Why ``got`` is not the peer this side expects (``want``), or None."""
+def identity_differs(got: Hello, want: Hello, me: int | None = None) -> str | None:
+    """Why ``got`` is not the peer expected (``want``): another job, ring, rank or connection.
+
+    ``me`` is this side's rank; every message names both ranks, so that it reads the same
+    on either side of the connection.
+    """
+    this = "this rank" if me is None else f"rank {me}"
     if got.job != want.job:
-        return "it belongs to another job (different RINGCOMM_JOB_ID or hostfile)"
+        return (f"rank {got.rank} belongs to another job (a different RINGCOMM_JOB_ID or "
+                "hostfile)")
     if got.size != want.size:
-        return f"it is in a ring of {got.size} ranks, this one has {want.size}"
+        return f"rank {got.rank} is in a ring of {got.size} ranks and {this} in one of {want.size}"
     if got.rank != want.rank:
-        return f"it is rank {got.rank}, the expected neighbour is rank {want.rank}"
+        return f"rank {got.rank} answered where {this} expects rank {want.rank}"
     if got.index != want.index:
-        return f"it is connection {got.index}, expected connection {want.index}"
-    if got.has_token != want.has_token:
-        return ("it has RINGCOMM_TOKEN set and this rank does not" if got.has_token
-                else "this rank requires RINGCOMM_TOKEN and the peer has none")
-    if got.warm_up != want.warm_up:
-        return ("it warms its connections up and this rank does not (RINGCOMM_TCP_WARMUP=0 "
-                "here); set it alike on every rank" if got.warm_up else
-                "it does not warm its connections up (RINGCOMM_TCP_WARMUP=0 there); set it "
-                "alike on every rank")
+        return f"rank {got.rank} sent connection {got.index} where {want.index} was expected"
     return None
+
+
+def token_differs(got: Hello, want: Hello, me: int | None = None) -> str | None:
+    """Why a peer that is who it should be cannot join: one side has a token, the other not."""
+    if got.has_token == want.has_token:
+        return None
+    this = "this rank" if me is None else f"rank {me}"
+    has, lacks = (f"rank {got.rank}", this) if got.has_token else (this, f"rank {got.rank}")
+    return (f"{has} has RINGCOMM_TOKEN set and {lacks} has none; set the same token on every "
+            "rank")
+
+
+def warm_up_differs(got: Hello, want: Hello, me: int | None = None) -> str | None:
+    """Why the data connections cannot be used: one side warms them up, the other not."""
+    if got.warm_up == want.warm_up:
+        return None
+    this = "this rank" if me is None else f"rank {me}"
+    warm, cold = (f"rank {got.rank}", this) if got.warm_up else (this, f"rank {got.rank}")
+    return (f"{warm} warms its connections up (RINGCOMM_TCP_WARMUP=1) and {cold} does not "
+            "(RINGCOMM_TCP_WARMUP=0); set it alike on every rank")
+
+
+def mismatch(got: Hello, want: Hello, me: int | None = None) -> str | None:
+    """Why ``got`` is not the peer this side expects (``want``), or None."""
+    return (identity_differs(got, want, me) or token_differs(got, want, me)
+            or warm_up_differs(got, want, me))
 
 
 def mac(token: bytes | None, role: bytes, connector: Hello, acceptor: Hello) -> bytes:
@@ -110,25 +138,62 @@ def reject(reason: str) -> bytes:
     return REJECT + struct.pack("!H", len(text)) + text
 
 
-def connect(sock: socket.socket, mine: Hello, want: Hello, token: bytes | None,
-            refused: Callable[[str], Exception]) -> None:
-    """The connector's side, on a blocking socket whose timeout bounds every step.
+class Unanswered(TimeoutError):
+    """The deadline passed during the handshake, when ``received`` bytes had come back."""
 
-    ``want`` is the HELLO expected back (its nonce is not compared); a refusal raises
-    ``refused(reason)``.  Malformed replies raise ValueError or struct.error, a closed
-    connection ConnectionError and a slow peer socket.timeout, for the caller to word.
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the handshake did not finish by the deadline ({received} bytes "
+                         "came back)")
+        self.received = received
+
+
+def connect(sock: socket.socket, mine: Hello, want: Hello, token: bytes | None,
+            refused: Callable[[str], Exception], deadline: float | None = None) -> None:
+    """The connector's side, on a blocking socket; every receive ends by ``deadline`` (default:
+    the socket's timeout from now), however slowly the peer sends.
+
+    ``want`` is the HELLO expected back (its nonce is not compared); a refusal, or an answer
+    from the wrong peer, raises ``refused(reason)``.  The deadline raises ``Unanswered``;
+    bytes that are not this protocol ValueError or struct.error, and a connection that closes
+    before any answer ConnectionError (the caller may try again: a busy acceptor drops what
+    it cannot verify in time).
+
+    A warm-up disagreement is found after both proofs, so that each side knows it comes from
+    the real peer (with a token) and both refuse at once.
     """
+    if deadline is None:
+        deadline = time.monotonic() + (sock.gettimeout() or 0.0)
+    received = 0
+
+    def take(n: int) -> bytes:
+        nonlocal received
+        try:
+            data = recv_exactly(sock, n, deadline)
+        except TimeoutError:
+            raise Unanswered(received) from None
+        received += n
+        return data
+
+    sock.settimeout(max(deadline - time.monotonic(), 1e-3))
     sock.sendall(mine.pack())
-    head = recv_exactly(sock, 4)
+    head = take(1)
+    head += take(3)
     if head == REJECT:
-        raise refused(read_reason(sock))
-    theirs = parse_hello(head + recv_exactly(sock, HELLO.size - 4))
-    why = mismatch(theirs, want)
+        raise refused(f"rank {want.rank} refused the connection: {read_reason(sock, deadline)}")
+    theirs = parse_hello(head + take(HELLO.size - 4))
+    why = identity_differs(theirs, want, mine.rank) or token_differs(theirs, want, mine.rank)
     if why is not None:
         raise refused(why)
-    if not verify(token, b"acceptor", mine, theirs, recv_exactly(sock, MAC_SIZE)):
-        raise refused("its proof of RINGCOMM_TOKEN is wrong (a different token?)")
+    if not verify(token, b"acceptor", mine, theirs, take(MAC_SIZE)):
+        raise refused(f"rank {want.rank}'s proof of RINGCOMM_TOKEN is wrong: the ranks have "
+                      f"different tokens, or it is not rank {want.rank}")
     sock.sendall(mac(token, b"connector", mine, theirs))
-    answer = recv_exactly(sock, 1)
-    if answer != OK:
-        raise refused(read_reason(sock) if answer == REJECT[:1] else "bad answer")
+    late = warm_up_differs(theirs, want, mine.rank)
+    answer = take(1)
+    if late is not None:  # the acceptor refuses too, having checked this side's proof
+        raise refused(late)
+    if answer == OK:
+        return
+    if answer + take(3) == REJECT:
+        raise refused(f"rank {want.rank} refused the connection: {read_reason(sock, deadline)}")
+    raise ValueError(f"answer {answer!r} is neither OK nor a refusal")

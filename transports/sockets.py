@@ -3,15 +3,26 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from .errors import ConfigError
 from .hostfile import Address
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes from ``sock`` (its own timeout applies); ConnectionError if it closes."""
+def recv_exactly(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """``n`` bytes from ``sock``; ConnectionError if it closes.
+
+    Without ``deadline`` the socket's own timeout applies to each receive.  With one (a
+    ``time.monotonic()`` value) every receive waits at most until it, and ``TimeoutError``
+    follows it: a peer that dribbles a byte at a time cannot stretch the wait.
+    """
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"deadline passed with {len(buf)} of {n} bytes received")
+            sock.settimeout(left)
         data = sock.recv(n - len(buf))
         if not data:
             raise ConnectionError("the peer closed the connection")
@@ -19,11 +30,11 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_reason(sock: socket.socket) -> str:
+def read_reason(sock: socket.socket, deadline: float | None = None) -> str:
     """The ``length:u16`` + UTF-8 reason a refusing peer sends, or "rejected"."""
     try:
-        (length,) = struct.unpack("!H", recv_exactly(sock, 2))
-        return recv_exactly(sock, length).decode(errors="replace")
+        (length,) = struct.unpack("!H", recv_exactly(sock, 2, deadline))
+        return recv_exactly(sock, length, deadline).decode(errors="replace")
     except (OSError, struct.error):
         return "rejected"
 

@@ -83,12 +83,14 @@ class TcpTransport(Transport):
         self._conns: tuple[list[_Conn], list[_Conn]] = ([], [])
         self._control: dict[Side, _Conn] = {}
         self._closed = False
+        self._listeners: list[socket.socket] = []  # tcp_setup's, bound until close()
         if self.size == 1:
             return
         deadline = time.monotonic() + timeout
         formed = TcpSetup(rank, hostfile, protocol=protocol, job_id=job_id, token=token,
                           warm_up=self._warm)
         formed.form(deadline)
+        self._listeners = formed.listeners
         for side in (Side.LEFT, Side.RIGHT):
             peer = self.peer(side)
             self._conns[side].extend(_Conn(sock, side, i, peer, addr)
@@ -190,7 +192,8 @@ class TcpTransport(Transport):
         then sleep in poll() until something completes or ``deadline`` passes."""
         if not self._done:
             poll = self._poll.poll
-            spin_until = time.perf_counter() + self._spin if self._spin else 0.0
+            spin_until = time.perf_counter() + min(self._spin, deadline - time.monotonic()) \
+                if self._spin else 0.0  # the spin ends by the deadline too
             while True:
                 if spin_until and time.perf_counter() < spin_until:
                     _yield()  # a peer sharing this core runs now instead of after the spin
@@ -355,5 +358,7 @@ class TcpTransport(Transport):
         self._closed = True
         for c in self._all_conns():
             c.sock.close()
+        for listener in self._listeners:
+            listener.close()
         self._polled.clear()
 

@@ -6,13 +6,33 @@ Every rank but the last accepts first; the last connects first.  With MLX's prot
 is exchanged during set-up, and connects are tried 6 times, 1, 2, 4, 8 and 16 s apart.
 ringcomm's protocol adds a handshake per connection (``transports.handshake``), one control
 connection per neighbour (index ``K``) for failure notices, and retries refused connects
-quickly until the deadline.  Every wait is bounded by the caller's deadline.  See
-``docs/wire-protocol.md``.  Moving bytes over the formed connections is ``transports.tcp``'s job.
+quickly until the deadline.  See ``docs/wire-protocol.md``.  Moving bytes over the formed
+connections is ``transports.tcp``'s job.
+
+What set-up guarantees, whatever arrives on its ports:
+
+- Every rank binds all its listening sockets first, before it accepts or connects, and keeps
+  them bound until its group closes (``TcpTransport.close``).  So a second process on the
+  same port (another job started on this hostfile) fails at once naming ``host:port``, and
+  no port of a live group can be taken over by another job's rank.
+- Every wait ends by the deadline, each receive of the handshake included, however slowly a
+  peer sends; the only errors are ``RingcommError``s.
+- The acceptor verifies connections side by side (``transports.tcp_accept``): strays,
+  silent or dribbling connections and forged HELLOs neither hold up nor displace the real
+  neighbour, and a flood of them never evicts a connection that is verifying.
+- The connector tries again, until the deadline, when a connection is refused or closed
+  during the handshake without a reason (an acceptor that is busy drops what it cannot
+  verify in time); a refusal with a reason ends set-up at once, naming it.
+- Disagreements (a token on one side only, different tokens or job ids, the warm-up): the
+  connector always fails at once with the reason.  The acceptor fails at once only where the
+  claim cannot be forged by someone who lacks the token (``transports.tcp_accept``: its
+  neighbour has a token and it has none, or the warm-up differs, checked after both proofs);
+  otherwise it keeps waiting for a peer that can prove itself, and its deadline error names
+  what it refused instead of asking whether the neighbour runs.
 """
 from __future__ import annotations
 
 import errno
-import selectors
 import socket
 import struct
 import time
@@ -21,17 +41,14 @@ from typing import Sequence
 from . import handshake, notices
 from .base import Side
 from .errors import CommError, CommTimeoutError, PeerLostError
-from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, job_digest, mac, mismatch,
-                        new_hello, parse_hello, reject, verify)
+from .handshake import Hello, Unanswered, job_digest, new_hello
 from .hostfile import Address
-from .sockets import recv_exactly, resolve
+from .sockets import resolve
+from .tcp_accept import Acceptor
 
 CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect attempts
 FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
 MAX_RETRY_WAIT = 1.0      # ... up to this, until the deadline
-HANDSHAKE_SECONDS = 5.0   # a peer that began a handshake must finish it within this
-MAX_PENDING = 64          # unverified connections held at once by an acceptor
-_READ = selectors.EVENT_READ
 
 Formed = tuple[socket.socket, Address]  # a connected, verified socket and the address it used
 
@@ -53,13 +70,15 @@ class TcpSetup:
         self._warm = warm_up
         self.conns: tuple[list[Formed], list[Formed]] = ([], [])
         self.control: dict[Side, Formed] = {}
+        self.listeners: list[socket.socket] = []  # bound until the group closes
 
     def peer(self, side: Side) -> int:
         return (self.rank + (1 if side is Side.RIGHT else -1)) % self.size
 
     def form(self, deadline: float) -> None:
-        """Accept from the left and connect to the right, in MLX's order; on failure every
-        socket opened so far is closed."""
+        """Bind every own address, then accept from the left and connect to the right, in
+        MLX's order; on failure every socket opened so far is closed.  On success the
+        listeners stay open (``self.listeners``): the caller closes them with the group."""
         own = self._hostfile[self.rank]
         right_addrs = self._hostfile[(self.rank + 1) % self.size]
         for addr in own:  # every name resolves, or ConfigError, before any socket opens
@@ -69,6 +88,8 @@ class TcpSetup:
         steps = (lambda: self._accept_all(own, deadline),
                  lambda: self._connect_all(right_addrs, deadline))
         try:
+            for addr in own:
+                self.listeners.append(self._listen(addr))
             for step in (steps if self.peer(Side.RIGHT) > self.rank else steps[::-1]):
                 step()
         except BaseException as e:  # the neighbours already connected learn why (notices)
@@ -80,23 +101,25 @@ class TcpSetup:
     def close(self) -> None:
         for sock, _ in [*self.conns[Side.LEFT], *self.conns[Side.RIGHT], *self.control.values()]:
             sock.close()
+        for sock in self.listeners:
+            sock.close()
 
     # -- set-up: accepting ------------------------------------------------------------------
 
     def _accept_all(self, own: Sequence[Address], deadline: float) -> None:
         left = self.peer(Side.LEFT)
         if not self.secure:  # MLX: one address at a time, the first connection wins
-            for i, addr in enumerate(own):
-                with self._listen(addr) as listener:
-                    sock = self._accept_one(listener, addr, left, deadline)
+            for addr, listener in zip(own, self.listeners):
+                sock = self._accept_one(listener, addr, left, deadline)
                 self.conns[Side.LEFT].append((sock, addr))
             return
-        listeners = [self._listen(addr) for addr in own]
-        try:
-            self._accept_verified(listeners, own, left, deadline)
-        finally:
-            for listener in listeners:
-                listener.close()
+        got = Acceptor(self.rank, self.size, left, self.connections, job=self._job,
+                       token=self._token, warm_up=self._warm,
+                       left_address=str(self._hostfile[left][0])).run(self.listeners, own,
+                                                                      deadline)
+        k = self.connections
+        self.conns[Side.LEFT].extend((got[i], own[i]) for i in range(k))
+        self.control[Side.LEFT] = (got[k], own[0])
 
     def _listen(self, addr: Address) -> socket.socket:
         family, _, _, _, sockaddr = resolve(addr, self.rank, passive=True)
@@ -119,129 +142,16 @@ class TcpSetup:
         listener.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             sock, _ = listener.accept()
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except socket.timeout:
-            raise self._no_peer(addr, left) from None
-        sock.setblocking(True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raise CommTimeoutError(f"no connection arrived on {addr} within the timeout; is "
+                                   f"rank {left} running with the same hostfile?",
+                                   rank=self.rank, peer=left, op="init") from None
+        except OSError as e:  # e.g. out of file descriptors
+            raise CommError(f"cannot accept a connection on {addr}: {e.strerror or e}",
+                            rank=self.rank, peer=left, op="init") from e
         return sock
-
-    def _no_peer(self, addr: Address, left: int) -> CommTimeoutError:
-        return CommTimeoutError(f"no connection arrived on {addr} within the timeout; "
-                                f"is rank {left} running with the same hostfile?",
-                                rank=self.rank, peer=left, op="init")
-
-    def _accept_verified(self, listeners: list[socket.socket], own: Sequence[Address],
-                         left: int, deadline: float) -> None:
-        """Accept until every connection from the left neighbour has passed the handshake.
-
-        Unverified connections wait side by side, so a silent or garbled one (a port
-        scanner, another job) cannot hold up the right peer; each is dropped when its HELLO
-        is wrong, or after HANDSHAKE_SECONDS.
-        """
-        k = self.connections
-        wanted = {i: own[i] for i in range(k)} | {k: own[0]}  # index k: the control connection
-        got: dict[int, socket.socket] = {}
-        pending: dict[socket.socket, tuple[bytearray, float]] = {}
-        sel = selectors.DefaultSelector()
-        for listener in listeners:
-            listener.setblocking(False)
-            sel.register(listener, _READ, None)
-        try:
-            while len(got) < len(wanted):
-                now = time.monotonic()
-                if now >= deadline:
-                    raise self._no_peer(own[min(set(wanted) - set(got)) % k], left)
-                for sock, (_, started) in list(pending.items()):
-                    if now - started > HANDSHAKE_SECONDS:
-                        sel.unregister(sock)
-                        del pending[sock]
-                        sock.close()
-                for key, _ in sel.select(min(deadline - now, 0.5)):
-                    if key.data is None:
-                        self._take_pending(key.fileobj, sel, pending)
-                        continue
-                    sock = key.fileobj
-                    buf, _ = pending[sock]
-                    hello = self._read_pending(sock, buf)
-                    if hello is None:
-                        continue
-                    sel.unregister(sock)
-                    del pending[sock]
-                    index = self._verify_connector(sock, hello, left, got, deadline)
-                    if index is None:
-                        sock.close()
-                    else:
-                        got[index] = sock
-        except BaseException:
-            for sock in [*pending, *got.values()]:
-                sock.close()
-            raise
-        finally:
-            sel.close()
-        self.conns[Side.LEFT].extend((got[i], own[i]) for i in range(k))
-        self.control[Side.LEFT] = (got[k], own[0])
-
-    def _take_pending(self, listener: socket.socket, sel: selectors.BaseSelector,
-                      pending: dict) -> None:
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            return
-        if len(pending) >= MAX_PENDING:  # drop the oldest unverified connection
-            oldest = next(iter(pending))
-            sel.unregister(oldest)
-            del pending[oldest]
-            oldest.close()
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        pending[sock] = (bytearray(), time.monotonic())
-        sel.register(sock, _READ, True)
-
-    def _read_pending(self, sock: socket.socket, buf: bytearray) -> Hello | bytes | None:
-        """Read toward a HELLO: the HELLO, or b"" when the bytes are not one, or None for more."""
-        try:
-            data = sock.recv(HELLO.size - len(buf))
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return b""
-        if not data:
-            return b""
-        buf += data
-        if len(buf) < HELLO.size and buf[:4] == MAGIC[:len(buf[:4])]:
-            return None
-        try:
-            return parse_hello(bytes(buf))
-        except (ValueError, struct.error):
-            return b""
-
-    def _verify_connector(self, sock: socket.socket, hello: Hello | bytes, left: int,
-                          got: dict, deadline: float) -> int | None:
-        """Finish the acceptor's half of the handshake; the connection index, or None."""
-        if not isinstance(hello, Hello):
-            return None
-        index = hello.index
-        want = Hello(self._job, left, self.size, index, self._token is not None, b"",
-                     self._warm)
-        why = mismatch(hello, want)
-        if why is None and (index > self.connections or index in got):
-            why = f"connection {index} is not expected (already have it, or out of range)"
-        sock.setblocking(True)
-        sock.settimeout(max(min(deadline - time.monotonic(), HANDSHAKE_SECONDS), 1e-3))
-        try:
-            if why is not None:
-                sock.sendall(reject(f"rank {self.rank} refused: {why}"))
-                return None
-            mine = new_hello(self._job, self.rank, self.size, index, self._token, self._warm)
-            sock.sendall(mine.pack() + mac(self._token, b"acceptor", hello, mine))
-            their_mac = recv_exactly(sock, MAC_SIZE)
-            if not verify(self._token, b"connector", hello, mine, their_mac):
-                sock.sendall(reject(f"rank {self.rank} refused: wrong RINGCOMM_TOKEN"))
-                return None
-            sock.sendall(OK)
-        except OSError:
-            return None
-        return index
 
     # -- set-up: connecting -----------------------------------------------------------------
 
@@ -269,11 +179,22 @@ class TcpSetup:
             if remaining <= 0:
                 break
             attempts += 1
-            sock = socket.socket(family, socktype, proto)
-            sock.settimeout(remaining)
             try:
+                sock = socket.socket(family, socktype, proto)
+            except OSError as e:  # e.g. out of file descriptors
+                raise CommError(f"cannot open a socket to {addr}: {e.strerror or e}",
+                                rank=self.rank, peer=right, address=str(addr), op="init") from e
+            try:
+                sock.settimeout(remaining)
                 sock.connect(sockaddr)
-            except OSError as e:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.secure:
+                    self._handshake_as_connector(sock, addr, right, index, deadline)
+                return sock
+            except CommError:
+                sock.close()
+                raise
+            except OSError as e:  # refused, unreachable, or closed during the handshake
                 sock.close()
                 error = e
                 if wait is None:
@@ -282,38 +203,36 @@ class TcpSetup:
                         f"({e.strerror or e}); is rank {right} running?",
                         rank=self.rank, peer=right, address=str(addr), op="init") from e
                 time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.secure:
-                try:
-                    self._handshake_as_connector(sock, addr, right, index, deadline)
-                except BaseException:
-                    sock.close()
-                    raise
-            return sock
+            except BaseException:
+                sock.close()
+                raise
         raise CommTimeoutError(f"timed out connecting to {addr}"
                                + (f" (last error: {error.strerror or error})" if error else ""),
                                rank=self.rank, peer=right, address=str(addr), op="init")
 
     def _handshake_as_connector(self, sock: socket.socket, addr: Address, right: int,
                                 index: int, deadline: float) -> None:
-        def refused(why: str) -> CommError:
-            return CommError(f"{addr} refused the connection: {why}", rank=self.rank,
-                             peer=right, address=str(addr), op="init")
+        """The connector's half; CommError ends set-up, OSError (the connection closed before
+        an answer) lets ``_connect_one`` try again."""
+        def error(why: str, kind: type[CommError] = CommError) -> CommError:
+            return kind(why, rank=self.rank, peer=right, address=str(addr), op="init")
         mine = new_hello(self._job, self.rank, self.size, index, self._token, self._warm)
-        sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             handshake.connect(sock, mine, Hello(self._job, right, self.size, index,
                                                 self._token is not None, b"", self._warm),
-                              self._token, refused)
-        except socket.timeout:
-            raise CommTimeoutError(f"handshake with {addr} timed out", rank=self.rank,
-                                   peer=right, address=str(addr), op="init") from None
+                              self._token, error, deadline)
+        except Unanswered as e:
+            raise error(f"rank {right} accepted the connection but sent nothing back by the "
+                        "deadline: it does not speak ringcomm's protocol (MLX's ring sends "
+                        "nothing during set-up: if it is an MLX process, use protocol='mlx' on "
+                        "the ringcomm ranks), is frozen, or is another job's rank whose ring already "
+                        "formed on this port" if not e.received else
+                        f"the handshake with rank {right} did not finish by the deadline "
+                        f"({e.received} bytes came back): the peer is too slow, or not a "
+                        "ringcomm rank", CommTimeoutError) from None
         except (ValueError, struct.error) as e:
-            raise refused(f"it does not speak the ringcomm protocol ({e}); "
-                          "for MLX peers use protocol='mlx'") from None
-        except ConnectionError as e:
-            raise refused(f"the connection closed during the handshake ({e})") from None
+            raise error(f"the peer does not speak ringcomm's protocol ({e}); if it is an MLX "
+                        "process, use protocol='mlx' on the ringcomm ranks") from None
         sock.settimeout(None)
 
 
