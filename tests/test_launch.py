@@ -1,10 +1,17 @@
-"""The localhost launcher: hostfile, environment, prefixed output, failure handling."""
+"""The launcher on this machine: hostfile, environment, prefixed output, failures, signals
+(SIGINT, SIGTERM, SIGHUP, `timeout`), host and hostfile errors found before any ssh."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal as _signal
+import subprocess
 import sys
 import time
 
-from tests.procs import launch
+import pytest
+
+from tests.procs import env, launch
 
 ALLSUM = """
 import numpy as np, ringcomm, sys
@@ -67,10 +74,6 @@ def test_examples_run_on_four_ranks():
 
 
 def test_ctrl_c_reaches_every_rank_and_the_exit_code_is_non_zero(tmp_path):
-    import signal
-    import subprocess
-
-    from tests.procs import env
     script = tmp_path / "job.py"
     script.write_text("import numpy as np, ringcomm, time\n"
                       "g = ringcomm.init(strict=True)\n"
@@ -85,8 +88,123 @@ def test_ctrl_c_reaches_every_rank_and_the_exit_code_is_non_zero(tmp_path):
         assert "ready" in launcher.stdout.readline()
     time.sleep(0.3)
     start = time.monotonic()
-    launcher.send_signal(signal.SIGINT)
+    launcher.send_signal(_signal.SIGINT)
     out, err = launcher.communicate(timeout=30)
-    assert launcher.returncode == 130  # 128 + SIGINT, from the rank that stopped first
+    assert launcher.returncode == 130  # 128 + SIGINT: the launcher was interrupted
     assert time.monotonic() - start < 10, "the sleeping rank was not interrupted"
     assert "KeyboardInterrupt" in err and "failed first" in err, err
+
+
+SLEEPER = """
+import os, signal, time
+if os.environ["MLX_RANK"] in os.environ.get("STUBBORN", "").split(","):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def _start_sleepers(tmp_path, *args: str, ranks: int = 2, prefix=()):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    launcher = subprocess.Popen([*prefix, sys.executable, "-m", "ringcomm.launch", "-n",
+                                 str(ranks), *args, str(script)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env())
+    pids = [int(launcher.stdout.readline().split()[-1]) for _ in range(ranks)]
+    return launcher, pids
+
+
+def _gone(pids, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return not alive
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig, code", [(_signal.SIGTERM, 143), (_signal.SIGHUP, 129)],
+                         ids=["TERM", "HUP"])
+def test_sigterm_and_sighup_stop_every_rank_and_set_the_exit_code(tmp_path, sig, code):
+    # rank 1 ignores SIGTERM: it is killed once the grace period is over
+    launcher, pids = _start_sleepers(tmp_path, "--env", "STUBBORN=1")
+    sent = time.monotonic()
+    launcher.send_signal(sig)
+    out, err = launcher.communicate(timeout=30)
+    seconds = time.monotonic() - sent
+    assert launcher.returncode == code, err
+    assert f"got {sig.name}" in err, err
+    assert _gone(pids), f"ranks {pids} outlived the launcher"
+    if sig == _signal.SIGTERM:
+        assert seconds >= 5 and "rank 1 on host 127.0.0.1: 137 (SIGKILL)" in err, err
+    print(f"\n{sig.name}: exit {launcher.returncode} after {seconds:.2f} s, no rank left")
+
+
+def test_timeout_of_the_launcher_leaves_no_rank(tmp_path):
+    if shutil.which("timeout") is None:
+        pytest.skip("no timeout command")
+    launcher, pids = _start_sleepers(tmp_path, prefix=["timeout", "2"])
+    launcher.communicate(timeout=30)
+    assert launcher.returncode == 124      # timeout's own code: it sent SIGTERM
+    assert _gone(pids), f"ranks {pids} outlived `timeout 2 ringcomm-launch`"
+
+
+def test_hosts_on_this_machine_and_print_python():
+    result = launch("--hosts", "localhost,127.0.0.1", "-n", "2", "examples/allsum.py")
+    assert result.returncode == 0, result.stderr
+    assert sorted(line.split()[0] for line in result.stdout.splitlines()) == \
+        ["[0]", "[1]", "[2]", "[3]"]
+    assert launch("--print-python").stdout.strip() == sys.executable
+    assert launch("--python", "/opt/py/bin/python3", "--print-python").stdout.strip() == \
+        "/opt/py/bin/python3"
+
+
+def test_host_errors_before_any_ssh(tmp_path):
+    # a loopback address in a job with a remote host: refused, nothing started
+    result = launch("--hosts", "127.0.0.1,10.77.0.99", "examples/allsum.py", timeout=30)
+    assert result.returncode == 2 and "loopback address 127.0.0.1" in result.stderr
+    assert "10.77.0.99" in result.stderr and result.stdout == ""
+    result = launch("--hosts", "h1,,h2", "examples/allsum.py")
+    assert result.returncode == 2 and "with none empty" in result.stderr
+    result = launch("--hosts", "no-such-host.invalid", "examples/allsum.py", timeout=30)
+    assert result.returncode == 2 and "cannot resolve it to an IP address" in result.stderr
+    assert launch("--hosts", "a", "--hostfile", "b", "x.py").returncode == 2
+    bad = {"not-a-list.json": '"h1"', "no-ssh.json": '[{"ips": ["10.0.0.1"]}]',
+           "ips-not-list.json": '[{"ssh": "h1", "ips": "10.0.0.1"}]',
+           "no-hosts.json": '{"backend": "ring"}', "mpi.json": '{"backend": "mpi", "hosts": '
+           '[{"ssh": "127.0.0.1"}]}', "rdma-rows.json": '{"backend": "jaccl", "hosts": '
+           '[{"ssh": "10.0.0.1", "ips": ["10.0.0.1"]}, {"ssh": "10.0.0.2", "ips": '
+           '["10.0.0.2"]}]}'}
+    said = {"not-a-list.json": "expected a list of hosts", "no-ssh.json": 'non-empty "ssh"',
+            "ips-not-list.json": '"ips" must be a list', "no-hosts.json": 'needs "hosts"',
+            "mpi.json": "under mpirun, call ringcomm.init()",
+            "rdma-rows.json": 'needs "rdma": a list of 2 devices'}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        result = launch("--hostfile", str(tmp_path / name), "examples/allsum.py", timeout=30)
+        assert result.returncode == 2 and said[name] in result.stderr, (name, result.stderr)
+        assert str(tmp_path / name) in result.stderr or name == "mpi.json", result.stderr
+
+
+def test_both_hostfile_formats_parse(tmp_path):
+    from ringcomm import hosts
+    (tmp_path / "list.json").write_text(
+        '[{"ssh": "m1", "ips": ["10.0.0.1", "10.0.1.1"]}, {"ssh": "m2", "ips": ["10.0.0.2"]}]')
+    (tmp_path / "object.json").write_text(
+        '{"backend": "jaccl", "envs": ["A=1"], "hosts": [{"ssh": "m1", "ips": ["10.0.0.1"], '
+        '"rdma": [null, "rdma_en2"]}, {"ssh": "m2", "ips": ["10.0.0.2"], '
+        '"rdma": ["rdma_en2", null]}]}')
+    listed = hosts.from_file(str(tmp_path / "list.json"))
+    assert [(h.ssh, h.ips) for h in listed.hosts] == [("m1", ["10.0.0.1", "10.0.1.1"]),
+                                                      ("m2", ["10.0.0.2"])]
+    assert listed.backend == "" and listed.envs == []
+    obj = hosts.from_file(str(tmp_path / "object.json"))
+    assert obj.backend == "jaccl" and obj.envs == ["A=1"]
+    assert [h.rdma for h in obj.hosts] == [[None, "rdma_en2"], ["rdma_en2", None]]
+    assert [h.ssh for h in hosts.repeat(listed.hosts, 2)] == ["m1", "m1", "m2", "m2"]

@@ -1,0 +1,33 @@
+"""Check a cluster: each rank says which machine it is on, who its ring neighbours are, and how
+fast 64 MiB all_sums run over the links.  Run it first on a new set of machines:
+
+    ringcomm-launch --hosts mac1,mac2,mac3 examples/hosts.py
+    mpirun -np 3 --host node1,node2,node3 -x RINGCOMM_RENDEZVOUS=node1:29500 python examples/hosts.py
+"""
+import socket
+import time
+
+import numpy as np
+
+import ringcomm
+
+group = ringcomm.init(strict=True)
+rank, size = group.rank(), group.size()
+
+name = np.zeros(64, np.uint8)  # every rank's host name, gathered over the ring
+raw = socket.gethostname().encode()[:64]
+name[:len(raw)] = np.frombuffer(raw, np.uint8)
+names = [bytes(row).rstrip(b"\0").decode() for row in ringcomm.all_gather(name[None])]
+
+x = np.ones(16 * 1024 * 1024, np.float32)  # 64 MiB
+ringcomm.all_sum(x)                          # warm up
+start = time.perf_counter()
+for _ in range(3):
+    total = ringcomm.all_sum(x)
+seconds = (time.perf_counter() - start) / 3
+assert np.all(total == size), f"rank {rank}: wrong all_sum result"
+busbw = x.nbytes * 2 * (size - 1) / size / seconds / 1e9 if size > 1 else 0.0
+print(f"rank {rank} of {size} on {names[rank]}: left {names[(rank - 1) % size]}, right "
+      f"{names[(rank + 1) % size]}; 64 MiB all_sum {seconds * 1e3:.0f} ms, busbw "
+      f"{busbw:.2f} GB/s")
+group.close()
