@@ -8,6 +8,10 @@ output itself; its ``model.model.pipeline()`` splits the layers over the ranks).
 """
 from __future__ import annotations
 
+import selectors
+import signal
+import time
+
 import pytest
 
 pytest.importorskip("mlx.core", reason="MLX is not installed (pip install -e '.[mlx]')")
@@ -15,6 +19,7 @@ pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install -e '.
                     "installs it on Linux and macOS)")
 
 from tests import mlx_lm_work  # noqa: E402
+from tests.procs import start_ranks  # noqa: E402
 
 SIZES = [2, 4]
 TOKENS = 8
@@ -56,3 +61,53 @@ def test_sharded_load_and_generate_from_a_local_checkpoint(clusters, tmp_path, f
     for rank, res in enumerate(results):
         assert res["text"] == res["want"] and len(res["want"].split()) == TOKENS, (rank, res)
         assert res["pipelined"] == pipeline and (res["sharded"] > 0) != pipeline, (rank, res)
+
+
+GENERATE_UNTIL_FAILURE = """
+import time
+import mlx.core as mx
+import ringcomm
+from mlx_lm.generate import generate_step
+from tests import mlx_lm_work as w
+ringcomm.patch_mlx(ringcomm.init(strict=True, timeout=60))
+model = w.build("llama", 0)
+model.shard(mx.distributed.init())
+try:
+    for i, _ in enumerate(generate_step(mx.array(w.PROMPT), model, max_tokens=-1)):
+        print("token", i, flush=True)
+except ringcomm.PeerLostError as e:
+    print(f"{time.time():.6f} PeerLostError: {e}", flush=True)
+"""
+
+
+def _wait_for_line(proc, line: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(deadline - time.monotonic()):
+                got = proc.stdout.readline()
+                if not got:
+                    raise AssertionError(f"the rank exited: {proc.stderr.read()}")
+                if got.strip() == line:
+                    return
+    raise AssertionError(f"no {line!r} within {timeout} s")
+
+
+def test_a_killed_rank_ends_mlx_lm_generation_with_peer_lost_on_the_other(tmp_path):
+    """What the patch buys an unmodified mlx-lm loop: a rank SIGKILLed mid-generation is a
+    PeerLostError naming it on the survivor, within seconds, not a hang."""
+    procs = start_ranks(tmp_path, 2, GENERATE_UNTIL_FAILURE)
+    try:
+        _wait_for_line(procs[0], "token 5", timeout=180)
+        killed_at = time.time()
+        procs[1].send_signal(signal.SIGKILL)
+        out, err = procs[0].communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+    stamp, message = out.strip().splitlines()[-1].split(" ", 1)
+    assert message.startswith("PeerLostError") and "rank 1" in message, (out, err)
+    assert float(stamp) - killed_at < 5.0, (stamp, killed_at)
