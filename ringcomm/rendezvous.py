@@ -3,8 +3,9 @@
 Those launchers give each process a rank and a world size (``settings.LAUNCHERS``) but no
 hostfile.  Each rank picks a free port; rank 0 gathers every rank's port at one well-known
 address and answers with the ring hostfile and a fresh job id; the ring then forms as usual
-(handshake, token, job id).  The well-known address is ``MASTER_ADDR:MASTER_PORT`` (torchrun's
-names), else ``RINGCOMM_RENDEZVOUS=host:port``, else under Slurm the first node of
+(handshake, token, job id).  The well-known address is ``RINGCOMM_RENDEZVOUS=host:port``, else
+``MASTER_ADDR:MASTER_PORT`` (torchrun's names; under torchrun itself, whose agent's store
+already listens on ``MASTER_PORT``, the port above it), else under Slurm the first node of
 ``SLURM_STEP_NODELIST`` with a port derived from the job and step ids (``slurm_port``).  Under an
 MPI launcher with none of these, the addresses go through MPI itself when mpi4py imports.
 
@@ -64,17 +65,20 @@ def find_peers(rank: int, size: int, knobs: settings.Settings, deadline: float,
 
 
 def rendezvous_address(knobs: settings.Settings) -> Address | None:
-    """Where rank 0 gathers the ranks: MASTER_ADDR, RINGCOMM_RENDEZVOUS, or Slurm's first node."""
-    if knobs.master_addr:
-        if knobs.master_port is None:
-            raise ConfigError("MASTER_ADDR is set but MASTER_PORT is not; set both (rank 0's "
-                              "host and a free port)")
-        return Address(knobs.master_addr, knobs.master_port)
+    """Where rank 0 gathers the ranks: RINGCOMM_RENDEZVOUS, MASTER_ADDR:MASTER_PORT (plus one
+    under torchrun, whose agent holds MASTER_PORT), or Slurm's first node."""
     if knobs.rendezvous:
         host, sep, port = knobs.rendezvous.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"RINGCOMM_RENDEZVOUS must be host:port; got {knobs.rendezvous!r}")
         return Address(host.strip("[]"), int(port))
+    if knobs.master_addr:
+        if knobs.master_port is None:
+            raise ConfigError("MASTER_ADDR is set but MASTER_PORT is not; set both (rank 0's "
+                              "host and a free port)")
+        # under torchrun, its agent's store already listens on MASTER_PORT
+        return Address(knobs.master_addr,
+                       knobs.master_port + 1 if knobs.under_torchrun else knobs.master_port)
     if knobs.slurm_nodelist and knobs.world is not None and knobs.world[0] == "Slurm":
         nodes = expand_nodelist(knobs.slurm_nodelist)
         return Address(nodes[0], knobs.master_port or slurm_port(knobs.slurm_step or (0, 0)))

@@ -128,3 +128,20 @@ def test_slurm_bracket_syntax():
 def test_a_world_of_one_needs_no_rendezvous():
     outs = finish(start([dict(RANK="0", WORLD_SIZE="1")]))
     assert outs[0][0] == 0 and "rank 0 of 1 ok" in outs[0][1], outs
+
+
+def test_under_real_torchrun_whose_agent_holds_master_port(tmp_path):
+    """torchrun's own store listens on MASTER_PORT: the rendezvous takes the port above."""
+    try:
+        import torch.distributed.run  # noqa: F401
+    except ImportError:
+        pytest.skip("torch is not importable here (torchrun comes with torch)")
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(WORK))
+    port = free_port()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                             str(script)], env=env(RINGCOMM_TIMEOUT="30"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(result.stdout.split("\n")[:-1]) == ["rank 0 of 2 ok", "rank 1 of 2 ok"], result

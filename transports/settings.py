@@ -50,6 +50,7 @@ KNOWN = {
     "SLURM_JOB_ID": "with SLURM_STEP_ID, picks the rendezvous port under Slurm",
     "SLURM_STEP_ID": "see SLURM_JOB_ID",
     "RINGCOMM_IFNAME": "the network interface whose address a rank listens on",
+    "TORCHELASTIC_RUN_ID": "set by torchrun, whose own store holds MASTER_PORT",
 }
 # (launcher, rank variable, size variable), first match wins: torchrun and MPI run inside
 # Slurm allocations, where SLURM_PROCID counts srun's tasks, not their ranks
@@ -85,6 +86,7 @@ class Settings:
     slurm_nodelist: str | None = None
     slurm_step: tuple[int, int] | None = None  # (job id, step id)
     ifname: str | None = None
+    under_torchrun: bool = False  # torchrun's agent holds MASTER_PORT: rendezvous one above
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -131,7 +133,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         master_port=_port(get("MASTER_PORT"), "MASTER_PORT"),
         rendezvous=get("RINGCOMM_RENDEZVOUS") or None,
         slurm_nodelist=get("SLURM_STEP_NODELIST") or None,
-        slurm_step=_slurm_step(env), ifname=get("RINGCOMM_IFNAME") or None)
+        slurm_step=_slurm_step(env), ifname=get("RINGCOMM_IFNAME") or None,
+        under_torchrun=bool(get("TORCHELASTIC_RUN_ID")))
 
 
 def choice(text: str | None, name: str, allowed: tuple[str, ...], default: str,
