@@ -25,7 +25,7 @@ from .mlx_patch import patch_mlx, unpatch_mlx  # imports mlx only when called
 
 __all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError", "Group", "GroupBrokenError",
            "MismatchError", "PeerLostError", "RingcommError", "SUPPORTED_DTYPES", "all_gather", "all_max",
-           "all_min", "all_sum", "barrier", "init", "patch_mlx", "recv", "recv_like", "send",
+           "all_min", "all_sum", "all_to_all", "barrier", "broadcast", "init", "patch_mlx", "recv", "recv_like", "send",
            "sum_scatter", "unpatch_mlx"]
 
 
@@ -76,7 +76,7 @@ def sum_scatter(x: Any, *, group: Group | None = None, out: np.ndarray | None = 
 
 
 def send(x: Any, dst: int, *, group: Group | None = None, stream: Any = None) -> np.ndarray:
-    """Send ``x`` to the neighbouring rank ``dst``."""
+    """Send ``x`` to rank ``dst`` (a non-neighbour over a direct connection)."""
     return _group(group).send(x, dst)
 
 
@@ -90,6 +90,18 @@ def recv_like(x: Any, src: int, *, group: Group | None = None,
               out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
     """Receive an array shaped and typed like ``x`` from the neighbouring rank ``src``."""
     return _group(group).recv_like(x, src, out=out)
+
+
+def broadcast(x: Any, root: int, *, group: Group | None = None, out: np.ndarray | None = None,
+              stream: Any = None) -> Any:
+    """Root's ``x`` on every rank of ``group`` (the others pass a same-shaped buffer to fill)."""
+    return _group(group).broadcast(x, root, out=out)
+
+
+def all_to_all(x: Any, *, group: Group | None = None, out: np.ndarray | None = None,
+               stream: Any = None) -> Any:
+    """Block j of ``x``'s axis 0 to rank j; the blocks received, in rank order."""
+    return _group(group).all_to_all(x, out=out)
 
 
 def barrier(*, group: Group | None = None, stream: Any = None) -> None:

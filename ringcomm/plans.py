@@ -174,3 +174,72 @@ def _sides(direction: int) -> tuple[Side, Side]:
 
 def _sub_op_count(nbytes: int, connections: int) -> int:
     return max(min(2 * connections, nbytes // SUB_OP_BYTES), 1)
+
+
+BROADCAST_CHUNKS = 32  # a broadcast stream is cut into at most this many pipelined chunks ...
+BROADCAST_CHUNK_MIN = SUB_OP_BYTES  # ... of at least this many bytes
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE)
+def broadcast(nbytes: int, size: int, rank: int, root: int, connections: int) -> Plan:
+    """ringcomm's pipelined ring broadcast of ``root``'s ``nbytes``: every link carries each
+    byte once.  The buffer is cut as all_gather cuts a block (``m`` sub-ranges, range ``i`` on
+    pair ``i // 2``, direction +1 for even ``i``, -1 for odd): each range flows down a chain
+    from the root (direction d: ``root -> root - d -> root - 2d ...``), cut into chunks of
+    ``max(256 KiB, ceil(range / 32))``.  A rank in the middle receives chunk 0, then sends
+    chunk c - 1 while it receives chunk c, then sends the last: ``chunks + 1`` steps, after a
+    first step that carries only the operation header.  The root only sends, the chain's
+    last rank only receives (docs/wire-protocol.md)."""
+    if size == 1:
+        return ()
+    m = _sub_op_count(nbytes, connections)
+    length = _ceil(nbytes, m)
+    return tuple(_broadcast_stream(min(i * length, nbytes), min((i + 1) * length, nbytes),
+                                   _direction(i), i // 2, size, rank, root) for i in range(m))
+
+
+def _broadcast_stream(lo: int, hi: int, direction: int, pair: int, size: int, rank: int,
+                      root: int) -> Stream:
+    send_side, recv_side = _sides(direction)
+    position = ((root - rank) * direction) % size  # 0: the root; size - 1: the chain's end
+    chunk = max(BROADCAST_CHUNK_MIN, _ceil(hi - lo, BROADCAST_CHUNKS))
+    cuts = [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)] or [(lo, hi)]
+    sends = [Move(send_side, pair, a, b) for a, b in cuts]
+    recvs = [Move(recv_side, pair, a, b) for a, b in cuts]
+    # step 0 moves no data, only the operation header (the engine sends it with a stream's
+    # first send and takes it with its first receive): every rank's first step then has the
+    # send and the receive the header needs, and every later send matches one receive
+    head_out = None if position == size - 1 else Move(send_side, pair, lo, lo)
+    head_in = None if position == 0 else Move(recv_side, pair, lo, lo)
+    if position == 0:
+        return (Step(head_out, None),) + tuple(Step(s, None) for s in sends)
+    if position == size - 1:
+        return (Step(None, head_in),) + tuple(Step(None, r) for r in recvs)
+    return (Step(head_out, head_in),) + tuple(Step(s, r) for s, r in
+                                              zip([None, *sends], [*recvs, None]))
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE)
+def all_to_all_ring(block: int, size: int, rank: int, connections: int) -> Plan:
+    """The neighbour steps of ringcomm's pairwise all_to_all (``block`` bytes per rank): step
+    k = 1 sends block ``rank + 1`` right and receives block ``rank - 1`` from the left; step
+    k = size - 1 the reverse (with 2 ranks they are one step).  Each block is cut as MLX's
+    send (``point_to_point``), piece i on connection i.  One step per stream: its send reads
+    the caller's input (the engine's ``source``), its receive writes the output."""
+    if size == 1:
+        return ()
+    ways = [(Side.RIGHT, Side.LEFT, 1)] + ([(Side.LEFT, Side.RIGHT, -1)] if size > 2 else [])
+    streams = []
+    for send_side, recv_side, k in ways:
+        out, into = ((rank + k) % size) * block, ((rank - k) % size) * block
+        for piece in point_to_point(block, send_side, connections, sending=True):
+            m = piece[0].send
+            streams.append((Step(Move(send_side, m.conn, out + m.start, out + m.stop),
+                                 Move(recv_side, m.conn, into + m.start, into + m.stop)),))
+    return tuple(streams)
+
+
+def pairwise(size: int, rank: int) -> tuple[tuple[int, int, int], ...]:
+    """ringcomm's all_to_all beyond the neighbours: (k, send to, receive from) for the steps
+    k = 2 .. size - 2, in order, each over the direct connections (``transports.direct``)."""
+    return tuple((k, (rank + k) % size, (rank - k) % size) for k in range(2, size - 1))

@@ -179,3 +179,92 @@ def test_plans_forward_what_they_received(size, connections, count):
         _forwarding_holds(plans.all_reduce(count, 4, size, r, connections))
         _forwarding_holds(plans.all_gather(count, size, r, connections))
         _forwarding_holds(plans.reduce_scatter(size * count, 4, size, r, connections))
+
+
+def simulate_async(rank_plans: list[plans.Plan], buffers: list[np.ndarray],
+                   sources: list[np.ndarray] | None = None) -> dict:
+    """Like ``simulate``, but each stream of each rank advances on its own, as ``engine.run``
+    lets it: a step runs once the bytes its receive wants are on the wire (sends never wait).
+    Pipelined plans (broadcast), whose ranks start at different times, need this; every
+    receive must take exactly the bytes of one send, and every plan must end."""
+    size = len(rank_plans)
+    wire: dict[tuple[int, Side, int], list[bytes]] = {}
+    carried: dict[tuple[int, Side, int], int] = {}
+    index = [[0] * len(p) for p in rank_plans]
+
+    def dest(rank: int, m: Move) -> tuple[int, Side, int]:
+        peer = (rank + (1 if m.side is Side.RIGHT else -1)) % size
+        return peer, Side.LEFT if m.side is Side.RIGHT else Side.RIGHT, m.conn
+
+    moved = True
+    while moved:
+        moved = False
+        for r, plan in enumerate(rank_plans):
+            raw = buffers[r].view(np.uint8)
+            for s, stream in enumerate(plan):
+                t = index[r][s]
+                if t == len(stream):
+                    continue
+                step = stream[t]
+                if step.recv is not None:
+                    queue = wire.get((r, step.recv.side, step.recv.conn))
+                    if not queue:
+                        continue
+                    data = queue.pop(0)
+                    m = step.recv
+                    assert len(data) == m.stop - m.start, f"rank {r}: a receive of " \
+                        f"{m.stop - m.start} bytes meets a send of {len(data)}"
+                if step.send is not None:
+                    m = step.send
+                    src = raw if sources is None or t else sources[r].view(np.uint8)
+                    wire.setdefault(dest(r, m), []).append(src[m.start:m.stop].tobytes())
+                    key = (r, m.side, m.conn)
+                    carried[key] = carried.get(key, 0) + m.stop - m.start
+                if step.recv is not None:
+                    raw[step.recv.start:step.recv.stop] = np.frombuffer(data, np.uint8)
+                index[r][s] += 1
+                moved = True
+    for r, plan in enumerate(rank_plans):
+        assert index[r] == [len(st) for st in plan], f"rank {r} is stuck (deadlock)"
+    assert all(not q for q in wire.values()), "bytes were sent that nobody received"
+    return carried
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3), root=st.integers(0, 8),
+       nbytes=st.one_of(st.integers(0, 100), st.integers(SUB_OP_BYTES - 3, 40 * SUB_OP_BYTES)))
+def test_broadcast_plan_gives_every_rank_the_root_bytes_once_per_link(size, connections, root,
+                                                                      nbytes):
+    root %= size
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    bufs = [data.copy() if r == root else np.zeros(nbytes, np.uint8) for r in range(size)]
+    carried = simulate_async([plans.broadcast(nbytes, size, r, root, connections)
+                              for r in range(size)], bufs)
+    for b in bufs:
+        np.testing.assert_array_equal(b, data)
+    # every byte crosses n - 1 links exactly once: n - 1 sends of nbytes in all
+    assert sum(carried.values()) == (size - 1) * nbytes
+    m = plans._sub_op_count(nbytes, connections)
+    if nbytes >= 2 * plans.BROADCAST_CHUNK_MIN * m:  # pipelined: more than one chunk a chain
+        assert max(len(s) for s in plans.broadcast(nbytes, size, root, root, connections)) > 2
+
+
+@given(size=st.integers(2, 9), connections=st.integers(1, 3),
+       block=st.one_of(st.integers(0, 50), st.integers(1000, 5000)))
+def test_all_to_all_pairwise_schedule_delivers_block_j_to_rank_j(size, connections, block):
+    inputs = [np.random.default_rng([r, block]).integers(0, 256, size * block, dtype=np.uint8)
+              for r in range(size)]
+    outs = [np.zeros(size * block, np.uint8) for _ in range(size)]
+    for r in range(size):  # a rank's own block, as Group.all_to_all copies it
+        outs[r][r * block:(r + 1) * block] = inputs[r][r * block:(r + 1) * block]
+    simulate([plans.all_to_all_ring(block, size, r, connections) for r in range(size)], outs,
+             sources=inputs)
+    steps = [plans.pairwise(size, r) for r in range(size)]
+    for r in range(size):  # the direct steps: rank r's step k meets rank r + k's step k
+        for k, to, frm in steps[r]:
+            assert (k, (to + k) % size, r) == steps[to][k - 2]
+            outs[to][r * block:(r + 1) * block] = inputs[r][to * block:(to + 1) * block]
+    for r in range(size):
+        want = np.concatenate([inputs[j][r * block:(r + 1) * block] for j in range(size)])
+        np.testing.assert_array_equal(outs[r], want)
+    covered = {1, size - 1} | {k for k, _, _ in steps[0]}
+    assert covered == set(range(1, size))  # every other rank once: ring or direct

@@ -1,0 +1,106 @@
+"""Rank-side functions for tests/test_p2p_any.py and tests/test_broadcast_alltoall.py (run on
+every rank of a tests.cluster ring; importable so they can be sent by reference)."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8, "float16": np.float16,
+          "complex64": np.complex64, "bool": np.bool_, "int8": np.int8, "float64": np.float64}
+
+
+def data(seed: int, rank: int, shape: tuple, dtype_name: str) -> np.ndarray:
+    rng = np.random.default_rng([seed, rank])
+    return rng.integers(0, 100, size=shape).astype(DTYPES[dtype_name])
+
+
+def pairs(group, pairs_list: list, shape: tuple, dtype_name: str, seed: int) -> list:
+    """For each (src, dst): src sends its data(seed, i) to dst, which returns what came."""
+    got = []
+    for i, (src, dst) in enumerate(pairs_list):
+        if group.rank() == src:
+            group.send(data(seed + i, src, shape, dtype_name), dst)
+        elif group.rank() == dst:
+            got.append(group.recv(shape, DTYPES[dtype_name], src))
+    return got
+
+
+def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> list:
+    """Seconds for the first and then each later send/recv of ``nbytes`` to a peer."""
+    r = group.rank()
+    x = np.zeros(nbytes, np.uint8)
+    times = []
+    for _ in range(repeat):
+        group.barrier()
+        t = time.perf_counter()
+        if r in peer_of:
+            group.send(x, peer_of[r])
+        elif r in peer_of.values():
+            src = next(s for s, d in peer_of.items() if d == r)
+            group.recv_like(x, src)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def broadcast_all_roots(group, shape: tuple, dtype_name: str, seed: int) -> list:
+    out = []
+    for root in range(group.size()):
+        x = data(seed, root, shape, dtype_name) if group.rank() == root else \
+            np.empty(shape, DTYPES[dtype_name])
+        out.append(group.broadcast(x, root))
+    return out
+
+
+def all_to_all(group, shape: tuple, dtype_name: str, seed: int) -> np.ndarray:
+    return group.all_to_all(data(seed, group.rank(), shape, dtype_name))
+
+
+def error_of(group, fn_name: str, *args) -> str:
+    """Run ``fn_name`` and return the error type and message it raised ('' if none)."""
+    try:
+        globals()[fn_name](group, *args)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def die_or_recv(group, victim: int, receiver: int) -> tuple:
+    """``victim`` exits abruptly; ``receiver`` waits for a message from it: (error, seconds)."""
+    r = group.rank()
+    if r == victim:
+        group.send(np.arange(4.0), receiver)  # opens the direct link, then dies
+        os._exit(3)
+    if r == receiver:
+        group.recv(4, np.float64, victim)
+        t = time.monotonic()
+        try:
+            group.recv(4, np.float64, victim)
+        except Exception as e:
+            return type(e).__name__, str(e), time.monotonic() - t
+    return None
+
+
+def mismatched(group, a: int, b: int) -> str:
+    """``a`` sends float32 (4,) to ``b``, which expects int64 (4,)."""
+    try:
+        if group.rank() == a:
+            group.send(np.zeros(4, np.float32), b)  # small: done once the kernel has it
+        elif group.rank() == b:
+            group.recv(4, np.int64, a)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def mlx_grads(group, shape: tuple, root: int) -> tuple:
+    import mlx.core as mx
+    r = group.rank()
+    x = mx.array(data(7, r, shape, "float32"))
+    w = mx.array(data(8, r, shape, "float32"))
+    gb = mx.grad(lambda v: (group.broadcast(v, root) * w).sum())(x)
+    ga = mx.grad(lambda v: (group.all_to_all(v) * w).sum())(x)
+    b = group.broadcast(x, root)
+    a = group.all_to_all(x)
+    return (np.array(b), np.array(a), np.array(gb), np.array(ga), type(a).__module__)

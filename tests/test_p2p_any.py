@@ -1,0 +1,77 @@
+"""send/recv between any two ranks on real localhost rings: neighbours over the ring, the
+others over direct connections opened on first use (transports.direct)."""
+from __future__ import annotations
+
+import socket
+
+from hypothesis import given, settings, strategies as st
+
+from tests import p2p_work as w
+
+
+@st.composite
+def traffic(draw):
+    size = draw(st.integers(2, 8))
+    pair = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
+        lambda p: p[0] != p[1])
+    return (size, draw(st.lists(pair, min_size=1, max_size=6)),
+            draw(st.sampled_from([(0,), (3,), (5, 7), (70000,)])),
+            draw(st.sampled_from(sorted(w.DTYPES))), draw(st.integers(0, 1000)))
+
+
+@settings(max_examples=12)
+@given(traffic())
+def test_send_recv_between_random_pairs(clusters, case):
+    size, pairs, shape, dtype_name, seed = case
+    got = clusters.get(size).run(w.pairs, pairs, shape, dtype_name, seed)
+    for dst in range(size):
+        want = [w.data(seed + i, s, shape, dtype_name) for i, (s, d) in enumerate(pairs)
+                if d == dst]
+        assert len(got[dst]) == len(want)
+        for g, e in zip(got[dst], want):
+            assert g.dtype == e.dtype and g.tobytes() == e.tobytes(), f"rank {dst}"
+
+
+def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters):
+    cluster = clusters.get(5)
+    cluster.broken = True  # rank 0 exits: the cache starts a fresh ring next time
+    for conn, args in zip(cluster._conns, [(0, 2)] * 5):
+        conn.send((w.die_or_recv, args))
+    assert cluster._conns[2].poll(30), "rank 2 did not answer"
+    status, value = cluster._conns[2].recv()
+    assert status == "ok", value
+    kind, text, seconds = value
+    assert kind == "PeerLostError" and "rank 0" in text and "rank 2" in text, text
+    assert seconds < 5, seconds
+
+
+def test_a_mismatch_on_a_direct_link_names_both_calls(clusters):
+    cluster = clusters.get(5)
+    got = cluster.run(w.mismatched, 1, 3)
+    cluster.broken = True  # rank 3's group is broken now
+    assert got[1] == "" and got[0] == got[2] == got[4] == ""
+    assert got[3].startswith("MismatchError") and "rank 1" in got[3], got[3]
+    assert "int64" in got[3] and "send of 4 elements" in got[3], got[3]
+
+
+def test_strays_and_forged_hellos_on_the_listener_change_nothing(clusters):
+    cluster = clusters.get(4)
+    port = _rank_port(cluster, 2)
+    strays = []
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"RCMH" + bytes(48), b""):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(junk)
+        strays.append(s)
+    got = cluster.run(w.pairs, [(0, 2), (2, 0)], (4,), "int64", 5)
+    assert got[2][0].tobytes() == w.data(5, 0, (4,), "int64").tobytes()
+    assert got[0][0].tobytes() == w.data(6, 2, (4,), "int64").tobytes()
+    for s in strays:
+        s.close()
+
+
+def _rank_port(cluster, rank: int) -> int:
+    import json
+    import os
+    name = os.path.join(cluster._dir.name, "hostfile.json")
+    with open(name) as f:
+        return int(json.load(f)[rank][0].rsplit(":", 1)[1])
