@@ -14,6 +14,7 @@ from .transports.tcp import TcpTransport
 
 from . import rendezvous
 from .group import Group
+from .split import Origin
 
 BACKENDS = settings.BACKENDS
 # Connection set-up protocols: "ringcomm" (handshake, optional HMAC, control connections for
@@ -74,11 +75,12 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
             raise ConfigError("the RDMA transport speaks only ringcomm's protocol (MLX's "
                               "JACCL wire format is not implemented); unset "
                               "RINGCOMM_PROTOCOL=mlx or use backend='tcp'")
-        transport = _rdma(knobs, rank_text, devices, coordinator, timeout, verbs, token,
+        transport, origin = _rdma(knobs, rank_text, devices, coordinator, timeout, verbs, token,
                           job_id, strict)
         group = (Group(transport, timeout) if transport.size == 1 else
                  Group(transport, timeout, headers=True,
                        job=int.from_bytes(job_digest(transport.job_id)[:4], "big")))
+        group.origin = origin
         _default_group = group
         return group
     hostfile = knobs.hostfile if hostfile is None else hostfile
@@ -112,14 +114,17 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
                                  knobs=knobs)
         group = Group(transport, timeout, headers=protocol == "ringcomm",
                       job=int.from_bytes(job_digest(job_id)[:4], "big"))
+        group.origin = Origin("tcp", job_id, token.encode() if token is not None else None,
+                              protocol, knobs, hostfile=addresses)
     _default_group = group
     return group
 
 
 def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
           coordinator: str | None, timeout: float, verbs: str | None, token: str | None,
-          job_id: str | None, strict: bool) -> Transport:
-    """The RDMA transport from the JACCL-style configuration (or a lone rank without one)."""
+          job_id: str | None, strict: bool) -> tuple[Transport, Origin | None]:
+    """The RDMA transport from the JACCL-style configuration (or a lone rank without one),
+    and what its subgroups are formed from (``ringcomm.split``)."""
     from .transports.rdma import RdmaTransport  # imports nothing of pyverbs until used
     devices = knobs.ibv_devices if devices is None else devices
     coordinator = knobs.coordinator if coordinator is None else coordinator
@@ -128,7 +133,7 @@ def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
             raise ConfigError("ringcomm.init(strict=True, backend='rdma'): no RDMA ring is "
                               "configured; set MLX_IBV_DEVICES, MLX_JACCL_COORDINATOR and "
                               "MLX_RANK (ringcomm-launch --backend rdma does)")
-        return LoneTransport()
+        return LoneTransport(), None
     missing = [name for name, value in (("MLX_IBV_DEVICES (or devices=)", devices),
                                         ("MLX_JACCL_COORDINATOR (or coordinator=)",
                                          coordinator),
@@ -149,7 +154,8 @@ def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
     transport = RdmaTransport(rank, table, Address(host.strip("[]"), int(port)),
                               timeout=timeout, verbs_provider=verbs, job_id=job_id,
                               token=token.encode() if token is not None else None)
-    return transport
+    return transport, Origin("rdma", job_id, token.encode() if token is not None else None,
+                             devices=table, verbs=verbs)
 
 
 def default_group() -> Group:

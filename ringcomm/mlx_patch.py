@@ -63,30 +63,10 @@ def is_patched() -> bool:
     return _originals is not None
 
 
-def split_group(group: Group, color: int, key: int = -1) -> Group:
-    """``group.split(color, key)`` as MLX defines it: the ranks that pass the same ``color``
-    form a group, ranked by ``key`` (default: their rank).  Every rank must call it.
-
-    ringcomm forms the splits that need no new ring: every rank a color of its own (groups
-    of one) and one color for all, ranked as now (``group`` itself).  Others raise
-    ``NotImplementedError`` on every rank (MLX's ring backend raises for every split).
-    """
-    import numpy as np
-    n, r = group.size(), group.rank()
-    if n == 1:
-        return group
-    table = group.all_gather(np.array([[int(color), r if key < 0 else int(key)]], np.int64))
-    colors = table[:, 0].tolist()
-    if len(set(colors)) == n:
-        from .transports.base import LoneTransport
-        return Group(LoneTransport(), group.timeout)
-    order = sorted(range(n), key=lambda i: (int(table[i, 1]), i))
-    if len(set(colors)) == 1 and order == list(range(n)):
-        return group
-    raise NotImplementedError(
-        f"rank {r}: Group.split(colors {colors}, keys {table[:, 1].tolist()}) needs a new "
-        "ring between some of the ranks, which ringcomm does not form; it splits into groups "
-        "of one rank each, or keeps the whole group in its order")
+def split_group(group: Group, color: int, key: int = -1) -> Group | None:
+    """``group.split(color, key)`` as MLX defines it (``ringcomm.split``: a ring of its own
+    for each color; a negative color returns ``None``).  Every rank must call it."""
+    return group.split(color, key)
 
 
 # -- the replacements (MLX's signatures) ---------------------------------------------------

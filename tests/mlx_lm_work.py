@@ -234,14 +234,15 @@ def mlx_layers(group, seed: int) -> dict[str, Any]:
         out["send_returns_input"] = all(s is v for s in sent)
         out["recv"] = max(_diff(got, mx.arange(8) + left), _diff(got2, mx.arange(8) + left))
 
-        # Group.split: the splits that need no new ring
+        # Group.split: groups of one, the whole group, and the whole group reversed
         alone, whole = world.split(r), world.split(0)
-        out["split"] = (alone.size(), alone.rank(), whole is world)
-        try:
-            world.split(0, key=n - r)  # reversed order: would need a new ring
-            out["split_reordered"] = "no error"
-        except NotImplementedError as e:
-            out["split_reordered"] = str(e)
+        reordered = world.split(0, key=n - r)
+        out["split"] = (alone.size(), alone.rank(), whole.size() == n and whole.rank() == r)
+        out["split_reordered"] = (reordered.rank(), _diff(
+            mx.distributed.all_sum(mx.array([float(r)]), group=reordered),
+            mx.array([float(n * (n - 1) // 2)])))
+        for g in (alone, whole, reordered):
+            g.close()
     finally:
         ringcomm.unpatch_mlx()
     return out

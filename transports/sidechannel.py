@@ -33,8 +33,10 @@ class SideChannel:
     """Rank ``rank``'s connection(s) to the coordinator: all of them on rank 0, one elsewhere."""
 
     def __init__(self, rank: int, size: int, coordinator: Address, *, job: bytes,
-                 token: bytes | None, deadline: float) -> None:
+                 token: bytes | None, deadline: float,
+                 listener: socket.socket | None = None) -> None:
         self.rank, self.size, self.coordinator = rank, size, coordinator
+        self._listener = listener  # rank 0: bound on the coordinator address already
         self._job, self._token = job, token
         self._peers: dict[int, socket.socket] = {}  # rank -> socket (rank 0: all others)
         self._gone: set[int] = set()                # ranks that said goodbye
@@ -54,14 +56,16 @@ class SideChannel:
 
     def _accept_all(self, deadline: float) -> None:
         family, _, _, _, sockaddr = resolve(self.coordinator, self.rank, what="the coordinator host")
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener = self._listener or socket.socket(family, socket.SOCK_STREAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                listener.bind(sockaddr)
-            except OSError as e:
-                raise CommError(f"cannot listen on the coordinator address {self.coordinator}"
-                                f": {e.strerror or e}", rank=0, op="init") from e
+            if self._listener is None:  # else the caller bound it before it published the port
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    listener.bind(sockaddr)
+                except OSError as e:
+                    raise CommError(f"cannot listen on the coordinator address "
+                                    f"{self.coordinator}: {e.strerror or e}", rank=0,
+                                    op="init") from e
             listener.listen(16)
             while len(self._peers) < self.size - 1:
                 remaining = deadline - time.monotonic()
@@ -192,6 +196,11 @@ class SideChannel:
         return payload
 
     # -- failures after set-up ---------------------------------------------------------------
+
+    def local_host(self) -> str:
+        """The IP this rank's side channel runs on: where a subgroup's coordinator listens
+        (``ringcomm.split``), reachable as this channel is."""
+        return next(iter(self._peers.values())).getsockname()[0]
 
     def watch(self, seconds: float) -> None:
         """Sleep up to ``seconds`` on the side channel; raise the failure it reports, if any."""

@@ -59,7 +59,8 @@ class TcpSetup:
     (blocking socket, address)."""
 
     def __init__(self, rank: int, hostfile: Sequence[Sequence[Address]], *, protocol: str,
-                 job_id: str, token: bytes | None, warm_up: bool) -> None:
+                 job_id: str, token: bytes | None, warm_up: bool,
+                 listeners: Sequence[socket.socket] = ()) -> None:
         self.rank = rank
         self.size = len(hostfile)
         self.connections = len(hostfile[0])
@@ -71,6 +72,7 @@ class TcpSetup:
         self.conns: tuple[list[Formed], list[Formed]] = ([], [])
         self.control: dict[Side, Formed] = {}
         self.listeners: list[socket.socket] = []  # bound until the group closes
+        self._bound = list(listeners)  # listening on own addresses already (ringcomm.split)
 
     def peer(self, side: Side) -> int:
         return (self.rank + (1 if side is Side.RIGHT else -1)) % self.size
@@ -88,7 +90,8 @@ class TcpSetup:
         steps = (lambda: self._accept_all(own, deadline),
                  lambda: self._connect_all(right_addrs, deadline))
         try:
-            for addr in own:
+            self.listeners.extend(self._bound)  # the caller's, bound before it published them
+            for addr in own[len(self.listeners):]:
                 self.listeners.append(self._listen(addr))
             for step in (steps if self.peer(Side.RIGHT) > self.rank else steps[::-1]):
                 step()

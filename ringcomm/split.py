@@ -1,0 +1,206 @@
+"""``Group.split(color, key)``: subgroups with rings of their own, formed through the parent.
+
+Every rank of the parent binds its subgroup's listening sockets first (port 0, on the same
+IPs as its parent's addresses), then one ``all_gather`` over the parent hands every rank a
+fixed-size record of every other: color, key, and where it listens.  The ranks of one color
+then form a ring of their own, ordered by (key, parent rank), with the parent's timeout,
+protocol, token and knobs, and a job id made of the parent's, a split counter and the color
+(so two subgroups, or two splits, never accept each other's connections).  Since the sockets
+were bound before their ports were published, no other process can take them in between.
+
+RDMA: the subgroup's device table is the parent's rows and columns of its members; every
+rank binds a coordinator listener on its side channel's IP, and the subgroup's rank 0 keeps
+its own (the others close theirs once the table is in).
+
+A subgroup is a ``Group`` like any other: closing or breaking it leaves the parent as it was,
+and a failure inside it is reported on its own connections only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .transports import Address, ConfigError, settings
+from .transports.base import LoneTransport
+from .transports.errors import CommError, GroupBrokenError
+from .transports.handshake import job_digest
+from .transports.sockets import resolve
+
+if TYPE_CHECKING:
+    from .group import Group
+
+HOST_BYTES = 64  # an IPv6 address in text, with room to spare
+
+
+@dataclasses.dataclass
+class Origin:
+    """How a group was formed, so that its subgroups can be formed the same way."""
+
+    kind: str                                   # "tcp" or "rdma"
+    job_id: str
+    token: bytes | None
+    protocol: str = "ringcomm"
+    knobs: settings.Settings | None = None
+    hostfile: Sequence[Sequence[Address]] = ()  # TCP: every rank's addresses
+    devices: Sequence[Sequence[Sequence[str]]] = ()  # RDMA: the device table
+    verbs: str | None = None                    # RDMA: the verbs provider
+    splits: int = 0                             # splits of this group so far (job ids)
+
+    def child(self, job_id: str, **changes: Any) -> Origin:
+        return dataclasses.replace(self, job_id=job_id, splits=0, **changes)
+
+
+def split(parent: Group, color: int, key: int = -1) -> Group | None:
+    """The subgroup of the ranks that pass ``color`` (``None`` for a negative color), ranked
+    by ``key`` (negative: the parent rank), ties broken by parent rank.  A collective: every
+    rank of ``parent`` must call it, those with a negative color included."""
+    color, key = _integer(color, "color", parent), _integer(key, "key", parent)
+    if key < 0:
+        key = parent.rank()
+    origin: Origin | None = parent.origin
+    if parent.size() == 1:  # nobody to ask: this rank alone, or in no group
+        return None if color < 0 else _lone(parent, origin, color)
+    if origin is None:
+        raise ConfigError(f"rank {parent.rank()}: Group.split: this group was not made by "
+                          "ringcomm.init() (or split), so ringcomm does not know how to "
+                          "form rings between its ranks")
+    if origin.protocol == "mlx":
+        raise ConfigError(f"rank {parent.rank()}: Group.split needs protocol='ringcomm': "
+                          "under protocol='mlx' the ring may hold MLX processes, whose ring "
+                          "backend cannot split (it raises), so they could not follow")
+    if parent._broken is not None:
+        raise GroupBrokenError(f"rank {parent.rank()}: split on a broken group: "
+                               f"{parent._broken}") from parent._broken
+    start = time.monotonic()
+    mine = _bind(parent, origin)  # listening before the exchange: nobody can take the ports
+    kept: list[socket.socket] = []  # those the new transport owns (and closes with the group)
+    try:
+        table = _exchange(parent, origin, color, key, mine)
+        origin.splits += 1
+        if color < 0:
+            return None
+        members = sorted((i for i, row in enumerate(table) if row[0] == color),
+                         key=lambda i: (table[i][1], i))
+        job_id = f"{origin.job_id}/split{origin.splits}:color{color}"
+        if len(members) == 1:
+            return _lone(parent, origin, color, job_id)
+        remaining = max(parent.timeout - (time.monotonic() - start), 1e-3)
+        build = _tcp if origin.kind == "tcp" else _rdma
+        return build(parent, origin, members, table, mine, kept, job_id, remaining)
+    finally:
+        for sock in mine:
+            if not any(sock is k for k in kept):
+                sock.close()
+
+
+def _integer(value: object, name: str, parent: Group) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"rank {parent.rank()}: Group.split: {name} must be an integer; got "
+                          f"{value!r}")
+    if not -(1 << 63) <= int(value) < 1 << 63:
+        raise ConfigError(f"rank {parent.rank()}: Group.split: {name}={value} does not fit in "
+                          "64 bits")
+    return int(value)
+
+
+def _lone(parent: Group, origin: Origin | None, color: int, job_id: str | None = None) -> Group:
+    from .group import Group
+    group = Group(LoneTransport(), parent.timeout)
+    if origin is not None:
+        group.origin = origin.child(job_id or f"{origin.job_id}/lone:color{color}",
+                                    hostfile=(), devices=())
+    return group
+
+
+# -- the exchange over the parent -------------------------------------------------------------
+
+def _record(connections: int) -> struct.Struct:
+    """color, key, host (RDMA's coordinator), coordinator port, one port per connection."""
+    return struct.Struct(f"!qq{HOST_BYTES}sH{connections}H")
+
+
+def _bind(parent: Group, origin: Origin) -> list[socket.socket]:
+    """This rank's listening sockets for the subgroup, on port 0 of its parent IPs: K for
+    TCP (one per hostfile address), one coordinator listener for RDMA."""
+    rank = parent.rank()
+    if origin.kind == "tcp":
+        hosts = [addr.host for addr in origin.hostfile[rank]]
+    else:
+        hosts = [parent._transport.local_host()]
+    socks: list[socket.socket] = []
+    try:
+        for host in hosts:
+            family, _, _, _, sockaddr = resolve(Address(host, 0), rank, passive=True)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(sockaddr)
+            sock.listen(16)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise CommError(f"Group.split: cannot listen on {hosts[len(socks) - 1]}: "
+                        f"{e.strerror or e}", rank=rank, op="split") from e
+    return socks
+
+
+def _exchange(parent: Group, origin: Origin, color: int, key: int,
+              mine: list[socket.socket]) -> list[tuple]:
+    """Every rank's (color, key, host, coordinator port, ports), in parent rank order."""
+    k = parent._connections()
+    record = _record(k)
+    ports = [s.getsockname()[1] for s in mine]
+    if origin.kind == "tcp":
+        host, coordinator, data_ports = b"", 0, ports
+    else:
+        host, coordinator, data_ports = mine[0].getsockname()[0].encode(), ports[0], [0] * k
+    raw = np.frombuffer(record.pack(color, key, host, coordinator, *data_ports), np.uint8)
+    gathered = parent.all_gather(raw.reshape(1, -1))
+    return [record.unpack(row.tobytes()) for row in gathered]
+
+
+# -- the subgroup's transport ----------------------------------------------------------------
+
+def _tcp(parent: Group, origin: Origin, members: list[int], table: list[tuple],
+         mine: list[socket.socket], kept: list[socket.socket], job_id: str,
+         timeout: float) -> Group:
+    from .group import Group
+    from .transports.tcp import TcpTransport
+    k = parent._connections()
+    hostfile = [[Address(origin.hostfile[m][i].host, table[m][4 + i]) for i in range(k)]
+                for m in members]
+    transport = TcpTransport(members.index(parent.rank()), hostfile, timeout=timeout,
+                             protocol=origin.protocol, job_id=job_id, token=origin.token,
+                             knobs=origin.knobs, listeners=mine)
+    kept.extend(mine)  # closed with the group (a failed set-up has closed them already)
+    group = Group(transport, parent.timeout, headers=True, job=_job(job_id))
+    group.origin = origin.child(job_id, hostfile=hostfile)
+    return group
+
+
+def _rdma(parent: Group, origin: Origin, members: list[int], table: list[tuple],
+          mine: list[socket.socket], kept: list[socket.socket], job_id: str,
+          timeout: float) -> Group:
+    from .group import Group
+    from .transports.rdma import RdmaTransport
+    devices = [[origin.devices[a][b] for b in members] for a in members]
+    first = members[0]
+    host = table[first][2].rstrip(b"\0").decode()
+    coordinator = Address(host, table[first][3])
+    rank = members.index(parent.rank())
+    listener = mine[0] if rank == 0 else None  # the others close theirs (split's finally)
+    transport = RdmaTransport(rank, devices, coordinator, timeout=timeout,
+                              verbs_provider=origin.verbs, job_id=job_id, token=origin.token,
+                              coordinator_listener=listener)
+    group = Group(transport, parent.timeout, headers=True, job=_job(job_id))
+    group.origin = origin.child(job_id, devices=devices)
+    return group
+
+
+def _job(job_id: str) -> int:
+    """The header's job field, as ``init`` derives it."""
+    return int.from_bytes(job_digest(job_id)[:4], "big")
