@@ -6,14 +6,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport
+from .transports import CommError, GroupBrokenError, Side, Transport
 
-from . import engine, plans, spread
+from . import engine, plans
 from .dtypes import Combine, reducer, wire_dtype
-from .header import OpHeader, check, describe, pack_header, vet_next
-from .lone import Alone
+from .header import OpHeader, check, pack_header
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
-from .p2p import Direct
 
 if TYPE_CHECKING:
     from .split import Origin
@@ -39,10 +37,6 @@ class Group:
         self._calls = 0          # collectives so far: the header's seq
         self._messages = {(Side.LEFT, True): 0, (Side.RIGHT, True): 0,   # sends per side
                           (Side.LEFT, False): 0, (Side.RIGHT, False): 0}  # receives per side
-        self._ahead = {Side.LEFT: 0, Side.RIGHT: 0}  # messages read ahead, not yet received
-        self._current: tuple[OpHeader, str] | None = None  # the send/recv running, for _vet
-        self._alone = Alone()    # collectives' headers that travel alone (``lone``)
-        self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -64,8 +58,6 @@ class Group:
         """Close every connection.  Later calls raise ``GroupBrokenError``."""
         if self._broken is None:
             self._broken = GroupBrokenError(f"rank {self.rank()}: the group was closed")
-        if self._direct is not None:
-            self._direct.close()  # its acceptor first: the transport closes the listener
         self._transport.close()
 
     def __enter__(self) -> Group:
@@ -154,9 +146,6 @@ class Group:
     def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
         a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
-        if self._direct is not None and self._direct.reaches(self._transport, dst):
-            self._direct.exchange(self, "send", "send", a.dtype, a.shape, (int(dst), a), None)
-            return x if is_mlx_array(x) else a
         side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
         plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
         self._run("send", plan, a.reshape(-1).view(np.uint8), None, a.dtype, a.shape,
@@ -178,9 +167,6 @@ class Group:
         dtype = wire_dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         result = _output(out, shape, dtype, "recv")
-        if self._direct is not None and self._direct.reaches(self._transport, src):
-            self._direct.exchange(self, "recv", "send", dtype, shape, None, (int(src), result))
-            return result
         side = self._neighbour_side(src, "recv", "src", (Side.LEFT, Side.RIGHT))
         raw = result.reshape(-1).view(np.uint8)
         self._run("recv", plans.point_to_point(raw.size, side, self._connections(),
@@ -195,18 +181,6 @@ class Group:
             return self.recv(tuple(x.shape), x.dtype, src, out=out)
         a = np.asarray(x)
         return self.recv(a.shape, a.dtype, src, out=out)
-
-    def broadcast(self, x: Any, root: int, *, out: np.ndarray | None = None,
-                  stream: Any = None) -> Any:
-        """Root's ``x`` on every rank; other ranks pass an array of the same shape and dtype,
-        filled in place when it is a writeable numpy array (``spread.broadcast``)."""
-        return spread.broadcast(self, x, root, out)
-
-    def all_to_all(self, x: Any, *, out: np.ndarray | None = None,
-                   stream: Any = None) -> Any:
-        """Axis 0 cut into ``size`` blocks, block j sent to rank j; returns the blocks
-        received, in rank order (axis 0 must divide by the size)."""
-        return spread.all_to_all(self, x, out)
 
     def barrier(self, *, stream: Any = None) -> None:
         """Return once every rank of the group has called barrier() (an all_sum of one byte)."""
@@ -254,14 +228,9 @@ class Group:
             return
         header, check_header = self._header(name, dtype, shape, message) if self._headers \
             else (None, None)
-        if message is None:  # both neighbours, both ways
-            heads, vet = engine.COLLECTIVE, None
-        else:  # to or from that neighbour; what comes from the other side is vetted
-            heads = ((message[0],), ()) if message[1] else ((), (message[0],))
-            vet = self._vet if header is not None else None
         try:
             engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
-                       self._scratch, header, check_header, source, heads, self._alone, vet)
+                       self._scratch, header, check_header, source)
         except CommError as e:
             e.op = e.op or name
             self._fail(e)
@@ -269,8 +238,6 @@ class Group:
         except BaseException as e:  # e.g. KeyboardInterrupt mid-transfer: the streams are torn
             self._fail(e)
             raise
-        finally:
-            self._current = None
 
     def _header(self, name: str, dtype: np.dtype, shape: tuple[int, ...],
                 message: tuple[Side, bool] | None) -> tuple[bytes, engine.HeaderCheck]:
@@ -283,48 +250,16 @@ class Group:
             seq = self._messages[message]
         op = "send" if message else name
         header = pack_header(seq, op, dtype, shape, self._job)
-        expected = OpHeader(seq, op, dtype, tuple(shape), self._job)
-        if message is not None:
-            self._current = (expected, name)
-            if not message[1] and self._ahead[message[0]]:
-                self._ahead[message[0]] -= 1  # this receive takes a message read ahead
 
-        def check_header(got: bytes, side: Side, want: bytes) -> None:
-            if got != want:  # ``want``: this call's header, or an earlier one that went alone
-                check(expected, want, got, rank=self.rank(), peer=self._transport.peer(side),
-                      side=side.name.lower(), name=name if want == header else None)
+        def check_header(got: bytes, side: Side) -> None:
+            if got != header:
+                check(OpHeader(seq, op, dtype, tuple(shape), self._job), header, got,
+                      rank=self.rank(), peer=self._transport.peer(side), side=side.name.lower())
         return header, check_header
-
-    def _vet(self, side: Side, got: bytes) -> list[tuple[int, int]]:
-        """The start of what a neighbour sent on connection 0 of ``side`` while this rank is
-        blocked in a send or recv that reads nothing there: it must be able to start this
-        rank's next operation there (``header.vet_next``), else both calls are named now.
-        A message is read ahead, so that a neighbour that sends first, as this rank does,
-        can go on to its receive (held in memory until this rank's recv takes it): returns
-        the (connection, bytes) to read ahead."""
-        message = self._messages[(side, False)] + self._ahead[side] + 1
-        fits, nbytes = vet_next(got, job=self._job, call=self._calls + 1, message=message)
-        peer = self._transport.peer(side)
-        expected, name = self._current
-        if not fits:
-            raise MismatchError(
-                f"operations differ: this rank called {expected.describe(name)} but its "
-                f"{side.name.lower()} neighbour rank {peer} called {describe(got, self._job)}, "
-                f"which cannot come next on that connection (this rank's next there is call "
-                f"#{self._calls + 1} or message #{message} from rank {peer})",
-                rank=self.rank(), peer=peer)
-        if nbytes is None:
-            return []
-        self._ahead[side] += 1  # each piece with its header; an empty message is a header
-        pieces = plans.point_to_point(nbytes, side, self._connections(), sending=False)
-        return [(m.conn, len(expected.pack()) + m.stop - m.start)
-                for m in [steps[0].recv for steps in pieces] or [plans.Move(side, 0, 0, 0)]]
 
     def _fail(self, error: BaseException) -> None:
         """Break the group, and tell the other ranks (they stop at once instead of waiting)."""
         self._broken = error
-        if self._direct is not None:
-            self._direct.abort(error)
         self._transport.abort(error)
 
     def _connections(self) -> int:
