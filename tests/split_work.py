@@ -104,3 +104,34 @@ def timed_split(group, colors):
     sub.all_sum(np.ones(4, np.float32))
     sub.close()
     return took
+
+
+def layers_on_subgroup(group, sharding):
+    """tests.layer_work's sharded linear layer and SGD checks, run on the subgroups of a split
+    by parity (its parent ranks in reverse order)."""
+    from tests import layer_work
+    sub = group.split(group.rank() % 2, key=group.size() - group.rank())
+    try:
+        return (sub.rank(), layer_work.forward_and_grads(sub, sharding, 1, False, True, 3),
+                layer_work.data_parallel_sgd(sub))
+    finally:
+        sub.close()
+
+
+def bench_on_subgroup(group):
+    """ringcomm-bench's measuring loop (``ringcomm.bench.measure.sweep``, with ``-c``'s check)
+    on the subgroups of a split by parity: every op, two sizes; returns the records."""
+    from ringcomm.bench.impls import RingcommImpl
+    from ringcomm.bench.measure import sweep
+
+    class OnSubgroup(RingcommImpl):  # RingcommImpl joins init()'s group; this takes ours
+        def __init__(self, sub) -> None:
+            self.group, self.in_place, self._out = sub, False, None
+
+    impl = OnSubgroup(group.split(group.rank() % 2))
+    try:
+        ops = ["all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "sendrecv"]
+        return [(r.op, r.ranks, r.bytes, r.wrong) for r in
+                sweep(impl, ops, [4096, 1 << 20], np.dtype(np.float32), 1, 2, True)]
+    finally:
+        impl.close()

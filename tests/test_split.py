@@ -133,3 +133,18 @@ def test_split_of_a_group_under_protocol_mlx_is_a_clear_error(clusters):
     results = clusters.get(2, impls=("ringcomm", "mlx")).run(split_work.split_protocol_mlx)
     assert results[1] == "mlx rank"
     assert "protocol='ringcomm'" in results[0] and "MLX" in results[0], results[0]
+
+
+@pytest.mark.parametrize("sharding", ["all-to-sharded", "sharded-to-all"])
+def test_layers_on_subgroups(clusters, sharding):
+    for r, (sub_rank, res, sgd) in enumerate(clusters.get(4).run(split_work.layers_on_subgroup,
+                                                                 sharding)):
+        assert sub_rank == 1 - r // 2, r  # keys 4 - r: the parent order reversed
+        assert res["out"] < 1e-4 and res["dx"] < 1e-3 and res["dw"] < 1e-3, (r, res)
+        assert sgd < 1e-5, (r, sgd)
+
+
+def test_the_benchmark_loop_on_subgroups(clusters):
+    for r, records in enumerate(clusters.get(4).run(split_work.bench_on_subgroup)):
+        assert len(records) == 12, (r, records)
+        assert all(ranks == 2 and wrong == 0 for _, ranks, _, wrong in records), (r, records)
