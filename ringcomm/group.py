@@ -8,10 +8,11 @@ import numpy as np
 
 from .transports import CommError, GroupBrokenError, Side, Transport
 
-from . import engine, plans
+from . import engine, plans, spread
 from .dtypes import Combine, reducer, wire_dtype
 from .header import OpHeader, check, pack_header
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
+from .p2p import Direct
 
 if TYPE_CHECKING:
     from .split import Origin
@@ -37,6 +38,7 @@ class Group:
         self._calls = 0          # collectives so far: the header's seq
         self._messages = {(Side.LEFT, True): 0, (Side.RIGHT, True): 0,   # sends per side
                           (Side.LEFT, False): 0, (Side.RIGHT, False): 0}  # receives per side
+        self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -58,6 +60,8 @@ class Group:
         """Close every connection.  Later calls raise ``GroupBrokenError``."""
         if self._broken is None:
             self._broken = GroupBrokenError(f"rank {self.rank()}: the group was closed")
+        if self._direct is not None:
+            self._direct.close()  # its acceptor first: the transport closes the listener
         self._transport.close()
 
     def __enter__(self) -> Group:
@@ -146,6 +150,9 @@ class Group:
     def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
         a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
+        if self._direct is not None and self._direct.reaches(self._transport, dst):
+            self._direct.exchange(self, "send", "send", a.dtype, a.shape, (int(dst), a), None)
+            return x if is_mlx_array(x) else a
         side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
         plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
         self._run("send", plan, a.reshape(-1).view(np.uint8), None, a.dtype, a.shape,
@@ -167,6 +174,9 @@ class Group:
         dtype = wire_dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         result = _output(out, shape, dtype, "recv")
+        if self._direct is not None and self._direct.reaches(self._transport, src):
+            self._direct.exchange(self, "recv", "send", dtype, shape, None, (int(src), result))
+            return result
         side = self._neighbour_side(src, "recv", "src", (Side.LEFT, Side.RIGHT))
         raw = result.reshape(-1).view(np.uint8)
         self._run("recv", plans.point_to_point(raw.size, side, self._connections(),
@@ -181,6 +191,18 @@ class Group:
             return self.recv(tuple(x.shape), x.dtype, src, out=out)
         a = np.asarray(x)
         return self.recv(a.shape, a.dtype, src, out=out)
+
+    def broadcast(self, x: Any, root: int, *, out: np.ndarray | None = None,
+                  stream: Any = None) -> Any:
+        """Root's ``x`` on every rank; other ranks pass an array of the same shape and dtype,
+        filled in place when it is a writeable numpy array (``spread.broadcast``)."""
+        return spread.broadcast(self, x, root, out)
+
+    def all_to_all(self, x: Any, *, out: np.ndarray | None = None,
+                   stream: Any = None) -> Any:
+        """Axis 0 cut into ``size`` blocks, block j sent to rank j; returns the blocks
+        received, in rank order (axis 0 must divide by the size)."""
+        return spread.all_to_all(self, x, out)
 
     def barrier(self, *, stream: Any = None) -> None:
         """Return once every rank of the group has called barrier() (an all_sum of one byte)."""
@@ -260,6 +282,8 @@ class Group:
     def _fail(self, error: BaseException) -> None:
         """Break the group, and tell the other ranks (they stop at once instead of waiting)."""
         self._broken = error
+        if self._direct is not None:
+            self._direct.abort(error)
         self._transport.abort(error)
 
     def _connections(self) -> int:

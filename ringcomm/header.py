@@ -27,7 +27,8 @@ from .dtypes import DTYPE_CODES, SUPPORTED_DTYPES
 
 HEADER = struct.Struct("!4sQBBxxQII")
 MAGIC = b"RCOP"
-OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier")
+OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier",
+       "broadcast", "all_to_all")
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
 _DTYPE_CODE = DTYPE_CODES  # reads no bfloat16 entry: ml_dtypes is imported when one is met
 

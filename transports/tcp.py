@@ -85,6 +85,8 @@ class TcpTransport(Transport):
         self._control: dict[Side, _Conn] = {}
         self._closed = False
         self._listeners: list[socket.socket] = []  # tcp_setup's, bound until close()
+        # what transports.direct opens links to non-neighbours with (ringcomm protocol)
+        self.direct_identity = (job_id, token) if protocol == "ringcomm" else None
         if self.size == 1:
             return
         deadline = time.monotonic() + timeout
