@@ -2,8 +2,15 @@
 
 With an operation header (ringcomm protocol), each stream's first send carries the header
 ahead of its data (one vectored send: no copy), and its first receive takes the peer's header
-with the first piece of data; the header is checked before any received byte is folded or
-the call returns.
+with the first piece of data.  ``heads`` names the connection-0 channels on which the header
+must go out and come in whatever the plan uses (a collective: both ways to both neighbours),
+so that ranks in different operations always see each other's header; where no stream starts,
+the header goes alone and waits (``lone``): for the next data on that connection, for every
+``lone.LIMIT``-th, or until this rank sleeps in a call, when it goes, and the headers that
+wait here from the neighbours are checked where they wait (``transports.arrivals``).
+A received header is checked as soon as any byte of it is in (the transport reports
+``HEAD``), so a peer in another operation is caught before this rank waits for data it will
+not send, and always before any received byte is folded or the call returns.
 
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
 time, and are folded into the working buffer (``np.add(..., out=...)`` for sums) as each
@@ -26,12 +33,20 @@ from typing import Callable
 import numpy as np
 
 from .transports import Channel, Kind, Side, Transport
+from .transports.arrivals import HEAD
 
 from . import plans
 from .dtypes import Combine
-from .plans import Plan, Step
+from .lone import SIZE, Alone, first_difference
+from .plans import Move, Plan, Step
 
-HeaderCheck = Callable[[bytes, Side], None]
+HeaderCheck = Callable[[bytes, Side, bytes], None]  # (theirs, side, ours)
+NextVet = Callable[[Side, bytes], list[tuple[int, int]]]  # -> (connection, bytes) to read ahead
+Heads = tuple[tuple[Side, ...], tuple[Side, ...]]  # sides the header goes to, comes from
+BOTH_SIDES = (Side.LEFT, Side.RIGHT)
+COLLECTIVE: Heads = (BOTH_SIDES, BOTH_SIDES)  # every rank takes part: both neighbours, both ways
+NO_HEADS: Heads = ((), ())
+_NOTHING: tuple[list, list] = ([], [])
 
 SCRATCH_BYTES = 1 << 20
 WINDOW_BYTES = 2 << 20  # streams run at once while their bytes fit in this (but at least 2)
@@ -41,7 +56,7 @@ _SEND, _RECV = Kind.SEND, Kind.RECV
 
 class _Stream:
     __slots__ = ("steps", "index", "pending", "recv_pos", "chunk", "scratch", "typed",
-                 "header_in")
+                 "header_in", "want")
 
     def __init__(self, steps: tuple[Step, ...], scratch: np.ndarray) -> None:
         self.steps = steps
@@ -52,6 +67,7 @@ class _Stream:
         self.scratch = scratch
         self.typed: np.ndarray | None = None  # scratch seen as the element type
         self.header_in: bytearray | None = None  # the peer's header, arriving before the data
+        self.want = b""  # what header_in must be: ours (after any that waited)
 
 
 class ScratchPool:
@@ -68,20 +84,32 @@ class ScratchPool:
 
 def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
         deadline: float, scratch: ScratchPool, header: bytes | None = None,
-        check: HeaderCheck | None = None, source: np.ndarray | None = None) -> None:
+        check: HeaderCheck | None = None, source: np.ndarray | None = None,
+        heads: Heads = NO_HEADS, alone: Alone | None = None, vet: NextVet | None = None
+        ) -> None:
     """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type).
 
-    ``header`` leads every stream's first send; ``check(bytes, side)`` vets the peer's.
-    ``source`` (optional, see the module's doc) is the input when ``work`` is not a copy of it.
+    ``header`` leads every stream's first send and goes out and comes in on connection 0 of
+    ``heads`` (alone where no stream starts: ``lone``, whose state ``alone`` keeps);
+    ``check(got, side, want)`` vets the peer's (``want``: ours, when not ``header``).
+    ``vet`` judges what arrives, while this rank sleeps, on connection 0 of the sides a send
+    or recv reads nothing from (``transports.arrivals``).  ``source`` (optional, see the
+    module's doc) is the input when ``work`` is not a copy of it.
     """
-    if not plan:
+    if header is None:
+        alone = None
+    lone_out, lone_in = _header_only(plan, heads) if header is not None else NO_HEADS
+    if not plan and not lone_out and not lone_in:
         return
+    send_now, take_now = alone.begin(header, lone_out, lone_in, heads is not COLLECTIVE) \
+        if lone_out or lone_in else _NOTHING
     raw = memoryview(work.view(np.uint8))
     first_raw = raw if source is None else memoryview(source.view(np.uint8))
     itemsize = work.itemsize
     dtype = work.dtype
     post_send, post_recv = transport.post_send, transport.post_recv
     owner: dict[Channel, _Stream] = {}
+    lone = 0  # header-only messages in flight
 
     def start(st: _Stream) -> None:
         step = st.steps[st.index]
@@ -92,14 +120,20 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         if s is not None:
             owner[Channel(s.side, s.conn, _SEND)] = st
             st.pending += 1
+            head = header
+            if with_header and s.conn == 0 and alone is not None and alone.out[s.side]:
+                head = alone.take_out(s.side) + header  # the headers waiting go first
             post_send(s.side, s.conn, (first_raw if first else raw)[s.start:s.stop],
-                      header if with_header else None)
+                      head if with_header else None)
         r = step.recv
         if r is not None:
             owner[Channel(r.side, r.conn, _RECV)] = st
             st.pending += 1
-            if with_header:  # the peer's header arrives with the first piece of data
-                st.header_in = bytearray(len(header))
+            if with_header:  # the peer's header arrives with the first piece of data; it
+                want = header  # starts as ours, so any byte that differs shows at once
+                if r.conn == 0 and alone is not None and alone.into[r.side]:
+                    want = alone.take_in(r.side) + header
+                st.want, st.header_in = want, bytearray(want)
             if step.reduce and r.stop > r.start:
                 st.recv_pos = r.start
                 post_reduce_chunk(st, r)
@@ -115,13 +149,25 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         combine(work[lo:lo + n], received,
                 None if source is None else source[lo + shift:lo + shift + n])
 
+    def differ(want: bytes, got: bytes | bytearray, side: Side) -> None:
+        ours, theirs = first_difference(want, got)
+        check(theirs, side, ours)
+
+    def early(ch: Channel) -> None:
+        """Some of a peer's header is in, its data not yet: check what differs now."""
+        st = owner.get(Channel(ch.side, ch.conn, _RECV))
+        got = st.header_in if st is not None else None
+        if got is not None and got != st.want:
+            differ(st.want, got, ch.side)
+
     def received(st: _Stream) -> bool:
         """Fold a completed scratch piece into ``work``; False while the step wants more."""
         step = st.steps[st.index]
         r = step.recv
         if st.header_in is not None:  # vet the peer's header before its bytes are used
-            got, st.header_in = bytes(st.header_in), None
-            check(got, r.side)
+            got, st.header_in = st.header_in, None
+            if got != st.want:
+                differ(st.want, got, r.side)
         if not step.reduce or r.stop == r.start:
             return True
         typed = st.typed
@@ -135,51 +181,153 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             return False
         return True
 
-    # Streams start in plan order, at most a window of them at a time (the lowest unfinished
-    # stream is always running on every rank, so every rank makes progress): a stream's bytes
-    # then stay in cache from the step that receives them to the step that sends them on.
-    sizes, window = _layout(plan)
-    free = scratch.get(window)[::-1]
-    waiting = list(reversed(range(len(plan))))
-    active = 0
-    in_flight = 0
+    def send_alone(side: Side, data: bytes) -> None:
+        nonlocal lone
+        st = owner[Channel(side, 0, _SEND)] = _Stream(_ALONE[side, _SEND], None)
+        st.pending = 1
+        lone += 1
+        post_send(side, 0, memoryview(data))  # plain bytes: no head
 
-    def admit() -> None:
-        nonlocal active, in_flight
-        while waiting and (active < window
-                           and (active < MIN_ACTIVE or in_flight + sizes[waiting[-1]] <= WINDOW_BYTES)):
-            i = waiting.pop()
-            st = _Stream(plan[i], free.pop())
-            active += 1
-            in_flight += sizes[i]
-            start(st)
+    def take_alone(side: Side, want: bytes) -> None:
+        nonlocal lone
+        st = _Stream(_ALONE[side, _RECV], None)
+        st.pending, st.want, st.header_in = 1, want, bytearray(want)
+        owner[Channel(side, 0, _RECV)] = st
+        lone += 1
+        post_recv(side, 0, raw[0:0], st.header_in)
 
-    if window == len(plan):  # every stream at once (always so for small messages)
-        waiting.clear()
-        for i, steps in enumerate(plan):
-            start(_Stream(steps, free.pop()))
-        active = len(plan)
-    wait = transport.wait
-    # inf - inf is a NaN like any other here, as in MLX: no warnings from the reductions
-    with (np.errstate(all="ignore") if combine is not None else _NO_CONTEXT):
-        admit()
-        while active:
-            for ch in wait(deadline):
-                st = owner[ch]
-                if ch.kind is _RECV and not received(st):
-                    continue
-                st.pending -= 1
-                if st.pending == 0:
-                    st.index += 1
-                    if st.index < len(st.steps):
-                        start(st)
-                    else:
-                        active -= 1
-                        in_flight -= _stream_bytes(st.steps)  # (rare: large plans)
-                        free.append(st.scratch)
-                        st.typed = None
-                        if waiting:
-                            admit()
+    quiet = () if vet is None else _QUIET[heads[1]]
+    watched = lone_in if not take_now and not quiet else \
+        tuple(dict.fromkeys(lone_in + tuple(take_now) + quiet))
+    if watched or (alone is not None and (alone.out[0] or alone.out[1])):
+        def stuck() -> None:
+            """This rank sleeps in the call: the headers it owes go now."""
+            for side in BOTH_SIDES:
+                if alone.out[side]:  # (no stream sends there in this call)
+                    send_alone(side, alone.take_out(side))
+
+        def judge(side: Side, got: bytes, held: int) -> bool:
+            """What arrived on connection 0 of ``side`` while nothing is posted there: the
+            headers this rank waits for from there first (checked, then taken off), then,
+            in a send or recv, the start of the neighbour's next operation there (after the
+            ``held`` bytes of messages read ahead).  True: keep watching (all was taken)."""
+            pre = b"".join(alone.into[side])
+            if not pre:
+                got = got[held:]  # messages this rank read ahead and counted
+            n = min(len(got), len(pre))
+            if got[:n] != pre[:n]:
+                differ(pre[:n], got[:n], side)
+            whole = n // SIZE
+            if whole:
+                transport.discard(side, 0, whole * SIZE)
+                alone.seen(side, whole)
+            if n < len(pre):  # all of it waited here: watch for the rest (if all was taken)
+                return n % SIZE == 0
+            if side not in quiet:  # (a collective: what follows is the neighbour's next call)
+                return False
+            rest = got[n:]
+            if not rest:
+                return True
+            wanted = vet(side, rest)
+            for conn, nbytes in wanted:
+                transport.read_ahead(side, conn, nbytes)
+            return bool(wanted)
+
+        transport.vet_idle(watched, judge, stuck)
+        watching = True
+    else:
+        watching = False
+    try:
+        # Streams start in plan order, at most a window of them at a time (the lowest
+        # unfinished stream is always running on every rank, so every rank makes progress):
+        # a stream's bytes then stay in cache from the step that receives them to the step
+        # that sends them on.
+        sizes, window = _layout(plan)
+        free = scratch.get(window)[::-1]
+        waiting = list(reversed(range(len(plan))))
+        active = 0
+        in_flight = 0
+
+        def admit() -> None:
+            nonlocal active, in_flight
+            while waiting and (active < window and (
+                    active < MIN_ACTIVE or in_flight + sizes[waiting[-1]] <= WINDOW_BYTES)):
+                i = waiting.pop()
+                st = _Stream(plan[i], free.pop())
+                active += 1
+                in_flight += sizes[i]
+                start(st)
+
+        if window == len(plan):  # every stream at once (always so for small messages)
+            waiting.clear()
+            for i, steps in enumerate(plan):
+                start(_Stream(steps, free.pop()))
+            active = len(plan)
+        wait = transport.wait
+        # inf - inf is a NaN like any other here, as in MLX: no warnings from the reductions
+        with (np.errstate(all="ignore") if combine is not None else _NO_CONTEXT):
+            admit()
+            for side, data in send_now:  # after the data: in the time spent waiting for it
+                send_alone(side, data)
+            while True:
+                if not active:
+                    for side in take_now:  # the plan is done: they are in by now
+                        if alone.into[side]:  # (unless checked while this rank slept)
+                            take_alone(side, alone.take_in(side))
+                    take_now = ()
+                    if not lone:
+                        break
+                for ch in wait(deadline):
+                    if ch.kind is HEAD:
+                        early(ch)
+                        continue
+                    st = owner[ch]
+                    if ch.kind is _RECV and not received(st):
+                        continue
+                    st.pending -= 1
+                    if st.pending == 0:
+                        st.index += 1
+                        if st.index < len(st.steps):
+                            start(st)
+                        elif st.scratch is None:  # a header-only message
+                            lone -= 1
+                            del owner[ch]
+                        else:
+                            active -= 1
+                            in_flight -= _stream_bytes(st.steps)  # (rare: large plans)
+                            free.append(st.scratch)
+                            st.typed = None
+                            if waiting:
+                                admit()
+    finally:
+        if watching:
+            transport.vet_idle((), None, None)
+
+
+# The header-only messages: one step of an empty move on connection 0, each way.
+_ALONE = {(side, kind): ((Step(Move(side, 0, 0, 0), None) if kind is _SEND
+                          else Step(None, Move(side, 0, 0, 0)),))
+          for side in Side for kind in (_SEND, _RECV)}
+_QUIET = {(): BOTH_SIDES, (Side.LEFT,): (Side.RIGHT,), (Side.RIGHT,): (Side.LEFT,),
+          BOTH_SIDES: ()}  # the sides a call reads nothing from, by those it reads from
+_HEADER_ONLY: dict[tuple[int, Heads], tuple[Plan, Heads]] = {}  # by id(plan)
+
+
+def _header_only(plan: Plan, heads: Heads) -> Heads:
+    """The sides of ``heads`` that no stream of ``plan`` starts on, so that the header goes
+    to them (resp. comes from them) alone; worked out once per plan."""
+    key = (id(plan), heads)
+    got = _HEADER_ONLY.get(key)
+    if got is not None and got[0] is plan:
+        return got[1]
+    if len(_HEADER_ONLY) >= 2 * plans.PLAN_CACHE:
+        _HEADER_ONLY.clear()
+    sends = {s[0].send.side for s in plan if s[0].send is not None and s[0].send.conn == 0}
+    recvs = {s[0].recv.side for s in plan if s[0].recv is not None and s[0].recv.conn == 0}
+    alone = (tuple(side for side in heads[0] if side not in sends),
+             tuple(side for side in heads[1] if side not in recvs))
+    _HEADER_ONLY[key] = (plan, alone)
+    return alone
 
 
 def _stream_bytes(steps: tuple[Step, ...]) -> int:

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .transports import CommError, GroupBrokenError, Side, Transport
+from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport
 
 from . import engine, plans, spread
 from .dtypes import Combine, reducer, wire_dtype
-from .header import OpHeader, check, pack_header
+from .header import OpHeader, check, describe, pack_header, vet_next
+from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 from .p2p import Direct
 
@@ -38,6 +39,9 @@ class Group:
         self._calls = 0          # collectives so far: the header's seq
         self._messages = {(Side.LEFT, True): 0, (Side.RIGHT, True): 0,   # sends per side
                           (Side.LEFT, False): 0, (Side.RIGHT, False): 0}  # receives per side
+        self._ahead = {Side.LEFT: 0, Side.RIGHT: 0}  # messages read ahead, not yet received
+        self._current: tuple[OpHeader, str] | None = None  # the send/recv running, for _vet
+        self._alone = Alone()    # collectives' headers that travel alone (``lone``)
         self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
 
     # -- membership ----------------------------------------------------------------------------
@@ -250,9 +254,14 @@ class Group:
             return
         header, check_header = self._header(name, dtype, shape, message) if self._headers \
             else (None, None)
+        if message is None:  # both neighbours, both ways
+            heads, vet = engine.COLLECTIVE, None
+        else:  # to or from that neighbour; what comes from the other side is vetted
+            heads = ((message[0],), ()) if message[1] else ((), (message[0],))
+            vet = self._vet if header is not None else None
         try:
             engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
-                       self._scratch, header, check_header, source)
+                       self._scratch, header, check_header, source, heads, self._alone, vet)
         except CommError as e:
             e.op = e.op or name
             self._fail(e)
@@ -260,6 +269,8 @@ class Group:
         except BaseException as e:  # e.g. KeyboardInterrupt mid-transfer: the streams are torn
             self._fail(e)
             raise
+        finally:
+            self._current = None
 
     def _header(self, name: str, dtype: np.dtype, shape: tuple[int, ...],
                 message: tuple[Side, bool] | None) -> tuple[bytes, engine.HeaderCheck]:
@@ -272,12 +283,42 @@ class Group:
             seq = self._messages[message]
         op = "send" if message else name
         header = pack_header(seq, op, dtype, shape, self._job)
+        expected = OpHeader(seq, op, dtype, tuple(shape), self._job)
+        if message is not None:
+            self._current = (expected, name)
+            if not message[1] and self._ahead[message[0]]:
+                self._ahead[message[0]] -= 1  # this receive takes a message read ahead
 
-        def check_header(got: bytes, side: Side) -> None:
-            if got != header:
-                check(OpHeader(seq, op, dtype, tuple(shape), self._job), header, got,
-                      rank=self.rank(), peer=self._transport.peer(side), side=side.name.lower())
+        def check_header(got: bytes, side: Side, want: bytes) -> None:
+            if got != want:  # ``want``: this call's header, or an earlier one that went alone
+                check(expected, want, got, rank=self.rank(), peer=self._transport.peer(side),
+                      side=side.name.lower(), name=name if want == header else None)
         return header, check_header
+
+    def _vet(self, side: Side, got: bytes) -> list[tuple[int, int]]:
+        """The start of what a neighbour sent on connection 0 of ``side`` while this rank is
+        blocked in a send or recv that reads nothing there: it must be able to start this
+        rank's next operation there (``header.vet_next``), else both calls are named now.
+        A message is read ahead, so that a neighbour that sends first, as this rank does,
+        can go on to its receive (held in memory until this rank's recv takes it): returns
+        the (connection, bytes) to read ahead."""
+        message = self._messages[(side, False)] + self._ahead[side] + 1
+        fits, nbytes = vet_next(got, job=self._job, call=self._calls + 1, message=message)
+        peer = self._transport.peer(side)
+        expected, name = self._current
+        if not fits:
+            raise MismatchError(
+                f"operations differ: this rank called {expected.describe(name)} but its "
+                f"{side.name.lower()} neighbour rank {peer} called {describe(got, self._job)}, "
+                f"which cannot come next on that connection (this rank's next there is call "
+                f"#{self._calls + 1} or message #{message} from rank {peer})",
+                rank=self.rank(), peer=peer)
+        if nbytes is None:
+            return []
+        self._ahead[side] += 1  # each piece with its header; an empty message is a header
+        pieces = plans.point_to_point(nbytes, side, self._connections(), sending=False)
+        return [(m.conn, len(expected.pack()) + m.stop - m.start)
+                for m in [steps[0].recv for steps in pieces] or [plans.Move(side, 0, 0, 0)]]
 
     def _fail(self, error: BaseException) -> None:
         """Break the group, and tell the other ranks (they stop at once instead of waiting)."""

@@ -1,15 +1,16 @@
 """The 32-byte header that leads every operation in the ringcomm protocol.
 
-It goes first on every connection an operation sends on, and the receiver checks it before
-it touches its buffer, so ranks that call different collectives, dtypes, shapes or a
-different number of operations get a ``MismatchError`` naming both sides, never garbage:
+It goes first on every connection an operation sends on, and on connection 0 to both
+neighbours, both ways, for a collective (``engine``); the receiver checks it as soon as it is
+in, before it touches its buffer, so ranks that call different collectives, dtypes, shapes or
+a different number of operations get a ``MismatchError`` naming both sides, never garbage:
 
     "RCOP" seq:u64 op:u8 dtype:u8 pad:u16 count:u64 shape:u32 job:u32   (big-endian)
 
 ``seq`` counts the group's collectives; for send/recv it counts the messages on that
 connection (sends to one side on this rank, receives from it on the other).  ``count`` is the
 number of elements, ``shape`` a CRC-32 of the shape, ``job`` the first 4 bytes of the job id's
-digest.
+digest.  ``vet_next`` judges a header that arrives where this rank is not reading now.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "ba
        "broadcast", "all_to_all")
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
 _DTYPE_CODE = DTYPE_CODES  # reads no bfloat16 entry: ml_dtypes is imported when one is met
+_SEND_CODE = frozenset({_OP_CODE["send"]})
+_COLLECTIVE_CODES = frozenset(code for op, code in _OP_CODE.items() if op != "send")
 
 
 class OpHeader(NamedTuple):
@@ -44,8 +47,10 @@ class OpHeader(NamedTuple):
         return HEADER.pack(MAGIC, self.seq, _OP_CODE[self.op], _DTYPE_CODE[self.dtype],
                            math.prod(self.shape), _shape_crc(self.shape), self.job)
 
-    def describe(self) -> str:
-        return f"{self.op}({self.dtype}, shape {self.shape}, call #{self.seq})"
+    def describe(self, name: str | None = None) -> str:
+        """In words; ``name`` is this rank's call (``recv`` travels as a send's header)."""
+        counter = "message" if self.op == "send" else "call"
+        return f"{name or self.op}({self.dtype}, shape {self.shape}, {counter} #{self.seq})"
 
 
 def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int) -> bytes:
@@ -59,26 +64,67 @@ def _fields(op: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int, int,
 
 
 def check(expected: OpHeader, want: bytes, got: bytes, *, rank: int, peer: int,
-          side: str) -> None:
-    """Raise MismatchError unless ``got`` equals ``want``, the packed ``expected``."""
+          side: str, name: str | None = None, address: str | None = None) -> None:
+    """Raise MismatchError unless ``got`` equals ``want``: the packed ``expected``, or the
+    header of an earlier call of this rank that went alone (``ringcomm.lone``)."""
     if got == want:
         return
-    magic, seq, op, dtype, count, shape, job = HEADER.unpack(got)
+    ours = expected.describe(name) if want == expected.pack() else \
+        f"{describe(want, expected.job)} (whose header went alone)"
+    raise MismatchError(f"operations differ: this rank called {ours} but "
+                        f"its {side} neighbour rank {peer} called "
+                        f"{describe(got, expected.job, expected.shape)}",
+                        rank=rank, peer=peer, address=address)
+
+
+def describe(got: bytes, job: int, shape: tuple[int, ...] | None = None) -> str:
+    """What a peer's header (the first 32 bytes of ``got``, or fewer) says it called."""
+    got = got[:HEADER.size]
+    if len(got) < HEADER.size:
+        if got != MAGIC[:len(got)]:
+            return (f"bytes that are not an operation header ({got.hex()}): a peer on the "
+                    "MLX protocol, or one that is out of step")
+        return f"the first {len(got)} bytes of an operation header"
+    magic, seq, op, dtype, count, crc, their_job = HEADER.unpack(got)
     if magic != MAGIC:
-        theirs = (f"bytes that are not an operation header ({got[:8].hex()}...): a peer on "
-                  "the MLX protocol, or one that is out of step")
-    elif job != expected.job:
-        theirs = "an operation of another job"
-    else:
-        op_name = OPS[op - 1] if 0 < op <= len(OPS) else f"op #{op}"
-        dtype_name = str(SUPPORTED_DTYPES[dtype - 1]) if 0 < dtype <= len(SUPPORTED_DTYPES) \
-            else f"dtype #{dtype}"
-        same_count = count == math.prod(expected.shape)
-        shape_text = "a different shape with as many elements" if same_count and \
-            shape != _shape_crc(expected.shape) else f"{count} elements"
-        theirs = f"{op_name}({dtype_name}, {shape_text}, call #{seq})"
-    raise MismatchError(f"operations differ: this rank called {expected.describe()} but its "
-                        f"{side} neighbour rank {peer} called {theirs}", rank=rank, peer=peer)
+        return (f"bytes that are not an operation header ({got[:8].hex()}...): a peer on "
+                "the MLX protocol, or one that is out of step")
+    if their_job != job:
+        return "an operation of another job"
+    op_name = OPS[op - 1] if 0 < op <= len(OPS) else f"op #{op}"
+    dtype_name = str(SUPPORTED_DTYPES[dtype - 1]) if 0 < dtype <= len(SUPPORTED_DTYPES) \
+        else f"dtype #{dtype}"
+    same_count = shape is not None and count == math.prod(shape)
+    shape_text = "a different shape with as many elements" if same_count and \
+        crc != _shape_crc(shape) else f"{count} element{'' if count == 1 else 's'}"
+    counter = "message" if op_name == "send" else "call"
+    return f"{op_name}({dtype_name}, {shape_text}, {counter} #{seq})"
+
+
+def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, int | None]:
+    """Can ``got`` (the first bytes of what a neighbour sent on a connection this rank is not
+    reading now) start what this rank reads there next: collective ``call`` or message
+    ``message`` of that neighbour?  (fits, the message's data bytes if it is one).
+
+    Every earlier header on the connection was checked, so the next one is exactly one of
+    the two; the fields this rank cannot know yet (which collective, dtype, count) are left
+    to the check when it gets there.  Too few bytes to tell fit.
+    """
+    got = got[:HEADER.size]
+    for seq, ops in ((call, _COLLECTIVE_CODES), (message, _SEND_CODE)):
+        want = MAGIC + seq.to_bytes(8, "big")
+        n = len(got)
+        if got[:12] != want[:n] or (n > 12 and got[12] not in ops) or \
+                (n > 14 and got[14:16] != b"\0\0"[:n - 14]) or \
+                (n > 28 and got[28:32] != job.to_bytes(4, "big")[:n - 28]):
+            continue
+        if n < HEADER.size or ops is _COLLECTIVE_CODES:
+            return True, None
+        dtype, count = got[13], int.from_bytes(got[16:24], "big")
+        if not 0 < dtype <= len(SUPPORTED_DTYPES):
+            continue
+        return True, count * SUPPORTED_DTYPES[dtype - 1].itemsize
+    return False, None
 
 
 @functools.lru_cache(maxsize=256)

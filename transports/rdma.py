@@ -32,7 +32,9 @@ from .devicefile import ring_devices
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import job_digest
 from .hostfile import Address
+from .arrivals import HEAD
 from .posted import Posted
+from .rdma_idle import IdleLinks
 from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
 from .sidechannel import SideChannel
 
@@ -65,7 +67,7 @@ STATUS_HINTS = {
 LOST_STATUSES = ("IBV_WC_RETRY_EXC_ERR",)
 
 
-class RdmaTransport(Transport):
+class RdmaTransport(IdleLinks, Transport):
     """A rank's queue pairs to its ring neighbours, on pyverbs or the verbs emulation."""
 
     def __init__(self, rank: int, devices: Sequence[Sequence[Sequence[str]]],
@@ -83,6 +85,7 @@ class RdmaTransport(Transport):
         self._links: tuple[list[Link], list[Link]] = ([], [])
         self._by_number: list[Link] = []
         self._contexts: dict[str, SimpleNamespace] = {}
+        self._init_idle()
         if self.size == 1:
             return
         self._api = verbs.load(verbs_provider)
@@ -142,6 +145,8 @@ class RdmaTransport(Transport):
         if not len(into) and not head:
             self._done.append(Channel(side, conn, Kind.RECV))
             return
+        if self._stash and link in self._stash:
+            return self._recv_stashed(link, into, head)
         link.receiving = Posted(into, head)
         self._drain(link)
 
@@ -169,22 +174,29 @@ class RdmaTransport(Transport):
     def _drain(self, link: Link) -> None:
         """Hand arrived bytes to the posted receive; repost each slot once it is empty."""
         p = link.receiving
+        in_head = p.next is not None
         while link.arrived:
             slot, length = link.arrived[0]
             at = slot * SLOT_BYTES + link.taken
             n = min(length - link.taken, len(p.view) - p.pos)
             p.view[p.pos:p.pos + n] = link.mem[at:at + n]
-            link.taken += n
-            if link.taken == length:
-                link.arrived.popleft()
-                link.taken = 0
-                self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
-                link.receives_posted += 1
-                self._advertise(link)
+            self._taken(link, n)
             if p.advance(n):
                 link.receiving = None
                 self._done.append(Channel(link.side, link.index, Kind.RECV))
                 return
+        if in_head and (p.next is None or p.pos):  # the head can be checked before the data
+            self._done.append(Channel(link.side, link.index, HEAD))
+
+    def _taken(self, link: Link, n: int) -> None:
+        """``n`` more bytes of the oldest arrived message handed on; repost its slot when empty."""
+        link.taken += n
+        if link.taken == link.arrived[0][1]:
+            slot = link.arrived.popleft()[0]
+            link.taken = 0
+            self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
+            link.receives_posted += 1
+            self._advertise(link)
 
     def _advertise(self, link: Link) -> None:
         """Write our receive count into the peer's credit word (one write in flight at most)."""
@@ -220,6 +232,8 @@ class RdmaTransport(Transport):
             if spin_until is None:
                 spin_until = now + SPIN_SECONDS
             elif now >= spin_until:
+                if self._vet is not None:
+                    self._vet_links()
                 self._side.watch(min(nap, deadline - now))
                 nap = min(nap * 2, MAX_NAP)
         done, self._done = self._done, []
@@ -249,6 +263,8 @@ class RdmaTransport(Transport):
             link.arrived.append((slot, wc.byte_len))
             if link.receiving is not None:
                 self._drain(link)
+            elif self._stash and self._reading_ahead(link):
+                self._drain_ahead(link)
         elif kind == SEND:
             link.free_slots.append(slot)
             if link.sending is not None:

@@ -21,9 +21,11 @@ from typing import Sequence
 from . import liveness, notices, settings
 from .base import Channel, Kind, Side, Transport
 from .errors import CommError, CommTimeoutError, PeerLostError
+from .arrivals import HEAD
 from .hostfile import Address
 from .posted import Posted
 from .sockets import set_congestion
+from .tcp_idle import IdleConnections
 from .tcp_setup import TcpSetup
 
 NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
@@ -56,7 +58,7 @@ class _Conn:
         self.recv_done = Channel(side, index, Kind.RECV)
 
 
-class TcpTransport(Transport):
+class TcpTransport(IdleConnections, Transport):
     """A rank's K connections to each ring neighbour over TCP.
 
     ``protocol="mlx"`` is MLX's bare set-up (no byte before the first operation), for rings
@@ -87,6 +89,7 @@ class TcpTransport(Transport):
         self._listeners: list[socket.socket] = []  # tcp_setup's, bound until close()
         # what transports.direct opens links to non-neighbours with (ringcomm protocol)
         self.direct_identity = (job_id, token) if protocol == "ringcomm" else None
+        self._init_idle()
         if self.size == 1:
             return
         deadline = time.monotonic() + timeout
@@ -171,6 +174,8 @@ class TcpTransport(Transport):
         c = self._conns[side][conn]
         if c.receiving is not None:
             raise RuntimeError(f"a receive is already posted on {side.name}[{conn}]")
+        if self._stash and c in self._stash:
+            return self._recv_stashed(c, into, head)
         total = len(into) + (0 if head is None else len(head))
         got = 0
         if total:
@@ -186,8 +191,11 @@ class TcpTransport(Transport):
         if got == total:
             self._done.append(c.recv_done)
             return
-        c.receiving = Posted(into, head)
-        c.receiving.advance(max(got, 0))
+        c.receiving = p = Posted(into, head)
+        if got > 0:
+            p.advance(got)
+            if head is not None:  # the head can be checked before the data is all in
+                self._done.append(Channel(side, conn, HEAD))
         self._watch(c, c.events | _POLLIN)
 
     def wait(self, deadline: float) -> list[Channel]:
@@ -205,6 +213,8 @@ class TcpTransport(Transport):
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         raise self._timed_out()
+                    if self._vet is not None and not self._vetting:
+                        timeout = self._vet_sleep(timeout)
                     events = poll(min(math.ceil(timeout * 1000), MAX_POLL_MS))
                 if events:
                     self._on_events(events)
@@ -222,13 +232,17 @@ class TcpTransport(Transport):
             if c.index == self.connections:
                 self._on_notice(c)
                 continue
-            if ev & _IN_READY and c.receiving is not None:
-                self._on_readable(c)
+            if ev & _IN_READY:
+                if c.receiving is not None:
+                    self._on_readable(c)
+                elif c.events & _POLLIN:  # watched while nothing is posted: see vet_idle
+                    self._on_idle(c)
             if ev & _OUT_READY and c.sending is not None:
                 self._on_writable(c)
 
     def _on_readable(self, c: _Conn) -> None:
         p = c.receiving
+        in_head = p.next is not None
         try:
             got = c.sock.recv_into(p.view[p.pos:]) if p.next is None else \
                 c.sock.recvmsg_into((p.view[p.pos:], p.next))[0]
@@ -242,6 +256,8 @@ class TcpTransport(Transport):
             c.receiving = None
             self._watch(c, c.events & ~_POLLIN)
             self._done.append(c.recv_done)
+        elif in_head:  # the head can be checked before the data is all in
+            self._done.append(Channel(c.side, c.index, HEAD))
 
     def _on_writable(self, c: _Conn) -> None:
         p = c.sending

@@ -1,0 +1,85 @@
+"""Operation headers that travel alone (ringcomm protocol), kept per group.
+
+A collective sends its header to both neighbours and expects one from both, on connection 0
+each way (``docs/wire-protocol.md``, "Operation header"); where its plan sends no data, or
+receives none, the header travels alone.  Sending and taking such a header at once would cost
+a small collective a system call each way (on loopback a send is ~4 us of kernel time, which
+measured +20 us per 8-byte all_sum on 2 ranks), so they wait instead, in order:
+
+- to go out ahead of the next data this rank sends on that connection (same system call), or
+  every ``LIMIT``-th one, or as soon as this rank sleeps in a call (``flush``);
+- to be taken ahead of the next data this rank receives there, or every ``LIMIT``-th one,
+  and meanwhile to be looked at, when this rank sleeps in a call, where they wait (``prefix``).
+
+Both ends of a connection count the same headers, so they agree, without a word, on where
+each one is.  A rank that waits on a neighbour therefore always shows it every header it owes
+it, and sees every header the neighbour owes it, within ``transports.arrivals.VET_AFTER`` of
+sleeping: a mismatch never waits for the deadline.  Memory: 32 bytes per header waiting,
+at most ``LIMIT`` per side and direction.
+"""
+from __future__ import annotations
+
+from .transports import Side
+
+LIMIT = 16   # headers that wait, per side and direction, before they go (resp. are taken)
+SIZE = 32    # bytes of one header (header.HEADER.size)
+_NONE: tuple = ()
+
+
+class Alone:
+    """The headers that wait, by side: ``out`` not yet sent, ``into`` not yet taken."""
+
+    __slots__ = ("out", "into", "sent", "taken")
+
+    def __init__(self) -> None:
+        self.out: tuple[list[bytes], list[bytes]] = ([], [])
+        self.into: tuple[list[bytes], list[bytes]] = ([], [])
+        self.sent = [0, 0]   # how many ever went alone to each side (both ends count alike)
+        self.taken = [0, 0]  # ... came alone from each side
+
+    def begin(self, header: bytes, lone_out: tuple[Side, ...], lone_in: tuple[Side, ...],
+              eager: bool) -> tuple[list[tuple[Side, bytes]], list[Side]]:
+        """This call's headers alone: (what to send now, the sides to take from at the end)."""
+        send = take = None
+        for side in lone_out:
+            self.out[side].append(header)
+            self.sent[side] += 1
+            if eager or self.sent[side] % LIMIT == 0:
+                send = (send or []) + [(side, self.take_out(side))]
+        for side in lone_in:
+            self.into[side].append(header)
+            self.taken[side] += 1
+            if eager or self.taken[side] % LIMIT == 0:
+                take = (take or []) + [side]
+        return send or _NONE, take or _NONE
+
+    def take_out(self, side: Side) -> bytes:
+        """The waiting headers to ``side``, to go out now (ahead of data)."""
+        q = self.out[side]
+        if not q:
+            return b""
+        got = b"".join(q)
+        q.clear()
+        return got
+
+    def take_in(self, side: Side) -> bytes:
+        """The waiting headers from ``side``, to be taken now (ahead of data)."""
+        q = self.into[side]
+        if not q:
+            return b""
+        got = b"".join(q)
+        q.clear()
+        return got
+
+    def seen(self, side: Side, count: int) -> None:
+        """The first ``count`` headers waiting from ``side`` were checked where they wait
+        (and taken off the connection): nothing takes them again."""
+        del self.into[side][:count]
+
+
+def first_difference(want: bytes, got: bytes) -> tuple[bytes, bytes]:
+    """The first header-sized slot where ``got`` differs from ``want``: (ours, theirs)."""
+    for at in range(0, len(want), SIZE):
+        if got[at:at + SIZE] != want[at:at + SIZE]:
+            return want[at:at + SIZE], bytes(got[at:at + SIZE])
+    return want[-SIZE:], bytes(got[-SIZE:])
