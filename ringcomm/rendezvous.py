@@ -40,6 +40,7 @@ from .transports.interfaces import interface_ip, primary_ip
 
 MAX_FRAME = 64 << 10
 HANDSHAKE_SECONDS = 5.0        # a connection must register within this, or is dropped
+VERDICT_GRACE = 1.0            # a joined rank waits this past its deadline for rank 0's answer
 FIRST_RETRY_WAIT, MAX_RETRY_WAIT = 0.02, 1.0
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 15000  # below Linux's ephemeral ports
 _LENGTH = struct.Struct("!I")
@@ -300,14 +301,13 @@ def _register(sock: socket.socket, where: Address, rank: int, size: int, host: s
             hello["host"] = host
         hello["mac"] = _mac(token, b"join", nonce, hello)
         _send(sock, hello)
-        while True:  # rank 0 answers once every rank has joined
-            try:
-                sock.settimeout(timeout())
-                reply = _recv(sock)
-                break
-            except socket.timeout:
-                continue
-    except socket.timeout:
+        # rank 0 answers once every rank has joined, or at its deadline names the ranks that
+        # did not: wait a little past ours for that verdict (ranks start at different times)
+        sock.settimeout(timeout() + VERDICT_GRACE)
+        reply = _recv(sock)
+    except CommTimeoutError:
+        raise
+    except socket.timeout:  # (a TimeoutError, as CommTimeoutError is: hence the clause above)
         raise CommTimeoutError(f"the rendezvous at {where} did not answer within the timeout",
                                rank=rank, peer=0, address=str(where), op="init") from None
     if not isinstance(reply, dict):
