@@ -75,3 +75,20 @@ def _rank_port(cluster, rank: int) -> int:
     name = os.path.join(cluster._dir.name, "hostfile.json")
     with open(name) as f:
         return int(json.load(f)[rank][0].rsplit(":", 1)[1])
+
+
+def test_mlx_protocol_rings_still_send_only_to_neighbours(tmp_path):
+    """MLX's ring has no direct links, so a mixed ring cannot have them either."""
+    from tests.procs import start_ranks
+    script = """
+import numpy as np, ringcomm
+g = ringcomm.init(strict=True, timeout=20)
+try:
+    ringcomm.send(np.ones(3, np.float32), (g.rank() + 2) % g.size())
+except ValueError as e:
+    print("refused:", "not a ring neighbour" in str(e))
+g.barrier()
+"""
+    ranks = start_ranks(tmp_path, 4, script, RINGCOMM_PROTOCOL="mlx")
+    outs = [p.communicate(timeout=60) for p in ranks]
+    assert [out.strip() for out, _ in outs] == ["refused: True"] * 4, outs
