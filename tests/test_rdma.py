@@ -432,7 +432,7 @@ def emulated_ranks(tmp_path: Path, size: int, script: str, connections: int = 1,
                 p.kill()
             p.communicate()
         left = [name for name in os.listdir(emulated_wire._SOCKET_DIR) for p in procs
-                if name.startswith(f"{p.pid:08x}")] if os.path.isdir(EV._SOCKET_DIR) else []
+                if name.startswith(f"{p.pid:08x}")] if os.path.isdir(emulated_wire._SOCKET_DIR) else []
         assert not left, f"queue-pair sockets left behind: {left}"
 
 
