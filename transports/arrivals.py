@@ -4,8 +4,10 @@ Three things let ranks that called different operations find out at once instead
 for their deadline (``docs/wire-protocol.md``, "Operation header"):
 
 - ``HEAD``: a transport reports ``Channel(side, conn, HEAD)`` from ``wait()`` when bytes of a
-  posted receive's head arrived but its data is not complete, so that the operation header is
-  checked as soon as it is in, not after data that a mismatched peer may never send.
+  posted receive's head arrived, its data is not complete, and a byte differs from what the
+  head held when posted (the engine fills it with its own header, which a matched peer's
+  equals), so that a mismatch is seen as soon as the header is in, not after data that the
+  peer may never send, and a match costs nothing.
 - ``Vet``: while a rank is blocked in a send or recv, a connection it reads nothing from may
   receive the start of the neighbour's next operation there; the transport peeks at it and asks
   the group (``Vet``) whether it can be what this rank will do next.
@@ -25,7 +27,7 @@ from .posted import Posted
 class Arrival(enum.IntEnum):
     """A ``Channel.kind`` beyond ``Kind.SEND``/``Kind.RECV``: the receive is not complete."""
 
-    HEAD = 2  # bytes of the posted receive's head arrived, its data is not complete
+    HEAD = 2  # a byte of the posted receive's head differs, its data is not complete
 
 
 HEAD = Arrival.HEAD

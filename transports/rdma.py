@@ -147,6 +147,8 @@ class RdmaTransport(IdleLinks, Transport):
             return
         if self._stash and link in self._stash:
             return self._recv_stashed(link, into, head)
+        if head is not None:  # what the caller expects: HEAD only when a byte differs
+            self._expect[link] = (head, bytes(head))
         link.receiving = Posted(into, head)
         self._drain(link)
 
@@ -185,8 +187,10 @@ class RdmaTransport(IdleLinks, Transport):
                 link.receiving = None
                 self._done.append(Channel(link.side, link.index, Kind.RECV))
                 return
-        if in_head and (p.next is None or p.pos):  # the head can be checked before the data
-            self._done.append(Channel(link.side, link.index, HEAD))
+        if in_head and (p.next is None or p.pos):  # head bytes came, the data is not all in
+            head, expect = self._expect.get(link, (None, None))
+            if head is not None and head != expect:  # a byte differs: check it now
+                self._done.append(Channel(link.side, link.index, HEAD))
 
     def _taken(self, link: Link, n: int) -> None:
         """``n`` more bytes of the oldest arrived message handed on; repost its slot when empty."""

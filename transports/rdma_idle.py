@@ -32,6 +32,7 @@ class IdleLinks:
         self._shown: set[Link] = set()        # what it had read ahead was shown
         self._vet_due = 0.0                   # from when (monotonic)
         self._stash: dict[Link, Stash] = {}   # bytes read ahead (see read_ahead)
+        self._expect: dict[Link, tuple[bytearray, bytes]] = {}  # a head, what it held: HEAD
 
     def vet_idle(self, sides: tuple[Side, ...], vet: Vet | None,
                  stuck: Callable[[], None] | None = None) -> None:
@@ -116,6 +117,8 @@ class IdleLinks:
     def _recv_stashed(self, link: Link, into: memoryview, head: bytearray | None) -> None:
         """A receive posted where bytes were read ahead: those first, then the slots'."""
         stash, p = self._stash[link], Posted(into, head)
+        if head is not None:
+            self._expect[link] = (head, bytes(head))
         if stash.serve(p):
             if not stash.left() and not stash.want:
                 del self._stash[link]
@@ -123,6 +126,6 @@ class IdleLinks:
             return
         del self._stash[link]  # all handed on; what it still wanted comes to this receive
         link.receiving = p
-        if head is not None:
+        if head is not None and head != self._expect[link][1]:  # a byte differs: check it now
             self._done.append(Channel(link.side, link.index, HEAD))
         self._drain(link)

@@ -41,7 +41,7 @@ class _Conn:
     """One socket to a neighbour and the (at most one) send and receive posted on it."""
 
     __slots__ = ("sock", "fd", "side", "index", "peer", "address", "sending", "receiving",
-                 "events", "send_done", "recv_done")
+                 "events", "send_done", "recv_done", "head", "expect")
 
     def __init__(self, sock: socket.socket, side: Side, index: int, peer: int,
                  address: Address) -> None:
@@ -56,6 +56,8 @@ class _Conn:
         self.events = 0
         self.send_done = Channel(side, index, Kind.SEND)  # what wait() reports, made once
         self.recv_done = Channel(side, index, Kind.RECV)
+        self.head: bytearray | None = None  # the posted receive's head, and what it held
+        self.expect = b""                   # when posted (the caller's own header): see HEAD
 
 
 class TcpTransport(IdleConnections, Transport):
@@ -178,6 +180,8 @@ class TcpTransport(IdleConnections, Transport):
             return self._recv_stashed(c, into, head)
         total = len(into) + (0 if head is None else len(head))
         got = 0
+        if head is not None:  # what the caller expects: HEAD only when a byte differs
+            c.head, c.expect = head, bytes(head)
         if total:
             try:
                 got = c.sock.recv_into(into) if head is None else \
@@ -194,7 +198,7 @@ class TcpTransport(IdleConnections, Transport):
         c.receiving = p = Posted(into, head)
         if got > 0:
             p.advance(got)
-            if head is not None:  # the head can be checked before the data is all in
+            if head is not None and head != c.expect:  # check it before the data is all in
                 self._done.append(Channel(side, conn, HEAD))
         self._watch(c, c.events | _POLLIN)
 
@@ -256,7 +260,7 @@ class TcpTransport(IdleConnections, Transport):
             c.receiving = None
             self._watch(c, c.events & ~_POLLIN)
             self._done.append(c.recv_done)
-        elif in_head:  # the head can be checked before the data is all in
+        elif in_head and c.head != c.expect:  # a head byte differs: check it now
             self._done.append(Channel(c.side, c.index, HEAD))
 
     def _on_writable(self, c: _Conn) -> None:

@@ -132,6 +132,8 @@ class IdleConnections:
     def _recv_stashed(self, c: _Conn, into: memoryview, head: bytearray | None) -> None:
         """A receive posted where bytes were read ahead: those first, then the socket's."""
         stash, p = self._stash[c], Posted(into, head)
+        if head is not None:
+            c.head, c.expect = head, bytes(head)
         if stash.serve(p):
             if not stash.left() and not stash.want:
                 del self._stash[c]
@@ -140,6 +142,6 @@ class IdleConnections:
             return
         del self._stash[c]  # all handed on; what it still wanted comes to this receive
         c.receiving = p
-        if head is not None:
+        if head is not None and head != c.expect:
             self._done.append(Channel(c.side, c.index, HEAD))
         self._watch(c, c.events | _POLLIN)
