@@ -55,21 +55,11 @@ class Alone:
 
     def take_out(self, side: Side) -> bytes:
         """The waiting headers to ``side``, to go out now (ahead of data)."""
-        q = self.out[side]
-        if not q:
-            return b""
-        got = b"".join(q)
-        q.clear()
-        return got
+        return _drain(self.out[side])
 
     def take_in(self, side: Side) -> bytes:
         """The waiting headers from ``side``, to be taken now (ahead of data)."""
-        q = self.into[side]
-        if not q:
-            return b""
-        got = b"".join(q)
-        q.clear()
-        return got
+        return _drain(self.into[side])
 
     def seen(self, side: Side, count: int) -> None:
         """The first ``count`` headers waiting from ``side`` were checked where they wait
@@ -83,3 +73,12 @@ def first_difference(want: bytes, got: bytes) -> tuple[bytes, bytes]:
         if got[at:at + SIZE] != want[at:at + SIZE]:
             return want[at:at + SIZE], bytes(got[at:at + SIZE])
     return want[-SIZE:], bytes(got[-SIZE:])
+
+
+def _drain(queue: list[bytes]) -> bytes:
+    """Everything in ``queue``, joined, and the queue emptied."""
+    if not queue:
+        return b""
+    got = b"".join(queue)
+    queue.clear()
+    return got
