@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport
+from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport, settings
 
 from . import engine, plans, spread
 from .dtypes import Combine, reducer, wire_dtype
+from .lanes import Lanes, auto_threads
 from .header import OpHeader, check, describe, pack_header, vet_next
 from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
@@ -43,6 +44,8 @@ class Group:
         self._current: tuple[OpHeader, str] | None = None  # the send/recv running, for _vet
         self._alone = Alone()    # collectives' headers that travel alone (``lone``)
         self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
+        threads = settings.load().threads
+        self._lanes = Lanes(transport, threads or auto_threads(transport.local_ranks()))
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -66,6 +69,7 @@ class Group:
             self._broken = GroupBrokenError(f"rank {self.rank()}: the group was closed")
         if self._direct is not None:
             self._direct.close()  # its acceptor first: the transport closes the listener
+        self._lanes.close()
         self._transport.close()
 
     def __enter__(self) -> Group:
@@ -259,9 +263,13 @@ class Group:
         else:  # to or from that neighbour; what comes from the other side is vetted
             heads = ((message[0],), ()) if message[1] else ((), (message[0],))
             vet = self._vet if header is not None else None
+        deadline = time.monotonic() + self.timeout
         try:
-            engine.run(self._transport, plan, work, combine, time.monotonic() + self.timeout,
-                       self._scratch, header, check_header, source, heads, self._alone, vet)
+            lanes = self._lanes.count(plan, heads, self._alone, header, vet is not None)
+            if lanes == 1 or not self._lanes.run(lanes, plan, work, combine, deadline, header,
+                                                 check_header, source):
+                engine.run(self._transport, plan, work, combine, deadline, self._scratch,
+                           header, check_header, source, heads, self._alone, vet)
         except CommError as e:
             e.op = e.op or name
             self._fail(e)

@@ -43,6 +43,8 @@ def test_values_are_parsed():
     assert got.emulated_devices == ("a", "b", "c")
     assert got.coordinator == "h:1"  # JACCL's name wins, as in MLX
     assert got.verbs == "emulated"
+    assert settings.load({"RINGCOMM_THREADS": "3"}).threads == 3
+    assert settings.load({"RINGCOMM_THREADS": "auto"}).threads is None  # cores / local ranks
 
 
 @pytest.mark.parametrize("name,value,says", [
@@ -54,6 +56,9 @@ def test_values_are_parsed():
     ("RINGCOMM_SPIN_US", "abc", "microseconds"),
     ("RINGCOMM_SPIN_US", "-5", "between 0 and"),
     ("RINGCOMM_SPIN_US", "1e9", "between 0 and"),
+    ("RINGCOMM_THREADS", "0", "from 1"),
+    ("RINGCOMM_THREADS", "many", "'auto' or a whole number"),
+    ("RINGCOMM_THREADS", "1000", "to 256"),
     ("RINGCOMM_TCP_WARMUP", "off", "choose one of: 0, 1"),
     ("RINGCOMM_PROTOCOL", "gloo", "choose one of: ringcomm, mlx"),
     ("RINGCOMM_BACKEND", "mpi", "choose one of"),

@@ -31,6 +31,11 @@ class Channel(NamedTuple):
     kind: Kind
 
 
+class LaneStopped(Exception):
+    """Another lane of the same operation failed, or its caller was interrupted: stop
+    (``Transport.lanes``)."""
+
+
 class Transport(abc.ABC):
     """Moves bytes between a rank and its two ring neighbours."""
 
@@ -65,6 +70,16 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection; idempotent."""
+
+    def lanes(self, count: int) -> list[Transport] | None:
+        """``count`` views of this transport's connections that separate threads can drive at
+        once, each moving the channels of its own streams (their ``wake()`` ends a wait with
+        ``LaneStopped``), or None where the transport has none (then one thread moves all)."""
+        return None
+
+    def local_ranks(self) -> int:
+        """How many ranks of the group run on this rank's host (they share its cores)."""
+        return 1
 
     def abort(self, error: BaseException) -> None:
         """Stop after a failure: tell the neighbours (where the protocol can), then close."""

@@ -18,6 +18,7 @@ from .errors import ConfigError
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 10 * 365 * 86400.0  # ten years: longer is a typo, and overflows poll()
 MAX_SPIN_US = 1_000_000.0         # a wait spins at most a second before it sleeps
+MAX_THREADS = 256                 # threads moving one operation (a plan has 2K streams)
 PROTOCOLS = ("ringcomm", "mlx")
 BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
 VERBS_PROVIDERS = ("pyverbs", "emulated")
@@ -32,6 +33,7 @@ KNOWN = {
     "RINGCOMM_TCP_CONGESTION": "congestion control of TCP data connections",
     "RINGCOMM_TCP_WARMUP": "warm-up exchange at set-up (1) or none (0)",
     "RINGCOMM_SPIN_US": "bounded busy-poll of a TCP wait, microseconds",
+    "RINGCOMM_THREADS": "threads that move one large operation (auto: cores / local ranks)",
     "RINGCOMM_VERBS": "verbs provider: pyverbs or emulated",
     "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
     "MLX_RANK": "this process's rank",
@@ -73,6 +75,7 @@ class Settings:
     tcp_congestion: str = "reno"     # "system": keep the operating system's choice
     tcp_warmup: bool = True
     spin_seconds: float = 50e-6
+    threads: int | None = None       # None: auto (ringcomm.lanes.auto_threads)
     verbs: str = "pyverbs"
     emulated_devices: tuple[str, ...] | None = None
     rank: str | None = None
@@ -123,6 +126,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         tcp_warmup=choice(get("RINGCOMM_TCP_WARMUP"), "RINGCOMM_TCP_WARMUP", ("0", "1"),
                           "1", "warm-up setting") == "1",
         spin_seconds=_spin(get("RINGCOMM_SPIN_US")),
+        threads=_threads(get("RINGCOMM_THREADS")),
         verbs=choice(get("RINGCOMM_VERBS"), "RINGCOMM_VERBS", VERBS_PROVIDERS, "pyverbs",
                      "verbs provider"),
         emulated_devices=None if not devices else
@@ -173,6 +177,15 @@ def _spin(text: str | None) -> float:
         raise ConfigError(f"RINGCOMM_SPIN_US must be between 0 and {MAX_SPIN_US:.0f} "
                           f"microseconds; got {text!r}")
     return micros * 1e-6
+
+
+def _threads(text: str | None) -> int | None:
+    if text is None or not text.strip() or text.strip() == "auto":
+        return None
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise ConfigError(f"RINGCOMM_THREADS must be 'auto' or a whole number from 1 (the "
+                          f"calling thread alone) to {MAX_THREADS}; got {text!r}")
+    return int(text)
 
 
 def _congestion(text: str | None) -> str:

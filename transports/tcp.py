@@ -15,6 +15,7 @@ import math
 import os
 import select
 import socket
+import threading
 import time
 from typing import Sequence
 
@@ -89,6 +90,7 @@ class TcpTransport(IdleConnections, Transport):
         self._control: dict[Side, _Conn] = {}
         self._closed = False
         self._listeners: list[socket.socket] = []  # tcp_setup's, bound until close()
+        self._lanes: list = []  # tcp_lanes.TcpLane views for other threads, made on first use
         # what transports.direct opens links to non-neighbours with (ringcomm protocol)
         self.direct_identity = (job_id, token) if protocol == "ringcomm" else None
         self._init_idle()
@@ -336,6 +338,21 @@ class TcpTransport(IdleConnections, Transport):
                                 rank=self.rank, peer=peer,
                                 address=self._address(peer) if peer is not None else None)
 
+    def local_ranks(self) -> int:
+        host = self._hostfile[self.rank][0].host
+        return sum(1 for addresses in self._hostfile if addresses[0].host == host)
+
+    def lanes(self, count: int) -> list[Transport] | None:
+        """``count`` views of the data connections that other threads drive at once
+        (``tcp_lanes``); None while bytes read ahead wait here, which a lane would not see."""
+        if self._stash or self._closed:
+            return None
+        if len(self._lanes) < count:
+            from .tcp_lanes import TcpLane
+            lock = self._lanes[0].errors_lock if self._lanes else threading.Lock()
+            self._lanes += [TcpLane(self, lock) for _ in range(count - len(self._lanes))]
+        return self._lanes[:count]
+
     # -- failure notices (ringcomm protocol) -------------------------------------------------
 
     def abort(self, error: BaseException) -> None:
@@ -383,5 +400,7 @@ class TcpTransport(IdleConnections, Transport):
             c.sock.close()
         for listener in self._listeners:
             listener.close()
+        for lane in self._lanes:
+            lane.close()
         self._polled.clear()
 

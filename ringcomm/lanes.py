@@ -1,0 +1,200 @@
+"""A large collective on several cores: its streams split over threads, one transport lane each.
+
+One Python thread per rank does every send, receive and fold of an operation in turn; from a
+few MiB up that thread, not the link, is the limit (docs/performance.md).  A plan's streams
+use disjoint channels and disjoint bytes of the working buffer, and socket I/O and numpy's
+folds release the GIL, so the streams can progress side by side: ``Lanes`` cuts a plan into
+``threads`` sub-plans (stream i to lane i mod threads) and runs each with ``engine.run`` over
+a lane of the transport (``Transport.lanes``), lane 0 on the caller's thread and the others on
+worker threads kept for the group's life.  The plan, the bytes on the wire and the headers are
+those of the one-thread path; only who moves them changes.
+
+Operations below ``MIN_BYTES``, a plan of one stream, and the cases with state that lives on
+the transport's own connections (headers waiting to travel alone, bytes read ahead, sends and
+receives, which vet the idle side) keep the one-thread path, and its latency.  A failure on
+any lane wakes the others (``LaneStopped``) and is raised on the calling thread as the same
+typed error; Ctrl-C on the calling thread stops every lane first; ``close()`` joins the
+workers, so no thread outlives the group.  Memory: one scratch of ``engine.SCRATCH_BYTES``
+per stream, as before.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from .transports import Transport
+from .transports.base import LaneStopped
+
+from . import engine
+from .engine import NO_HEADS, HeaderCheck, Heads, ScratchPool
+from .dtypes import Combine
+from .lone import Alone
+from .plans import Plan
+
+MIN_BYTES = 1 << 20   # below this an operation stays on the caller's thread (measured)
+JOIN_GRACE = 5.0      # how long past the deadline a worker may take to stop before close gives up
+
+
+def auto_threads(co_located: int) -> int:
+    """Threads per rank when ``RINGCOMM_THREADS`` is unset: this process's cores shared by the
+    ranks on this host (a 2-core machine with 2 ranks: 1, today's path)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, co_located))
+
+
+class _Call:
+    """One operation's lanes on the worker threads: how many are left, and what they raised."""
+
+    __slots__ = ("lock", "left", "errors", "finished")
+
+    def __init__(self, count: int) -> None:
+        self.lock = threading.Lock()
+        self.left = count
+        self.errors: list[BaseException] = []
+        self.finished = threading.Event()
+
+    def done(self, error: BaseException | None) -> None:
+        with self.lock:
+            if error is not None:
+                self.errors.append(error)
+            self.left -= 1
+            if not self.left:
+                self.finished.set()
+
+
+class Lanes:
+    """A group's worker threads and transport lanes for large operations."""
+
+    def __init__(self, transport: Transport, threads: int) -> None:
+        self._transport = transport
+        self._threads = threads
+        self._workers: list[tuple[threading.Thread, queue.SimpleQueue]] = []
+        self._pools: list[ScratchPool] = []
+        self._splits: dict[tuple[int, int], tuple[Plan, list[Plan]]] = {}
+        self._closed = False
+
+    def count(self, plan: Plan, heads: Heads, alone: Alone | None, header: bytes | None,
+              vetting: bool) -> int:
+        """How many lanes ``plan`` runs on (1: the caller's thread alone, as before)."""
+        lanes = min(self._threads, len(plan))
+        if lanes < 2 or vetting or self._closed:
+            return 1
+        sizes, _ = engine._layout(plan)
+        if sum(sizes) < MIN_BYTES:
+            return 1
+        if header is not None and (engine._header_only(plan, heads) != NO_HEADS or (
+                alone is not None and (any(alone.out) or any(alone.into)))):
+            return 1  # headers that travel alone use connection 0 outside the streams
+        return lanes
+
+    def run(self, lanes: int, plan: Plan, work: np.ndarray, combine: Combine | None,
+            deadline: float, header: bytes | None, check: HeaderCheck | None,
+            source: np.ndarray | None) -> bool:
+        """Run ``plan`` on ``lanes`` threads; False (nothing done) when the transport has no
+        lanes to give now, so the caller runs it on one."""
+        views = self._transport.lanes(lanes)
+        if views is None:
+            return False
+        self._start(lanes - 1)
+        parts = self._split(plan, lanes)
+        jobs = [_job(view, part, work, combine, deadline, pool, header, check, source)
+                for view, part, pool in zip(views, parts, self._pools)]
+        for view in views:
+            view.rearm()
+        call = _Call(lanes - 1)
+        for (_, inbox), job in zip(self._workers, jobs[1:]):
+            inbox.put((job, call, views))
+        first: BaseException | None = None
+        try:
+            jobs[0]()
+        except BaseException as e:  # a lane failed, or Ctrl-C: stop the others
+            first = e
+            _wake(views)
+        try:
+            _join(call, deadline, views)
+        except BaseException as e:  # Ctrl-C while waiting for the workers
+            first = first if first is not None and not isinstance(first, LaneStopped) else e
+            _wake(views)
+            call.finished.wait(JOIN_GRACE)
+        errors = [first] if first is not None else []
+        errors += call.errors
+        if errors:
+            raise next((e for e in errors if not isinstance(e, LaneStopped)), errors[0])
+        return True
+
+    def close(self) -> None:
+        """Stop the workers and wait for them (each ends its current lane first)."""
+        self._closed = True
+        for _, inbox in self._workers:
+            inbox.put(None)
+        for thread, _ in self._workers:
+            thread.join(JOIN_GRACE)
+        self._workers.clear()
+
+    def _start(self, workers: int) -> None:
+        while len(self._pools) < workers + 1:
+            self._pools.append(ScratchPool())
+        while len(self._workers) < workers:
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            thread = threading.Thread(target=_serve, args=(inbox,), daemon=True,
+                                      name=f"ringcomm-lane-{len(self._workers) + 1}")
+            thread.start()
+            self._workers.append((thread, inbox))
+
+    def _split(self, plan: Plan, lanes: int) -> list[Plan]:
+        """Stream i to lane i mod ``lanes``, worked out once per plan."""
+        key = (id(plan), lanes)
+        got = self._splits.get(key)
+        if got is not None and got[0] is plan:
+            return got[1]
+        if len(self._splits) >= 64:
+            self._splits.clear()
+        parts = [plan[i::lanes] for i in range(lanes)]
+        self._splits[key] = (plan, parts)
+        return parts
+
+
+def _job(view: Transport, part: Plan, work: np.ndarray, combine: Combine | None,
+         deadline: float, pool: ScratchPool, header: bytes | None, check: HeaderCheck | None,
+         source: np.ndarray | None) -> Callable[[], None]:
+    """One lane's share: its streams, each carrying the header as on one thread."""
+    return lambda: engine.run(view, part, work, combine, deadline, pool, header, check, source)
+
+
+def _serve(inbox: queue.SimpleQueue) -> None:
+    """A worker: run each lane it is handed; on a failure wake the operation's other lanes."""
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        job, call, views = item
+        error = None
+        try:
+            job()
+        except BaseException as e:  # reported to the calling thread, which raises it
+            error = e
+            _wake(views)
+        call.done(error)
+
+
+def _wake(views: list[Transport]) -> None:
+    for view in views:
+        view.wake()
+
+
+def _join(call: _Call, deadline: float, views: list[Transport]) -> None:
+    """Wait for the workers' lanes.  Each ends by the deadline (plus its liveness probe);
+    past that they are woken, and a worker that still does not stop is an error."""
+    while not call.finished.wait(max(0.0, deadline - time.monotonic()) + JOIN_GRACE):
+        if time.monotonic() > deadline + JOIN_GRACE:
+            _wake(views)
+            if not call.finished.wait(JOIN_GRACE):
+                raise RuntimeError("a ringcomm lane thread did not stop after its deadline")
