@@ -36,8 +36,8 @@ from .dtypes import Combine
 from .lone import Alone
 from .plans import Plan
 
-MIN_BYTES = 1 << 20   # received bytes below which a call stays on the caller's thread: waking the
-                      # workers costs tens of us, what a one-thread 1 MiB step saves
+MIN_BYTES = 1 << 20   # received bytes below which a call stays on the caller's thread (waking the
+                      # workers costs tens of us, which a small call cannot win back)
 JOIN_GRACE = 5.0      # how long past the deadline a worker may take to stop before close gives up
 
 
