@@ -294,10 +294,10 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
                             del owner[ch]
                         else:
                             active -= 1
-                            in_flight -= _stream_bytes(st.steps)  # (rare: large plans)
                             free.append(st.scratch)
                             st.typed = None
-                            if waiting:
+                            if waiting:  # (large plans only)
+                                in_flight -= _stream_bytes(st.steps)
                                 admit()
     finally:
         if watching:
