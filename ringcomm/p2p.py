@@ -16,7 +16,7 @@ import numpy as np
 from .transports import CommError, GroupBrokenError, MismatchError, Side
 from .transports.direct import DirectLinks
 
-from .header import HEADER, MAGIC, OPS, OpHeader, pack_header
+from .header import HEADER, OpHeader, describe, pack_header
 
 MIN_SIZE = 4  # below this every rank is a neighbour of every other
 
@@ -82,7 +82,7 @@ class Direct:
                 raise MismatchError(
                     f"operations differ: this rank called {name}({want.dtype}, shape "
                     f"{want.shape}, message #{want.seq} from rank {peer}) but rank {peer} "
-                    f"sent {_describe(got, want.job)} over their direct connection",
+                    f"sent {describe(got, want.job, want.shape)} over their direct connection",
                     rank=rank, peer=peer, address=self.links.address(peer))
         return check
 
@@ -93,14 +93,3 @@ class Direct:
     def close(self) -> None:
         if self.links is not None:
             self.links.close()
-
-
-def _describe(got: bytes, job: int) -> str:
-    """A peer's header in words (enough to tell which call it made)."""
-    magic, seq, code, _dtype, count, _crc, their_job = HEADER.unpack(got[:HEADER.size])
-    if magic != MAGIC:
-        return f"bytes that are not a ringcomm operation ({got[:8].hex()}...)"
-    if their_job != job:
-        return "an operation of another job"
-    op = OPS[code - 1] if 1 <= code <= len(OPS) else f"operation code {code}"
-    return f"{op} of {count} elements (message #{seq})"

@@ -44,7 +44,7 @@ def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
         if flat.size and not _same_buffer(flat, mine):
             flat[...] = mine
     group._run("broadcast", plans.broadcast(flat.size, n, r, int(root), group._connections()),
-               flat, None, a.dtype, a.shape)
+               flat, None, a.dtype, a.shape, root=int(root))
     return result
 
 

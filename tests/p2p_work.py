@@ -104,3 +104,19 @@ def mlx_grads(group, shape: tuple, root: int) -> tuple:
     b = group.broadcast(x, root)
     a = group.all_to_all(x)
     return (np.array(b), np.array(a), np.array(gb), np.array(ga), type(a).__module__)
+
+
+def broadcast_from(group, roots: list, shape: tuple) -> tuple:
+    """Rank r broadcasts with ``roots[r]``, then calls barrier (a root whose sends the kernel
+    took returns, as any sender does, and its next call raises): (the first error or '',
+    which call raised it, seconds)."""
+    t = time.monotonic()
+    for call in ("broadcast", "barrier"):
+        try:
+            if call == "broadcast":
+                group.broadcast(np.zeros(shape, np.float32), roots[group.rank()])
+            else:
+                group.barrier()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}", call, time.monotonic() - t
+    return "", None, time.monotonic() - t
