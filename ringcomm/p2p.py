@@ -1,5 +1,6 @@
 """send/recv between ranks that are not ring neighbours: ``Group``'s side of
-``transports.direct`` (ringcomm protocol over TCP; neighbours keep the ring's path).
+``transports.direct`` (ringcomm protocol over TCP) and ``transports.rdma_direct`` (queue pairs
+of their own over RDMA); neighbours keep the ring's path.
 
 Each direction between two ranks has its own message counter, so the operation header (seq,
 op, dtype, shape, job) of a direct message is checked as the ring's are: a peer in another
@@ -29,7 +30,10 @@ class Direct:
         self.links: DirectLinks | None = None
         identity = getattr(transport, "direct_identity", None)
         listeners = getattr(transport, "_listeners", None)
-        if identity is not None and transport.size >= MIN_SIZE and listeners:
+        opener = getattr(transport, "direct_links", None)  # RDMA: queue pairs (rdma_direct)
+        if opener is not None and transport.size >= MIN_SIZE:
+            self.links = opener()
+        elif identity is not None and transport.size >= MIN_SIZE and listeners:
             self.links = DirectLinks(transport.rank, transport.size,
                                      [addrs[0] for addrs in transport._hostfile], listeners[0],
                                      job_id=identity[0], token=identity[1])

@@ -1,0 +1,80 @@
+"""The byte stream over one queue pair's slots, shared by the ring's links (``rdma``) and the
+direct ones (``rdma_direct``): a posted send copied into free slots as credits allow, arrived
+bytes handed to a posted receive, emptied slots reposted and advertised to the peer
+(``docs/rdma-protocol.md``, "Framing" and "Credits")."""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import CommError
+from .rdma_setup import SLOT_BYTES, Link, RdmaSetup
+
+
+class SlotStream:
+    """Mixed into a class with ``rank``, ``_api`` (the verbs provider) and ``_setup``."""
+
+    rank: int
+    _api: Any
+    _setup: RdmaSetup | None
+
+    def _fill(self, link: Link) -> tuple[bool, bool]:
+        """Copy what credits and free slots allow of ``link.sending`` into slots and post it:
+        (anything posted, the whole send posted; ``link.sending`` is then None)."""
+        p, pushed = link.sending, False
+        credits = link.credit_in.value - link.messages_sent
+        while credits > 0 and link.free_slots:
+            slot = link.free_slots.pop()
+            n = min(SLOT_BYTES, len(p.view) - p.pos)
+            at = link.send_base + slot * SLOT_BYTES
+            link.mem[at:at + n] = p.view[p.pos:p.pos + n]
+            wr = link.send_wrs[slot] if n == SLOT_BYTES else self._setup.send_wr(link, slot, n)
+            self._post(link, "send", link.qp.post_send, wr)
+            link.messages_sent += 1
+            credits -= 1
+            pushed = True
+            if p.advance(n):
+                link.sending = None
+                return True, True
+        return pushed, False
+
+    def _copy_in(self, link: Link) -> tuple[bool, bool]:
+        """Hand arrived bytes to ``link.receiving``: (anything moved, the receive complete;
+        ``link.receiving`` is then None)."""
+        p, moved = link.receiving, False
+        while link.arrived:
+            slot, length = link.arrived[0]
+            at = slot * SLOT_BYTES + link.taken
+            n = min(length - link.taken, len(p.view) - p.pos)
+            p.view[p.pos:p.pos + n] = link.mem[at:at + n]
+            self._taken(link, n)
+            moved = True
+            if p.advance(n):
+                link.receiving = None
+                return True, True
+        return moved, False
+
+    def _taken(self, link: Link, n: int) -> None:
+        """``n`` more bytes of the oldest arrived message handed on; repost its slot when empty."""
+        link.taken += n
+        if link.taken == link.arrived[0][1]:
+            slot = link.arrived.popleft()[0]
+            link.taken = 0
+            self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
+            link.receives_posted += 1
+            self._advertise(link)
+
+    def _advertise(self, link: Link) -> None:
+        """Write our receive count into the peer's credit word (one write in flight at most)."""
+        if link.credit_write_busy or link.receives_posted == link.advertised:
+            return
+        link.credit_out.value = link.receives_posted
+        link.advertised = link.receives_posted
+        link.credit_write_busy = True
+        self._post(link, "credit update", link.qp.post_send, link.credit_wr)
+
+    def _post(self, link: Link, what: str, post, wr) -> None:
+        try:
+            post(wr)
+        except self._api.PyverbsError as err:
+            raise CommError(f"posting a {what} on {link.describe()} failed: {err}",
+                            rank=self.rank, peer=link.peer, address=link.device) from err
