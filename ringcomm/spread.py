@@ -4,7 +4,7 @@ broadcast runs ``plans.broadcast`` (a pipelined chain from the root, each byte o
 link) on the ring.  all_to_all is a pairwise exchange: its neighbour steps (k = 1 and
 k = size - 1) run ``plans.all_to_all_ring`` on the ring, and steps k = 2 .. size - 2
 (``plans.pairwise``: send to rank + k, receive from rank - k) go over the direct connections
-of ``transports.direct``.  On MLX arrays both are differentiable: broadcast's cotangent is
+of ``transports.direct`` (TCP) or the direct queue pairs of ``transports.rdma_direct`` (RDMA).  On MLX arrays both are differentiable: broadcast's cotangent is
 summed to the root (zeros elsewhere), all_to_all's is exchanged back by an all_to_all.
 """
 from __future__ import annotations
@@ -74,8 +74,8 @@ def all_to_all(group: Any, x: Any, out: np.ndarray | None) -> Any:
     direct = group._direct
     if steps and (direct is None or direct.links is None):
         raise ConfigError(f"all_to_all on {n} ranks needs direct connections between "
-                          "non-neighbours: the ringcomm protocol over TCP (this group has "
-                          "none: MLX's protocol or RDMA)")
+                          "non-neighbours: the ringcomm protocol, over TCP or RDMA (this "
+                          "group has none: MLX's protocol)")
     group._run("all_to_all", plans.all_to_all_ring(block, n, r, group._connections()), work,
                None, a.dtype, a.shape, source=source)
     per = a.shape[0] // n

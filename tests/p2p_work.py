@@ -120,3 +120,21 @@ def broadcast_from(group, roots: list, shape: tuple) -> tuple:
         except Exception as e:
             return f"{type(e).__name__}: {e}", call, time.monotonic() - t
     return "", None, time.monotonic() - t
+
+
+def die_after_send(group, victim: int, receiver: int) -> tuple | None:
+    """``victim`` sends ``receiver`` one message (opening their direct link), then exits
+    abruptly; ``receiver`` takes it and waits for another: (error, text, seconds)."""
+    r = group.rank()
+    if r == victim:
+        group.send(np.arange(4.0), receiver)
+        group._direct.close()  # the message acknowledged before the process goes
+        os._exit(3)
+    if r == receiver:
+        group.recv(4, np.float64, victim)
+        t = time.monotonic()
+        try:
+            group.recv(4, np.float64, victim)
+        except Exception as e:
+            return type(e).__name__, str(e), time.monotonic() - t
+    return None

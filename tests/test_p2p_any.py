@@ -51,7 +51,7 @@ def test_a_mismatch_on_a_direct_link_names_both_calls(clusters):
     cluster.broken = True  # rank 3's group is broken now
     assert got[1] == "" and got[0] == got[2] == got[4] == ""
     assert got[3].startswith("MismatchError") and "rank 1" in got[3], got[3]
-    assert "int64" in got[3] and "send of 4 elements" in got[3], got[3]
+    assert "int64" in got[3] and "send(float32, 4 elements" in got[3], got[3]
 
 
 def test_strays_and_forged_hellos_on_the_listener_change_nothing(clusters):
