@@ -122,19 +122,31 @@ def broadcast_from(group, roots: list, shape: tuple) -> tuple:
     return "", None, time.monotonic() - t
 
 
-def die_after_send(group, victim: int, receiver: int) -> tuple | None:
-    """``victim`` sends ``receiver`` one message (opening their direct link), then exits
-    abruptly; ``receiver`` takes it and waits for another: (error, text, seconds)."""
+def die_after_send(group, victim: int, receiver: int, opened: bool) -> tuple | None:
+    """``victim`` sends ``receiver`` one message (opening their direct link) if ``opened``,
+    then exits abruptly; ``receiver`` takes it and waits for another: (error, text, seconds).
+    The other ranks go on to a barrier, as a program would."""
     r = group.rank()
     if r == victim:
-        group.send(np.arange(4.0), receiver)
-        group._direct.close()  # the message acknowledged before the process goes
+        if opened:
+            group.send(np.arange(4.0), receiver)
+            group._direct.close()  # the message acknowledged before the process goes
         os._exit(3)
     if r == receiver:
-        group.recv(4, np.float64, victim)
+        if opened:
+            group.recv(4, np.float64, victim)
         t = time.monotonic()
         try:
             group.recv(4, np.float64, victim)
         except Exception as e:
             return type(e).__name__, str(e), time.monotonic() - t
+    try:
+        group.barrier()
+    except Exception as e:
+        return type(e).__name__, str(e)
     return None
+
+
+def direct_address(group, rank: int) -> tuple:
+    """Where ``rank``'s direct links bootstrap (RDMA: its listener on the side channel's IP)."""
+    return tuple(group._direct.links._addresses[rank])

@@ -3,7 +3,10 @@ verbs provider (no RDMA hardware involved): non-neighbours over direct queue pai
 first use (transports.rdma_direct), against numpy; a mismatch, a dead peer, first-use cost."""
 from __future__ import annotations
 
+import socket
+
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests import p2p_work as w
@@ -70,11 +73,12 @@ def test_a_mismatch_on_a_direct_queue_pair_names_both_calls(clusters):
     assert "recv(int64" in got[3] and "send(float32, 4 elements" in got[3], got[3]
 
 
-def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters):
+@pytest.mark.parametrize("opened", [True, False])
+def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters, opened):
     cluster = _cluster(clusters, 5)
     cluster.broken = True  # rank 1 exits: the cache starts a fresh ring next time
     for conn in cluster._conns:
-        conn.send((w.die_after_send, (1, 3)))
+        conn.send((w.die_after_send, (1, 3, opened)))
     assert cluster._conns[3].poll(30), "rank 3 did not answer"
     status, value = cluster._conns[3].recv()
     assert status == "ok", value
@@ -90,3 +94,18 @@ def test_first_use_opens_the_queue_pair_once(clusters):
     assert times[0] < 5 and max(times[1:]) < 1, times
     print(f"\nRDMA (emulated) direct 64 KiB send 1->3: first {times[0] * 1e3:.1f} ms, "
           f"later {[round(t * 1e3, 2) for t in times[1:]]} ms")
+
+
+def test_strays_on_the_bootstrap_listener_change_nothing(clusters):
+    cluster = _cluster(clusters, 4)
+    host, port = cluster.run(w.direct_address, 2)[0]
+    strays = []
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"RCMH" + bytes(48), b""):
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(junk)
+        strays.append(s)
+    got = cluster.run(w.pairs, [(0, 2), (2, 0)], (4,), "int64", 5)
+    assert got[2][0].tobytes() == w.data(5, 0, (4,), "int64").tobytes()
+    assert got[0][0].tobytes() == w.data(6, 2, (4,), "int64").tobytes()
+    for s in strays:
+        s.close()

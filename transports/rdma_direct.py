@@ -8,7 +8,8 @@ refused) under the caller's deadline, to the listener every RDMA rank binds at s
 side channel's IP (its port goes round in the set-up table).  The opener creates its queue
 pair and sends its description; the peer's acceptor thread (which serves whatever that rank is
 doing) creates its own, brings it to RTS and answers with its description; the opener brings
-its own to RTS.  Only this set-up runs in the acceptor thread; the bytes then move in the
+its own to RTS.  Only this set-up runs in the acceptor thread (within ``HANDSHAKE_SECONDS``,
+for a peer that has proved itself); the bytes then move in the
 caller's thread over RDMA exactly as on a ring link (slots, credits, the operation header in a
 message of its own, ``rdma_stream``), and the header is checked before any data byte is taken.
 Each queue pair carries one direction, opener to acceptor, as direct TCP connections do, so
@@ -124,6 +125,20 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         self._qp_in[peer] = link
         _send_blob(sock, RdmaSetup.describe_link(link))
 
+    def _link_from(self, peer: int, deadline: float, op: str) -> DirectLink:
+        """The queue pair ``peer`` opened to this rank, once its bootstrap is done; waits as
+        the ring does (naps on the side channel, so a notice or a dead rank ends it)."""
+        _, nap, max_nap, _ = self._waits
+        while peer not in self._qp_in:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                raise CommTimeoutError(f"rank {peer} opened no direct queue pair to this rank "
+                                       "by the deadline", rank=self.rank, peer=peer,
+                                       address=self.address(peer), op=op)
+            self._nap(min(nap, left))
+            nap = min(nap * 2, max_nap)
+        return self._qp_in[peer]
+
     # -- moving one message each way ----------------------------------------------------------
 
     def exchange(self, send: tuple[int, bytes, memoryview] | None,
@@ -132,10 +147,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         """Send (peer, head, data) and receive (peer, head buffer, into, check) at once; the
         received head is checked (``check``) before any data byte is taken."""
         out = self._link_to(send[0], deadline, op) if send is not None else None
-        into = None
-        if recv is not None:
-            self._accepted(recv[0], deadline, op)  # its bootstrap, under the deadline
-            into = self._qp_in[recv[0]]
+        into = self._link_from(recv[0], deadline, op) if recv is not None else None
         for link in (out, into):
             if link is not None and link.failure is not None:
                 raise self._failed(link, op)
