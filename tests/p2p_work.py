@@ -27,6 +27,26 @@ def pairs(group, pairs_list: list, shape: tuple, dtype_name: str, seed: int) -> 
     return got
 
 
+def check_pairs(got: list, pairs: list, shape: tuple, dtype_name: str, seed: int) -> None:
+    """What ``pairs`` returned on every rank is what each source sent, in order."""
+    for dst in range(len(got)):
+        want = [data(seed + i, s, shape, dtype_name) for i, (s, d) in enumerate(pairs)
+                if d == dst]
+        assert len(got[dst]) == len(want)
+        for g, e in zip(got[dst], want):
+            assert g.dtype == e.dtype and g.tobytes() == e.tobytes(), f"rank {dst}"
+
+
+def check_all_to_all(got: list, shape: tuple, dtype_name: str, seed: int) -> None:
+    """What ``all_to_all`` returned on every rank is numpy's answer."""
+    size = len(got)
+    rows = shape[0] // size
+    inputs = [data(seed, r, shape, dtype_name) for r in range(size)]
+    for r in range(size):
+        want = np.concatenate([x[r * rows:(r + 1) * rows] for x in inputs])
+        assert got[r].shape == want.shape and got[r].tobytes() == want.tobytes(), f"rank {r}"
+
+
 def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> list:
     """Seconds for the first and then each later send/recv of ``nbytes`` to a peer."""
     r = group.rank()
@@ -64,22 +84,6 @@ def error_of(group, fn_name: str, *args) -> str:
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return ""
-
-
-def die_or_recv(group, victim: int, receiver: int) -> tuple:
-    """``victim`` exits abruptly; ``receiver`` waits for a message from it: (error, seconds)."""
-    r = group.rank()
-    if r == victim:
-        group.send(np.arange(4.0), receiver)  # opens the direct link, then dies
-        os._exit(3)
-    if r == receiver:
-        group.recv(4, np.float64, victim)
-        t = time.monotonic()
-        try:
-            group.recv(4, np.float64, victim)
-        except Exception as e:
-            return type(e).__name__, str(e), time.monotonic() - t
-    return None
 
 
 def mismatched(group, a: int, b: int) -> str:

@@ -1,12 +1,9 @@
 """send/recv between any two ranks and all_to_all over the RDMA transport on the EMULATED
 verbs provider (no RDMA hardware involved): non-neighbours over direct queue pairs opened on
-first use (transports.rdma_direct), against numpy; a mismatch, a dead peer, first-use cost."""
+first use (transports.rdma_direct), against numpy; first-use cost.  A mismatch, a dead peer
+and strays on the listener: tests/test_p2p_any.py, over TCP and RDMA."""
 from __future__ import annotations
 
-import socket
-
-import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests import p2p_work as w
@@ -33,12 +30,7 @@ def traffic(draw):
 def test_send_recv_between_random_pairs(clusters, case):
     size, pairs, shape, dtype_name, seed = case
     got = _cluster(clusters, size).run(w.pairs, pairs, shape, dtype_name, seed)
-    for dst in range(size):
-        want = [w.data(seed + i, s, shape, dtype_name) for i, (s, d) in enumerate(pairs)
-                if d == dst]
-        assert len(got[dst]) == len(want)
-        for g, e in zip(got[dst], want):
-            assert g.dtype == e.dtype and g.tobytes() == e.tobytes(), f"rank {dst}"
+    w.check_pairs(got, pairs, shape, dtype_name, seed)
 
 
 def test_messages_past_the_credits_both_ways_at_once(clusters):
@@ -58,33 +50,7 @@ def test_messages_past_the_credits_both_ways_at_once(clusters):
 def test_all_to_all_against_numpy(clusters, size, rows, tail, dtype_name, seed):
     shape = (size * rows, *tail)
     got = _cluster(clusters, size).run(w.all_to_all, shape, dtype_name, seed)
-    inputs = [w.data(seed, r, shape, dtype_name) for r in range(size)]
-    for r in range(size):
-        want = np.concatenate([x[r * rows:(r + 1) * rows] for x in inputs])
-        assert got[r].shape == want.shape and got[r].tobytes() == want.tobytes(), f"rank {r}"
-
-
-def test_a_mismatch_on_a_direct_queue_pair_names_both_calls(clusters):
-    cluster = _cluster(clusters, 5)
-    got = cluster.run(w.mismatched, 1, 3)
-    cluster.broken = True  # rank 3's group is broken now
-    assert got[1] == "" and got[0] == got[2] == got[4] == ""
-    assert got[3].startswith("MismatchError") and "rank 1" in got[3], got[3]
-    assert "recv(int64" in got[3] and "send(float32, 4 elements" in got[3], got[3]
-
-
-@pytest.mark.parametrize("opened", [True, False])
-def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters, opened):
-    cluster = _cluster(clusters, 5)
-    cluster.broken = True  # rank 1 exits: the cache starts a fresh ring next time
-    for conn in cluster._conns:
-        conn.send((w.die_after_send, (1, 3, opened)))
-    assert cluster._conns[3].poll(30), "rank 3 did not answer"
-    status, value = cluster._conns[3].recv()
-    assert status == "ok", value
-    kind, text, seconds = value
-    assert kind == "PeerLostError" and "rank 1" in text and "rank 3" in text, text
-    assert seconds < 5, seconds
+    w.check_all_to_all(got, shape, dtype_name, seed)
 
 
 def test_first_use_opens_the_queue_pair_once(clusters):
@@ -95,17 +61,3 @@ def test_first_use_opens_the_queue_pair_once(clusters):
     print(f"\nRDMA (emulated) direct 64 KiB send 1->3: first {times[0] * 1e3:.1f} ms, "
           f"later {[round(t * 1e3, 2) for t in times[1:]]} ms")
 
-
-def test_strays_on_the_bootstrap_listener_change_nothing(clusters):
-    cluster = _cluster(clusters, 4)
-    host, port = cluster.run(w.direct_address, 2)[0]
-    strays = []
-    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"RCMH" + bytes(48), b""):
-        s = socket.create_connection((host, port), timeout=5)
-        s.sendall(junk)
-        strays.append(s)
-    got = cluster.run(w.pairs, [(0, 2), (2, 0)], (4,), "int64", 5)
-    assert got[2][0].tobytes() == w.data(5, 0, (4,), "int64").tobytes()
-    assert got[0][0].tobytes() == w.data(6, 2, (4,), "int64").tobytes()
-    for s in strays:
-        s.close()

@@ -14,7 +14,8 @@ travel through the TCP side channel (``transports.sidechannel``, rank 0 the coor
 
 Waiting polls the completion queues, spins for at most ``SPIN_SECONDS`` after the last
 completion, then sleeps on the side channel in naps that double from ``FIRST_NAP`` to
-``MAX_NAP``; a notice from another rank (or a rank's death) wakes it at once.  Protocol
+``MAX_NAP`` (``rdma_stream.Backoff``); a notice from another rank (or a rank's death) wakes
+it at once.  Protocol
 details: ``docs/rdma-protocol.md``.  The same code runs on real pyverbs or on the emulation
 in ``transports.emulated_verbs`` (``RINGCOMM_VERBS=emulated``).
 """
@@ -36,7 +37,7 @@ from .arrivals import HEAD
 from .posted import Posted
 from .rdma_idle import IdleLinks
 from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
-from .rdma_stream import SlotStream
+from .rdma_stream import Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RdmaTransport", "SLOT_BYTES", "SLOTS"]
 
-SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
-FIRST_NAP, MAX_NAP = 20e-6, 1e-3
 POLL_BATCH = 16
 NOTICE_GRACE = 0.1       # after a failed completion, how long to wait for the root cause
 FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
@@ -193,8 +192,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
                 self._done.append(Channel(link.side, link.index, HEAD))
 
     def wait(self, deadline: float) -> list[Channel]:
-        spin_until: float | None = None
-        nap = FIRST_NAP
+        backoff = Backoff(deadline)
         while not self._done:
             progressed = self._poll()
             for link in list(self._sending):  # a credit word may have grown
@@ -202,20 +200,16 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             if self._done:
                 break
             if progressed:
-                spin_until, nap = None, FIRST_NAP
-                continue
-            now = time.monotonic()
-            if now >= deadline:
+                backoff.progressed()
+            elif not backoff.idle(self._nap):
                 raise self._timed_out()
-            if spin_until is None:
-                spin_until = now + SPIN_SECONDS
-            elif now >= spin_until:
-                if self._vet is not None:
-                    self._vet_links()
-                self._side.watch(min(nap, deadline - now))
-                nap = min(nap * 2, MAX_NAP)
         done, self._done = self._done, []
         return done
+
+    def _nap(self, seconds: float) -> None:
+        if self._vet is not None:
+            self._vet_links()
+        self._side.watch(seconds)
 
     def _poll(self) -> bool:
         got = False
@@ -292,34 +286,12 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
     def close(self) -> None:
         self._close(flush=True)
 
-    def _flush(self) -> None:
-        """Wait until the peers acknowledged every message we sent.
-
-        A send is complete for its caller once its bytes are in a send slot, but a queue pair
-        destroyed before the peer's adapter acknowledged the message may never deliver it:
-        the peer would wait for bytes that are gone.
-        """
-        deadline = time.monotonic() + FLUSH_SECONDS
-        nap = FIRST_NAP
-        while any(len(link.free_slots) < SLOTS and link.failure is None
-                  for link in self._by_number):
-            if time.monotonic() >= deadline:
-                return  # the peer is gone or stuck; closing must not hang on it
-            try:
-                if self._poll():
-                    nap = FIRST_NAP
-                    continue
-            except CommError:
-                return
-            time.sleep(nap)
-            nap = min(nap * 2, MAX_NAP)
-
     def _close(self, flush: bool) -> None:
         if self._closed:
             return
         self._closed = True
         if flush and self._by_number:
-            self._flush()
+            wait_acknowledged(self._by_number, self._poll, FLUSH_SECONDS)
         if self._side is not None:
             self._side.close()
         if self._listener is not None:

@@ -16,8 +16,8 @@ Each queue pair carries one direction, opener to acceptor, as direct TCP connect
 two ranks that send to each other at once never have to agree on who opens.
 
 Direct queue pairs have device contexts and completion queues of their own (a second
-``RdmaSetup``), polled only while a direct send or recv runs.  Waiting spins for at most
-``rdma.SPIN_SECONDS``, then naps on the ring's side channel, so another rank's failure notice
+``RdmaSetup``), polled only while a direct send or recv runs.  Waiting spins, then naps on
+the ring's side channel (``rdma_stream.Backoff``), so another rank's failure notice
 or death ends the wait at once; failures are relayed there too.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from .direct import HANDSHAKE_SECONDS, DirectLinks, HeadCheck
 from .errors import CommError, CommTimeoutError
 from .hostfile import Address
 from .posted import Posted
-from .rdma_setup import RECV, SEND, SLOTS, Link, RdmaSetup
-from .rdma_stream import SlotStream
+from .rdma_setup import RECV, SEND, Link, RdmaSetup
+from .rdma_stream import FIRST_NAP, MAX_NAP, Backoff, SlotStream, wait_acknowledged
 from .sockets import recv_exactly
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 _LENGTH = struct.Struct("!I")
 MAX_DESCRIPTION = 4096  # bytes of a queue pair's description (JSON, ~200 in practice)
 FLUSH_SECONDS = 5.0     # at close, how long to wait for the peers to acknowledge our sends
+POLL_BATCH = 16
 
 
 class DirectLink(Link):
@@ -58,8 +59,6 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
 
     def __init__(self, transport: RdmaTransport, addresses: Sequence[Address],
                  listener: socket.socket, *, job_id: str, token: bytes | None) -> None:
-        from .rdma import FIRST_NAP, MAX_NAP, POLL_BATCH, SPIN_SECONDS  # rdma imports us
-        self._waits = (SPIN_SECONDS, FIRST_NAP, MAX_NAP, POLL_BATCH)
         self._transport = transport  # its side channel carries notices; its devices, names
         self._api = transport._api
         self._setup = RdmaSetup(self._api, transport.rank, transport.size,
@@ -128,7 +127,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
     def _link_from(self, peer: int, deadline: float, op: str) -> DirectLink:
         """The queue pair ``peer`` opened to this rank, once its bootstrap is done; waits as
         the ring does (naps on the side channel, so a notice or a dead rank ends it)."""
-        _, nap, max_nap, _ = self._waits
+        nap = FIRST_NAP
         while peer not in self._qp_in:
             left = deadline - time.monotonic()
             if left <= 0 or self._closed:
@@ -136,7 +135,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                                        "by the deadline", rank=self.rank, peer=peer,
                                        address=self.address(peer), op=op)
             self._nap(min(nap, left))
-            nap = min(nap * 2, max_nap)
+            nap = min(nap * 2, MAX_NAP)
         return self._qp_in[peer]
 
     # -- moving one message each way ----------------------------------------------------------
@@ -156,8 +155,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         unchecked = into is not None
         if unchecked:
             into.receiving = Posted(memoryview(recv[1]))
-        spin, first_nap, max_nap, _ = self._waits
-        spin_until, nap = None, first_nap
+        backoff = Backoff(deadline)
         while (out is not None and out.sending is not None) or \
                 (into is not None and into.receiving is not None) or unchecked:
             progressed = self._poll(op)
@@ -172,16 +170,9 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                         into.receiving = Posted(recv[2])
                         continue
             if progressed:
-                spin_until, nap = None, first_nap
-                continue
-            now = time.monotonic()
-            if now >= deadline:
+                backoff.progressed()
+            elif not backoff.idle(self._nap):
                 raise self._timed_out(out, into, op)
-            if spin_until is None:
-                spin_until = now + spin
-            elif now >= spin_until:
-                self._nap(min(nap, deadline - now))
-                nap = min(nap * 2, max_nap)
 
     def _nap(self, seconds: float) -> None:
         """Sleep on the ring's side channel: another rank's notice (or death) raises here."""
@@ -194,7 +185,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
     def _poll(self, op: str) -> bool:
         got = False
         for ctx in list(self._setup.contexts.values()):  # the acceptor thread may add one
-            n, wcs = ctx.cq.poll(self._waits[3])
+            n, wcs = ctx.cq.poll(POLL_BATCH)
             for wc in wcs:
                 self._on_completion(wc, op)
             got = got or n > 0
@@ -247,19 +238,9 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         if self._closed_qps:
             return
         self._closed_qps = True
-        _, first_nap, max_nap, _ = self._waits
-        deadline = time.monotonic() + (FLUSH_SECONDS if flush else 0.0)
-        nap = first_nap
-        while any(len(link.free_slots) < SLOTS and link.failure is None
-                  for link in self._qp_out.values()) and time.monotonic() < deadline:
-            try:
-                if self._poll("close"):
-                    nap = first_nap
-                    continue
-            except CommError:
-                break
-            time.sleep(nap)
-            nap = min(nap * 2, max_nap)
+        if flush:
+            wait_acknowledged(self._qp_out.values(), lambda: self._poll("close"),
+                              FLUSH_SECONDS)
         self._setup.release()
 
 

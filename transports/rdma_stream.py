@@ -1,13 +1,66 @@
 """The byte stream over one queue pair's slots, shared by the ring's links (``rdma``) and the
 direct ones (``rdma_direct``): a posted send copied into free slots as credits allow, arrived
 bytes handed to a posted receive, emptied slots reposted and advertised to the peer
-(``docs/rdma-protocol.md``, "Framing" and "Credits")."""
+(``docs/rdma-protocol.md``, "Framing" and "Credits"); and how both wait (``Backoff``) and
+flush at close (``wait_acknowledged``)."""
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable, Iterable
 
 from .errors import CommError
-from .rdma_setup import SLOT_BYTES, Link, RdmaSetup
+from .rdma_setup import SLOT_BYTES, SLOTS, Link, RdmaSetup
+
+SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
+FIRST_NAP, MAX_NAP = 20e-6, 1e-3
+
+
+class Backoff:
+    """How a wait idles: it spins for at most ``SPIN_SECONDS`` after the last progress, then
+    naps (on the side channel, so a notice wakes it) doubling from ``FIRST_NAP`` to
+    ``MAX_NAP``: an idle rank costs no core, and a busy one no sleep."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline, self.spin_until, self.nap = deadline, None, FIRST_NAP
+
+    def progressed(self) -> None:
+        self.spin_until, self.nap = None, FIRST_NAP
+
+    def idle(self, nap: Callable[[float], None]) -> bool:
+        """Spin on or nap once (``nap(seconds)``); False once the deadline has passed."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            return False
+        if self.spin_until is None:
+            self.spin_until = now + SPIN_SECONDS
+        elif now >= self.spin_until:
+            nap(min(self.nap, self.deadline - now))
+            self.nap = min(self.nap * 2, MAX_NAP)
+        return True
+
+
+def wait_acknowledged(links: Iterable[Link], poll: Callable[[], bool], seconds: float) -> None:
+    """Wait at most ``seconds`` until the peers acknowledged every message sent on ``links``.
+
+    A send is complete for its caller once its bytes are in a send slot, but a queue pair
+    destroyed before the peer's adapter acknowledged the message may never deliver it: the
+    peer would wait for bytes that are gone.  A peer that is gone or stuck (or a failed
+    completion) ends the wait: closing must not hang on it.
+    """
+    links = list(links)
+    deadline = time.monotonic() + seconds
+    nap = FIRST_NAP
+    while any(len(link.free_slots) < SLOTS and link.failure is None for link in links):
+        if time.monotonic() >= deadline:
+            return
+        try:
+            if poll():
+                nap = FIRST_NAP
+                continue
+        except CommError:
+            return
+        time.sleep(nap)
+        nap = min(nap * 2, MAX_NAP)
 
 
 class SlotStream:
