@@ -11,7 +11,8 @@ a different number of operations get a ``MismatchError`` naming both sides, neve
 connection (sends to one side on this rank, receives from it on the other).  ``count`` is the
 number of elements, ``shape`` a CRC-32 of the shape, ``job`` the first 4 bytes of the job id's
 digest.  ``root`` is a broadcast's root (modulo 65536; 0 for every other operation), so ranks
-that broadcast from different roots fail as any other mismatch instead of timing out.  ``vet_next`` judges a header that arrives where this rank is not reading now.
+that broadcast from different roots fail as any other mismatch instead of timing out.
+``vet_next`` judges a header that arrives where this rank is not reading now.
 """
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, in
 
     Every earlier header on the connection was checked, so the next one is exactly one of
     the two; the fields this rank cannot know yet (which collective, dtype, count, a
-    broadcast's root) are left to the check when it gets there; a message's root is 0.  Too few bytes to tell fit.
+    broadcast's root) are left to the check when it gets there; a message's root is 0.  Too
+    few bytes to tell fit.
     """
     got = got[:HEADER.size]
     for seq, ops in ((call, _COLLECTIVE_CODES), (message, _SEND_CODE)):

@@ -4,8 +4,10 @@ broadcast runs ``plans.broadcast`` (a pipelined chain from the root, each byte o
 link) on the ring.  all_to_all is a pairwise exchange: its neighbour steps (k = 1 and
 k = size - 1) run ``plans.all_to_all_ring`` on the ring, and steps k = 2 .. size - 2
 (``plans.pairwise``: send to rank + k, receive from rank - k) go over the direct connections
-of ``transports.direct`` (TCP) or the direct queue pairs of ``transports.rdma_direct`` (RDMA).  On MLX arrays both are differentiable: broadcast's cotangent is
-summed to the root (zeros elsewhere), all_to_all's is exchanged back by an all_to_all.
+of ``transports.direct`` (TCP) or the direct queue pairs of ``transports.rdma_direct`` (RDMA).
+On MLX arrays both are differentiable: broadcast's cotangent is summed to the root (zeros
+elsewhere), all_to_all's is exchanged back by an all_to_all.  broadcast's root travels in its
+operation header, so ranks that disagree on it get a ``MismatchError``.
 """
 from __future__ import annotations
 

@@ -154,3 +154,8 @@ def die_after_send(group, victim: int, receiver: int, opened: bool) -> tuple | N
 def direct_address(group, rank: int) -> tuple:
     """Where ``rank``'s direct links bootstrap (RDMA: its listener on the side channel's IP)."""
     return tuple(group._direct.links._addresses[rank])
+
+
+def direct_token_set(group) -> bool:
+    """Whether this rank's direct links prove a token on their bootstrap."""
+    return group._direct.links._token is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from tests import p2p_work as w
+from tests.cluster import Cluster
 
 RDMA = "rdma-emulated"
 
@@ -61,3 +62,15 @@ def test_first_use_opens_the_queue_pair_once(clusters):
     print(f"\nRDMA (emulated) direct 64 KiB send 1->3: first {times[0] * 1e3:.1f} ms, "
           f"later {[round(t * 1e3, 2) for t in times[1:]]} ms")
 
+
+
+def test_direct_queue_pairs_open_under_a_token(monkeypatch):
+    # every rank proves RINGCOMM_TOKEN on the bootstrap (HMAC), as on the ring's connections
+    monkeypatch.setenv("RINGCOMM_TOKEN", "direct-secret")
+    cluster = Cluster(4, 1, (RDMA,) * 4)
+    try:
+        got = cluster.run(w.pairs, [(1, 3), (3, 1)], (5, 7), "int8", 9)
+        w.check_pairs(got, [(1, 3), (3, 1)], (5, 7), "int8", 9)
+        assert cluster.run(w.direct_token_set)[0], "the token did not reach the direct links"
+    finally:
+        cluster.close()

@@ -37,7 +37,7 @@ from .arrivals import HEAD
 from .posted import Posted
 from .rdma_idle import IdleLinks
 from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
-from .rdma_stream import Backoff, SlotStream, wait_acknowledged
+from .rdma_stream import FLUSH_SECONDS, POLL_BATCH, Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
 
 if TYPE_CHECKING:
@@ -45,9 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RdmaTransport", "SLOT_BYTES", "SLOTS"]
 
-POLL_BATCH = 16
 NOTICE_GRACE = 0.1       # after a failed completion, how long to wait for the root cause
-FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
 
 STATUS_HINTS = {
     "IBV_WC_RETRY_EXC_ERR": "the peer's adapter stopped answering (its process died, the "

@@ -9,16 +9,16 @@ side channel's IP (its port goes round in the set-up table).  The opener creates
 pair and sends its description; the peer's acceptor thread (which serves whatever that rank is
 doing) creates its own, brings it to RTS and answers with its description; the opener brings
 its own to RTS.  Only this set-up runs in the acceptor thread (within ``HANDSHAKE_SECONDS``,
-for a peer that has proved itself); the bytes then move in the
-caller's thread over RDMA exactly as on a ring link (slots, credits, the operation header in a
-message of its own, ``rdma_stream``), and the header is checked before any data byte is taken.
+for a peer that has proved itself); the bytes then move in the caller's thread over RDMA
+exactly as on a ring link (slots, credits, the operation header in a message of its own,
+``rdma_stream``), and the header is checked before any data byte is taken.
 Each queue pair carries one direction, opener to acceptor, as direct TCP connections do, so
 two ranks that send to each other at once never have to agree on who opens.
 
 Direct queue pairs have device contexts and completion queues of their own (a second
 ``RdmaSetup``), polled only while a direct send or recv runs.  Waiting spins, then naps on
-the ring's side channel (``rdma_stream.Backoff``), so another rank's failure notice
-or death ends the wait at once; failures are relayed there too.
+the ring's side channel (``rdma_stream.Backoff``), so another rank's failure notice or death
+ends the wait at once; failures are relayed there too.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from .errors import CommError, CommTimeoutError
 from .hostfile import Address
 from .posted import Posted
 from .rdma_setup import RECV, SEND, Link, RdmaSetup
-from .rdma_stream import FIRST_NAP, MAX_NAP, Backoff, SlotStream, wait_acknowledged
+from .rdma_stream import (FIRST_NAP, FLUSH_SECONDS, MAX_NAP, POLL_BATCH, Backoff, SlotStream,
+                          wait_acknowledged)
 from .sockets import recv_exactly
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 _LENGTH = struct.Struct("!I")
 MAX_DESCRIPTION = 4096  # bytes of a queue pair's description (JSON, ~200 in practice)
-FLUSH_SECONDS = 5.0     # at close, how long to wait for the peers to acknowledge our sends
-POLL_BATCH = 16
 
 
 class DirectLink(Link):

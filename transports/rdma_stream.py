@@ -13,6 +13,8 @@ from .rdma_setup import SLOT_BYTES, SLOTS, Link, RdmaSetup
 
 SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
 FIRST_NAP, MAX_NAP = 20e-6, 1e-3
+POLL_BATCH = 16          # completions taken per poll of a queue
+FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
 
 
 class Backoff:
