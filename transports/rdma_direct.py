@@ -157,7 +157,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         backoff = Backoff(deadline)
         while (out is not None and out.sending is not None) or \
                 (into is not None and into.receiving is not None) or unchecked:
-            progressed = self._poll(op)
+            progressed = self._poll()
             if out is not None and out.sending is not None:
                 progressed = self._fill(out)[0] or progressed
             if into is not None and into.receiving is not None:
@@ -168,6 +168,11 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                     if len(recv[2]):
                         into.receiving = Posted(recv[2])
                         continue
+            for link in (out, into):
+                if link is not None and link.failure is not None and (
+                        link.sending is not None or
+                        (link.receiving is not None and not link.arrived)):
+                    raise self._failed(link, op)
             if progressed:
                 backoff.progressed()
             elif not backoff.idle(self._nap):
@@ -181,23 +186,24 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         else:
             side.watch(seconds)
 
-    def _poll(self, op: str) -> bool:
+    def _poll(self) -> bool:
         got = False
         for ctx in list(self._setup.contexts.values()):  # the acceptor thread may add one
             n, wcs = ctx.cq.poll(POLL_BATCH)
             for wc in wcs:
-                self._on_completion(wc, op)
+                self._on_completion(wc)
             got = got or n > 0
         return got
 
-    def _on_completion(self, wc, op: str) -> None:
+    def _on_completion(self, wc) -> None:
         link = self._setup.by_number[wc.wr_id >> 16]
         kind, slot = (wc.wr_id >> 8) & 0xFF, wc.wr_id & 0xFF
         if wc.status != self._transport._ok:
+            # raised by ``exchange`` once nothing that arrived first is left to take: a peer
+            # that sent its last message and closed fails our credit write to it, and the
+            # message is still good
             if link.failure is None:
                 link.failure = (kind, wc.status)
-            if link.sending is not None or link.receiving is not None:
-                raise self._failed(link, op)
             return
         if kind == RECV:
             link.arrived.append((slot, wc.byte_len))
@@ -238,8 +244,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             return
         self._closed_qps = True
         if flush:
-            wait_acknowledged(self._qp_out.values(), lambda: self._poll("close"),
-                              FLUSH_SECONDS)
+            wait_acknowledged(self._qp_out.values(), self._poll, FLUSH_SECONDS)
         self._setup.release()
 
 
