@@ -37,7 +37,7 @@ from .arrivals import HEAD
 from .posted import Posted
 from .rdma_idle import IdleLinks
 from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
-from .rdma_stream import FLUSH_SECONDS, POLL_BATCH, Backoff, SlotStream, wait_acknowledged
+from .rdma_stream import FLUSH_SECONDS, Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
 
 if TYPE_CHECKING:
@@ -208,15 +208,6 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         if self._vet is not None:
             self._vet_links()
         self._side.watch(seconds)
-
-    def _poll(self) -> bool:
-        got = False
-        for ctx in self._contexts.values():
-            n, wcs = ctx.cq.poll(POLL_BATCH)
-            for wc in wcs:
-                self._on_completion(wc)
-            got = got or n > 0
-        return got
 
     def _on_completion(self, wc) -> None:
         link = self._by_number[wc.wr_id >> 16]

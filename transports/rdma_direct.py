@@ -34,7 +34,7 @@ from .errors import CommError, CommTimeoutError
 from .hostfile import Address
 from .posted import Posted
 from .rdma_setup import RECV, SEND, Link, RdmaSetup
-from .rdma_stream import (FIRST_NAP, FLUSH_SECONDS, MAX_NAP, POLL_BATCH, Backoff, SlotStream,
+from .rdma_stream import (FIRST_NAP, FLUSH_SECONDS, MAX_NAP, Backoff, SlotStream,
                           wait_acknowledged)
 from .sockets import recv_exactly
 
@@ -185,15 +185,6 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             time.sleep(seconds)
         else:
             side.watch(seconds)
-
-    def _poll(self) -> bool:
-        got = False
-        for ctx in list(self._setup.contexts.values()):  # the acceptor thread may add one
-            n, wcs = ctx.cq.poll(POLL_BATCH)
-            for wc in wcs:
-                self._on_completion(wc)
-            got = got or n > 0
-        return got
 
     def _on_completion(self, wc) -> None:
         link = self._setup.by_number[wc.wr_id >> 16]

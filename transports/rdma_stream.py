@@ -66,11 +66,22 @@ def wait_acknowledged(links: Iterable[Link], poll: Callable[[], bool], seconds: 
 
 
 class SlotStream:
-    """Mixed into a class with ``rank``, ``_api`` (the verbs provider) and ``_setup``."""
+    """Mixed into a class with ``rank``, ``_api`` (the verbs provider), ``_setup`` and
+    ``_on_completion(wc)``."""
 
     rank: int
     _api: Any
     _setup: RdmaSetup | None
+
+    def _poll(self) -> bool:
+        """Hand every completion waiting on ``_setup``'s queues to ``_on_completion``."""
+        got = False
+        for ctx in list(self._setup.contexts.values()):  # another thread may open a device
+            n, wcs = ctx.cq.poll(POLL_BATCH)
+            for wc in wcs:
+                self._on_completion(wc)
+            got = got or n > 0
+        return got
 
     def _fill(self, link: Link) -> tuple[bool, bool]:
         """Copy what credits and free slots allow of ``link.sending`` into slots and post it:
