@@ -5,25 +5,16 @@ from __future__ import annotations
 import socket
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
 from tests import p2p_work as w
+from tests.strategies import traffic
 
 RDMA = "rdma-emulated"
 
 
-@st.composite
-def traffic(draw):
-    size = draw(st.integers(2, 8))
-    pair = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
-        lambda p: p[0] != p[1])
-    return (size, draw(st.lists(pair, min_size=1, max_size=6)),
-            draw(st.sampled_from([(0,), (3,), (5, 7), (70000,)])),
-            draw(st.sampled_from(sorted(w.DTYPES))), draw(st.integers(0, 1000)))
-
-
 @settings(max_examples=12)
-@given(traffic())
+@given(traffic(2, 8))
 def test_send_recv_between_random_pairs(clusters, case):
     size, pairs, shape, dtype_name, seed = case
     got = clusters.get(size).run(w.pairs, pairs, shape, dtype_name, seed)

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests import p2p_work as w
 from tests.cluster import Cluster
+from tests.strategies import traffic
 
 RDMA = "rdma-emulated"
 
@@ -16,18 +17,8 @@ def _cluster(clusters, size):
     return clusters.get(size, 1, (RDMA,) * size)
 
 
-@st.composite
-def traffic(draw):
-    size = draw(st.integers(4, 5))
-    pair = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
-        lambda p: p[0] != p[1])
-    return (size, draw(st.lists(pair, min_size=1, max_size=6)),
-            draw(st.sampled_from([(0,), (3,), (5, 7), (70000,)])),
-            draw(st.sampled_from(sorted(w.DTYPES))), draw(st.integers(0, 1000)))
-
-
 @settings(max_examples=8, deadline=None)
-@given(traffic())
+@given(traffic(4, 5))
 def test_send_recv_between_random_pairs(clusters, case):
     size, pairs, shape, dtype_name, seed = case
     got = _cluster(clusters, size).run(w.pairs, pairs, shape, dtype_name, seed)
