@@ -88,7 +88,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             return link
         sock = self._opened(peer, deadline, op)  # the ring's handshake, under the deadline
         try:
-            sock.setblocking(True)
+            sock.settimeout(max(deadline - time.monotonic(), 1e-3))  # sends too: bounded
             link = self._new_link(peer, sending=True)
             _send_blob(sock, RdmaSetup.describe_link(link))
             theirs = _recv_blob(sock, deadline)
@@ -112,7 +112,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
 
     def _adopt(self, peer: int, sock: socket.socket) -> None:
         """In the acceptor thread: ``peer`` (verified) describes its queue pair; open ours."""
-        sock.setblocking(True)
+        sock.settimeout(HANDSHAKE_SECONDS)  # sends too: bounded
         theirs = _recv_blob(sock, time.monotonic() + HANDSHAKE_SECONDS)
         try:
             link = self._new_link(peer, sending=False)
@@ -120,8 +120,8 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         except Exception as e:  # noqa: BLE001 - told to the opener, which raises it
             _send_blob(sock, {"error": f"{type(e).__name__}: {e}"})
             raise
-        self._qp_in[peer] = link
         _send_blob(sock, RdmaSetup.describe_link(link))
+        self._qp_in[peer] = link  # only once the opener can use it
 
     def _link_from(self, peer: int, deadline: float, op: str) -> DirectLink:
         """The queue pair ``peer`` opened to this rank, once its bootstrap is done; waits as
@@ -229,7 +229,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
 
     def _close(self, flush: bool) -> None:
         """Stop the acceptor and the bootstraps, let the peers acknowledge what this rank
-        sent (as ``RdmaTransport._flush`` does for the ring), then destroy the queue pairs."""
+        sent (``wait_acknowledged``, as the ring does), then destroy the queue pairs."""
         super().close()
         if self._closed_qps:
             return
