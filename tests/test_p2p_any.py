@@ -1,5 +1,6 @@
 """send/recv between any two ranks on real localhost rings: neighbours over the ring, the
-others over direct connections opened on first use (transports.direct)."""
+others over direct connections opened on first use (transports.direct; with the RDMA
+transport on the EMULATED verbs, direct queue pairs: transports.rdma_direct)."""
 from __future__ import annotations
 
 import socket
