@@ -248,16 +248,18 @@ class Group:
 
     def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
              dtype: np.dtype, shape: tuple[int, ...],
-             message: tuple[Side, bool] | None = None, source: np.ndarray | None = None) -> None:
+             message: tuple[Side, bool] | None = None, source: np.ndarray | None = None,
+             root: int = 0) -> None:
         """Run one operation's plan; ``message`` is (side, sending) for send and recv;
-        ``source`` is the input when ``work`` is not a copy of it (see ``engine``)."""
+        ``source`` is the input when ``work`` is not a copy of it (see ``engine``); ``root``
+        a broadcast's, carried in its header."""
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
         if self.size() == 1:
             return
-        header, check_header = self._header(name, dtype, shape, message) if self._headers \
-            else (None, None)
+        header, check_header = (self._header(name, dtype, shape, message, root)
+                                if self._headers else (None, None))
         if message is None:  # both neighbours, both ways
             heads, vet = engine.COLLECTIVE, None
         else:  # to or from that neighbour; what comes from the other side is vetted
@@ -281,7 +283,8 @@ class Group:
             self._current = None
 
     def _header(self, name: str, dtype: np.dtype, shape: tuple[int, ...],
-                message: tuple[Side, bool] | None) -> tuple[bytes, engine.HeaderCheck]:
+                message: tuple[Side, bool] | None,
+                root: int = 0) -> tuple[bytes, engine.HeaderCheck]:
         """This operation's header, and the check of the peers' (ringcomm protocol)."""
         if message is None:
             self._calls += 1
@@ -290,8 +293,8 @@ class Group:
             self._messages[message] += 1
             seq = self._messages[message]
         op = "send" if message else name
-        header = pack_header(seq, op, dtype, shape, self._job)
-        expected = OpHeader(seq, op, dtype, tuple(shape), self._job)
+        header = pack_header(seq, op, dtype, shape, self._job, root)
+        expected = OpHeader(seq, op, dtype, tuple(shape), self._job, root)
         if message is not None:
             self._current = (expected, name)
             if not message[1] and self._ahead[message[0]]:

@@ -5,12 +5,14 @@ neighbours, both ways, for a collective (``engine``); the receiver checks it as 
 in, before it touches its buffer, so ranks that call different collectives, dtypes, shapes or
 a different number of operations get a ``MismatchError`` naming both sides, never garbage:
 
-    "RCOP" seq:u64 op:u8 dtype:u8 pad:u16 count:u64 shape:u32 job:u32   (big-endian)
+    "RCOP" seq:u64 op:u8 dtype:u8 root:u16 count:u64 shape:u32 job:u32   (big-endian)
 
 ``seq`` counts the group's collectives; for send/recv it counts the messages on that
 connection (sends to one side on this rank, receives from it on the other).  ``count`` is the
 number of elements, ``shape`` a CRC-32 of the shape, ``job`` the first 4 bytes of the job id's
-digest.  ``vet_next`` judges a header that arrives where this rank is not reading now.
+digest.  ``root`` is a broadcast's root (modulo 65536; 0 for every other operation), so ranks
+that broadcast from different roots fail as any other mismatch instead of timing out.
+``vet_next`` judges a header that arrives where this rank is not reading now.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .transports import MismatchError
 
 from .dtypes import DTYPE_CODES, SUPPORTED_DTYPES
 
-HEADER = struct.Struct("!4sQBBxxQII")
+HEADER = struct.Struct("!4sQBBHQII")
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier",
        "broadcast", "all_to_all")
@@ -42,20 +44,24 @@ class OpHeader(NamedTuple):
     dtype: np.dtype
     shape: tuple[int, ...]
     job: int
+    root: int = 0  # broadcast only
 
     def pack(self) -> bytes:
-        return HEADER.pack(MAGIC, self.seq, _OP_CODE[self.op], _DTYPE_CODE[self.dtype],
-                           math.prod(self.shape), _shape_crc(self.shape), self.job)
+        return pack_header(self.seq, self.op, self.dtype, self.shape, self.job, self.root)
 
     def describe(self, name: str | None = None) -> str:
         """In words; ``name`` is this rank's call (``recv`` travels as a send's header)."""
         counter = "message" if self.op == "send" else "call"
-        return f"{name or self.op}({self.dtype}, shape {self.shape}, {counter} #{self.seq})"
+        root = f", root {self.root}" if self.op == "broadcast" else ""
+        return (f"{name or self.op}({self.dtype}, shape {self.shape}{root}, "
+                f"{counter} #{self.seq})")
 
 
-def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int) -> bytes:
-    """``OpHeader(seq, op, dtype, shape, job).pack()``, with the per-shape work cached."""
-    return HEADER.pack(MAGIC, seq, *_fields(op, dtype, tuple(shape)), job)
+def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int,
+                root: int = 0) -> bytes:
+    """``OpHeader(seq, op, dtype, shape, job, root).pack()``, the per-shape work cached."""
+    code, dtype_code, count, crc = _fields(op, dtype, tuple(shape))
+    return HEADER.pack(MAGIC, seq, code, dtype_code, root & 0xFFFF, count, crc, job)
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,7 +91,7 @@ def describe(got: bytes, job: int, shape: tuple[int, ...] | None = None) -> str:
             return (f"bytes that are not an operation header ({got.hex()}): a peer on the "
                     "MLX protocol, or one that is out of step")
         return f"the first {len(got)} bytes of an operation header"
-    magic, seq, op, dtype, count, crc, their_job = HEADER.unpack(got)
+    magic, seq, op, dtype, root, count, crc, their_job = HEADER.unpack(got)
     if magic != MAGIC:
         return (f"bytes that are not an operation header ({got[:8].hex()}...): a peer on "
                 "the MLX protocol, or one that is out of step")
@@ -98,7 +104,8 @@ def describe(got: bytes, job: int, shape: tuple[int, ...] | None = None) -> str:
     shape_text = "a different shape with as many elements" if same_count and \
         crc != _shape_crc(shape) else f"{count} element{'' if count == 1 else 's'}"
     counter = "message" if op_name == "send" else "call"
-    return f"{op_name}({dtype_name}, {shape_text}, {counter} #{seq})"
+    root_text = f", root {root}" if op_name == "broadcast" else ""
+    return f"{op_name}({dtype_name}, {shape_text}{root_text}, {counter} #{seq})"
 
 
 def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, int | None]:
@@ -107,15 +114,16 @@ def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, in
     ``message`` of that neighbour?  (fits, the message's data bytes if it is one).
 
     Every earlier header on the connection was checked, so the next one is exactly one of
-    the two; the fields this rank cannot know yet (which collective, dtype, count) are left
-    to the check when it gets there.  Too few bytes to tell fit.
+    the two; the fields this rank cannot know yet (which collective, dtype, count, a
+    broadcast's root) are left to the check when it gets there; a message's root is 0.  Too
+    few bytes to tell fit.
     """
     got = got[:HEADER.size]
     for seq, ops in ((call, _COLLECTIVE_CODES), (message, _SEND_CODE)):
         want = MAGIC + seq.to_bytes(8, "big")
         n = len(got)
         if got[:12] != want[:n] or (n > 12 and got[12] not in ops) or \
-                (n > 14 and got[14:16] != b"\0\0"[:n - 14]) or \
+                (n > 14 and ops is _SEND_CODE and got[14:16] != b"\0\0"[:n - 14]) or \
                 (n > 28 and got[28:32] != job.to_bytes(4, "big")[:n - 28]):
             continue
         if n < HEADER.size or ops is _COLLECTIVE_CODES:

@@ -1,5 +1,6 @@
 """send/recv between ranks that are not ring neighbours: ``Group``'s side of
-``transports.direct`` (ringcomm protocol over TCP; neighbours keep the ring's path).
+``transports.direct`` (ringcomm protocol over TCP) and ``transports.rdma_direct`` (queue pairs
+of their own over RDMA); neighbours keep the ring's path.
 
 Each direction between two ranks has its own message counter, so the operation header (seq,
 op, dtype, shape, job) of a direct message is checked as the ring's are: a peer in another
@@ -16,7 +17,7 @@ import numpy as np
 from .transports import CommError, GroupBrokenError, MismatchError, Side
 from .transports.direct import DirectLinks
 
-from .header import HEADER, MAGIC, OPS, OpHeader, pack_header
+from .header import HEADER, OpHeader, describe, pack_header
 
 MIN_SIZE = 4  # below this every rank is a neighbour of every other
 
@@ -29,7 +30,10 @@ class Direct:
         self.links: DirectLinks | None = None
         identity = getattr(transport, "direct_identity", None)
         listeners = getattr(transport, "_listeners", None)
-        if identity is not None and transport.size >= MIN_SIZE and listeners:
+        opener = getattr(transport, "direct_links", None)  # RDMA: queue pairs (rdma_direct)
+        if opener is not None and transport.size >= MIN_SIZE:
+            self.links = opener()
+        elif identity is not None and transport.size >= MIN_SIZE and listeners:
             self.links = DirectLinks(transport.rank, transport.size,
                                      [addrs[0] for addrs in transport._hostfile], listeners[0],
                                      job_id=identity[0], token=identity[1])
@@ -82,7 +86,7 @@ class Direct:
                 raise MismatchError(
                     f"operations differ: this rank called {name}({want.dtype}, shape "
                     f"{want.shape}, message #{want.seq} from rank {peer}) but rank {peer} "
-                    f"sent {_describe(got, want.job)} over their direct connection",
+                    f"sent {describe(got, want.job, want.shape)} over their direct connection",
                     rank=rank, peer=peer, address=self.links.address(peer))
         return check
 
@@ -93,14 +97,3 @@ class Direct:
     def close(self) -> None:
         if self.links is not None:
             self.links.close()
-
-
-def _describe(got: bytes, job: int) -> str:
-    """A peer's header in words (enough to tell which call it made)."""
-    magic, seq, code, _dtype, count, _crc, their_job = HEADER.unpack(got[:HEADER.size])
-    if magic != MAGIC:
-        return f"bytes that are not a ringcomm operation ({got[:8].hex()}...)"
-    if their_job != job:
-        return "an operation of another job"
-    op = OPS[code - 1] if 1 <= code <= len(OPS) else f"operation code {code}"
-    return f"{op} of {count} elements (message #{seq})"

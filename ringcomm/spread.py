@@ -4,8 +4,10 @@ broadcast runs ``plans.broadcast`` (a pipelined chain from the root, each byte o
 link) on the ring.  all_to_all is a pairwise exchange: its neighbour steps (k = 1 and
 k = size - 1) run ``plans.all_to_all_ring`` on the ring, and steps k = 2 .. size - 2
 (``plans.pairwise``: send to rank + k, receive from rank - k) go over the direct connections
-of ``transports.direct``.  On MLX arrays both are differentiable: broadcast's cotangent is
-summed to the root (zeros elsewhere), all_to_all's is exchanged back by an all_to_all.
+of ``transports.direct`` (TCP) or the direct queue pairs of ``transports.rdma_direct`` (RDMA).
+On MLX arrays both are differentiable: broadcast's cotangent is summed to the root (zeros
+elsewhere), all_to_all's is exchanged back by an all_to_all.  broadcast's root travels in its
+operation header, so ranks that disagree on it get a ``MismatchError``.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
         if flat.size and not _same_buffer(flat, mine):
             flat[...] = mine
     group._run("broadcast", plans.broadcast(flat.size, n, r, int(root), group._connections()),
-               flat, None, a.dtype, a.shape)
+               flat, None, a.dtype, a.shape, root=int(root))
     return result
 
 
@@ -74,8 +76,8 @@ def all_to_all(group: Any, x: Any, out: np.ndarray | None) -> Any:
     direct = group._direct
     if steps and (direct is None or direct.links is None):
         raise ConfigError(f"all_to_all on {n} ranks needs direct connections between "
-                          "non-neighbours: the ringcomm protocol over TCP (this group has "
-                          "none: MLX's protocol or RDMA)")
+                          "non-neighbours: the ringcomm protocol, over TCP or RDMA (this "
+                          "group has none: MLX's protocol)")
     group._run("all_to_all", plans.all_to_all_ring(block, n, r, group._connections()), work,
                None, a.dtype, a.shape, source=source)
     per = a.shape[0] // n

@@ -27,6 +27,26 @@ def pairs(group, pairs_list: list, shape: tuple, dtype_name: str, seed: int) -> 
     return got
 
 
+def check_pairs(got: list, pairs: list, shape: tuple, dtype_name: str, seed: int) -> None:
+    """What ``pairs`` returned on every rank is what each source sent, in order."""
+    for dst in range(len(got)):
+        want = [data(seed + i, s, shape, dtype_name) for i, (s, d) in enumerate(pairs)
+                if d == dst]
+        assert len(got[dst]) == len(want)
+        for g, e in zip(got[dst], want):
+            assert g.dtype == e.dtype and g.tobytes() == e.tobytes(), f"rank {dst}"
+
+
+def check_all_to_all(got: list, shape: tuple, dtype_name: str, seed: int) -> None:
+    """What ``all_to_all`` returned on every rank is numpy's answer."""
+    size = len(got)
+    rows = shape[0] // size
+    inputs = [data(seed, r, shape, dtype_name) for r in range(size)]
+    for r in range(size):
+        want = np.concatenate([x[r * rows:(r + 1) * rows] for x in inputs])
+        assert got[r].shape == want.shape and got[r].tobytes() == want.tobytes(), f"rank {r}"
+
+
 def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> list:
     """Seconds for the first and then each later send/recv of ``nbytes`` to a peer."""
     r = group.rank()
@@ -66,22 +86,6 @@ def error_of(group, fn_name: str, *args) -> str:
     return ""
 
 
-def die_or_recv(group, victim: int, receiver: int) -> tuple:
-    """``victim`` exits abruptly; ``receiver`` waits for a message from it: (error, seconds)."""
-    r = group.rank()
-    if r == victim:
-        group.send(np.arange(4.0), receiver)  # opens the direct link, then dies
-        os._exit(3)
-    if r == receiver:
-        group.recv(4, np.float64, victim)
-        t = time.monotonic()
-        try:
-            group.recv(4, np.float64, victim)
-        except Exception as e:
-            return type(e).__name__, str(e), time.monotonic() - t
-    return None
-
-
 def mismatched(group, a: int, b: int) -> str:
     """``a`` sends float32 (4,) to ``b``, which expects int64 (4,)."""
     try:
@@ -104,3 +108,54 @@ def mlx_grads(group, shape: tuple, root: int) -> tuple:
     b = group.broadcast(x, root)
     a = group.all_to_all(x)
     return (np.array(b), np.array(a), np.array(gb), np.array(ga), type(a).__module__)
+
+
+def broadcast_from(group, roots: list, shape: tuple) -> tuple:
+    """Rank r broadcasts with ``roots[r]``, then calls barrier (a root whose sends the kernel
+    took returns, as any sender does, and its next call raises): (the first error or '',
+    which call raised it, seconds)."""
+    t = time.monotonic()
+    for call in ("broadcast", "barrier"):
+        try:
+            if call == "broadcast":
+                group.broadcast(np.zeros(shape, np.float32), roots[group.rank()])
+            else:
+                group.barrier()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}", call, time.monotonic() - t
+    return "", None, time.monotonic() - t
+
+
+def die_after_send(group, victim: int, receiver: int, opened: bool) -> tuple | None:
+    """``victim`` sends ``receiver`` one message (opening their direct link) if ``opened``,
+    then exits abruptly; ``receiver`` takes it and waits for another: (error, text, seconds).
+    The other ranks go on to a barrier, as a program would."""
+    r = group.rank()
+    if r == victim:
+        if opened:
+            group.send(np.arange(4.0), receiver)
+            group._direct.close()  # the message acknowledged before the process goes
+        os._exit(3)
+    if r == receiver:
+        if opened:
+            group.recv(4, np.float64, victim)
+        t = time.monotonic()
+        try:
+            group.recv(4, np.float64, victim)
+        except Exception as e:
+            return type(e).__name__, str(e), time.monotonic() - t
+    try:
+        group.barrier()
+    except Exception as e:
+        return type(e).__name__, str(e)
+    return None
+
+
+def direct_address(group, rank: int) -> tuple:
+    """Where ``rank``'s direct links bootstrap (RDMA: its listener on the side channel's IP)."""
+    return tuple(group._direct.links._addresses[rank])
+
+
+def direct_token_set(group) -> bool:
+    """Whether this rank's direct links prove a token on their bootstrap."""
+    return group._direct.links._token is not None

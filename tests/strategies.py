@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
 from ringcomm.plans import SUB_OP_BYTES
-from tests import workload
+from tests import p2p_work, workload
 
 
 @st.composite
@@ -38,3 +38,14 @@ def cases(draw, size: int, connections: int, op: str, special: bool = False):
         return case
     sums = op in ("all_sum", "sum_scatter")
     return case + (draw(st.sampled_from(["", "inf" if sums else "nan"])),)
+
+
+@st.composite
+def traffic(draw, min_size: int, max_size: int):
+    """(size, [(src, dst) ...], shape, dtype name, seed) for send/recv between random pairs."""
+    size = draw(st.integers(min_size, max_size))
+    pair = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
+        lambda p: p[0] != p[1])
+    return (size, draw(st.lists(pair, min_size=1, max_size=6)),
+            draw(st.sampled_from([(0,), (3,), (5, 7), (70000,)])),
+            draw(st.sampled_from(sorted(p2p_work.DTYPES))), draw(st.integers(0, 1000)))

@@ -309,20 +309,25 @@ class DirectLinks:
         if not verify(self._token, b"connector", p.hello, p.mine, bytes(p.buf)):
             return self._drop(poll, pending, fd, f"rank {p.hello.rank}'s proof of "
                               "RINGCOMM_TOKEN is wrong")
-        with self._cond:
-            if p.hello.rank in self._in:
-                return self._drop(poll, pending, fd, f"rank {p.hello.rank} already has a "
-                                  f"direct connection to rank {self.rank}")
-            poll.unregister(fd)
-            del pending[fd]
-            try:
-                p.sock.send(OK)
-            except OSError:
-                p.sock.close()
-                return
+        if p.hello.rank in self._in:  # only this thread adds to it
+            return self._drop(poll, pending, fd, f"rank {p.hello.rank} already has a "
+                              f"direct connection to rank {self.rank}")
+        poll.unregister(fd)
+        del pending[fd]
+        try:
+            p.sock.send(OK)
             p.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._adopt(p.hello.rank, p.sock)
+        except Exception:  # noqa: BLE001 - the opener sees the connection close
+            p.sock.close()
+            return
+        with self._cond:
             self._in[p.hello.rank] = p.sock
             self._cond.notify_all()
+
+    def _adopt(self, peer: int, sock: socket.socket) -> None:
+        """A verified connection from ``peer``, before receives may use it: nothing to do
+        here (``transports.rdma_direct`` sets up a queue pair over it)."""
 
     def _identity(self, hello: Hello) -> str | None:
         if hello.index != DIRECT_INDEX:

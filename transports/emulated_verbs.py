@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import itertools
 import mmap
 import os
 import socket
@@ -120,7 +121,7 @@ class PD:
             mr.close()
 
 
-_next_key = [0x1000]
+_next_key = itertools.count(0x1001)  # next() is atomic: threads may register memory
 
 
 class MR:
@@ -131,8 +132,7 @@ class MR:
         self._map = mmap.mmap(-1, max(length, 1))  # anonymous, page-aligned, zeroed
         self._array = (ctypes.c_char * max(length, 1)).from_buffer(self._map)
         self.buf = ctypes.addressof(self._array)
-        _next_key[0] += 1
-        self.lkey = self.rkey = _next_key[0]
+        self.lkey = self.rkey = next(_next_key)
         pd.mrs[self.lkey] = self
 
     def write(self, data: bytes, length: int, offset: int = 0) -> None:
@@ -268,7 +268,6 @@ class QP(QPWire):
         while qpn in _used_qpns:
             qpn = int.from_bytes(os.urandom(3), "big") | 1
         _used_qpns.add(qpn)
-        open_qps.append(self)
         self.qp_num, self.qp_state = qpn, e.IBV_QPS_RESET
         self._gid = pd.ctx._gid.gid
         self._listen()
@@ -289,6 +288,9 @@ class QP(QPWire):
         self._head = bytearray()
         self._in: tuple | None = None  # (frame fields, target view or None, position)
         self._closed = False
+        # last: another thread's verbs calls progress every queue pair of open_qps (as a
+        # NIC serves every queue pair), so it must see only whole ones
+        open_qps.append(self)
 
     # -- state machine ------------------------------------------------------------------
 

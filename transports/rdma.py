@@ -14,7 +14,8 @@ travel through the TCP side channel (``transports.sidechannel``, rank 0 the coor
 
 Waiting polls the completion queues, spins for at most ``SPIN_SECONDS`` after the last
 completion, then sleeps on the side channel in naps that double from ``FIRST_NAP`` to
-``MAX_NAP``; a notice from another rank (or a rank's death) wakes it at once.  Protocol
+``MAX_NAP`` (``rdma_stream.Backoff``); a notice from another rank (or a rank's death) wakes
+it at once.  Protocol
 details: ``docs/rdma-protocol.md``.  The same code runs on real pyverbs or on the emulation
 in ``transports.emulated_verbs`` (``RINGCOMM_VERBS=emulated``).
 """
@@ -24,7 +25,7 @@ import json
 import socket
 import time
 from types import SimpleNamespace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import verbs
 from .base import Channel, Kind, Side, Transport
@@ -36,15 +37,15 @@ from .arrivals import HEAD
 from .posted import Posted
 from .rdma_idle import IdleLinks
 from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
+from .rdma_stream import FLUSH_SECONDS, Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
+
+if TYPE_CHECKING:
+    from .rdma_direct import RdmaDirectLinks
 
 __all__ = ["RdmaTransport", "SLOT_BYTES", "SLOTS"]
 
-SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
-FIRST_NAP, MAX_NAP = 20e-6, 1e-3
-POLL_BATCH = 16
 NOTICE_GRACE = 0.1       # after a failed completion, how long to wait for the root cause
-FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
 
 STATUS_HINTS = {
     "IBV_WC_RETRY_EXC_ERR": "the peer's adapter stopped answering (its process died, the "
@@ -67,7 +68,7 @@ STATUS_HINTS = {
 LOST_STATUSES = ("IBV_WC_RETRY_EXC_ERR",)
 
 
-class RdmaTransport(IdleLinks, Transport):
+class RdmaTransport(SlotStream, IdleLinks, Transport):
     """A rank's queue pairs to its ring neighbours, on pyverbs or the verbs emulation."""
 
     def __init__(self, rank: int, devices: Sequence[Sequence[Sequence[str]]],
@@ -85,6 +86,9 @@ class RdmaTransport(IdleLinks, Transport):
         self._links: tuple[list[Link], list[Link]] = ([], [])
         self._by_number: list[Link] = []
         self._contexts: dict[str, SimpleNamespace] = {}
+        self._devices, self._token = devices, token
+        self._listener: socket.socket | None = None  # for direct links' bootstrap (p2p)
+        self._direct_addresses: list[Address] = []
         self._init_idle()
         if self.size == 1:
             return
@@ -107,13 +111,26 @@ class RdmaTransport(IdleLinks, Transport):
             self._side = SideChannel(rank, self.size, coordinator, job=job_digest(job_id),
                                      token=token, deadline=deadline,
                                      listener=coordinator_listener)
-            table = self._side.all_gather(json.dumps(setup.describe()).encode(), deadline)
+            host = self._side.local_host()
+            self._listener = socket.create_server((host, 0), backlog=64)
+            mine = {**setup.describe(), "direct": [host, self._listener.getsockname()[1]]}
+            table = self._side.all_gather(json.dumps(mine).encode(), deadline)
+            self._direct_addresses = [Address(*json.loads(blob)["direct"]) for blob in table]
             for link in self._by_number:
                 setup.connect(link, json.loads(table[link.peer]))
             self._side.all_gather(b"ready", deadline)  # nobody sends before all are in RTS
         except BaseException:
             self.close()
             raise
+
+    def direct_links(self) -> RdmaDirectLinks | None:
+        """Queue pairs to the ranks that are not ring neighbours, opened on first use over a
+        bootstrap authenticated as the ring is (``transports.rdma_direct``)."""
+        from .rdma_direct import RdmaDirectLinks
+        if self._listener is None:
+            return None
+        return RdmaDirectLinks(self, self._direct_addresses, self._listener,
+                               job_id=self.job_id, token=self._token)
 
     def local_host(self) -> str:
         """The IP of this rank's side channel (``SideChannel.local_host``)."""
@@ -153,74 +170,27 @@ class RdmaTransport(IdleLinks, Transport):
         self._drain(link)
 
     def _push(self, link: Link) -> bool:
-        """Copy what credits and free slots allow of the posted send into slots, and post it."""
-        p, pushed = link.sending, False
-        credits = link.credit_in.value - link.messages_sent
-        while credits > 0 and link.free_slots:
-            slot = link.free_slots.pop()
-            n = min(SLOT_BYTES, len(p.view) - p.pos)
-            at = link.send_base + slot * SLOT_BYTES
-            link.mem[at:at + n] = p.view[p.pos:p.pos + n]
-            wr = link.send_wrs[slot] if n == SLOT_BYTES else self._setup.send_wr(link, slot, n)
-            self._post(link, "send", link.qp.post_send, wr)
-            link.messages_sent += 1
-            credits -= 1
-            pushed = True
-            if p.advance(n):
-                link.sending = None
-                self._sending.discard(link)
-                self._done.append(Channel(link.side, link.index, Kind.SEND))
-                break
+        """Post what credits and free slots allow of the posted send (``SlotStream``)."""
+        pushed, finished = self._fill(link)
+        if finished:
+            self._sending.discard(link)
+            self._done.append(Channel(link.side, link.index, Kind.SEND))
         return pushed
 
     def _drain(self, link: Link) -> None:
         """Hand arrived bytes to the posted receive; repost each slot once it is empty."""
         p = link.receiving
         in_head = p.next is not None
-        while link.arrived:
-            slot, length = link.arrived[0]
-            at = slot * SLOT_BYTES + link.taken
-            n = min(length - link.taken, len(p.view) - p.pos)
-            p.view[p.pos:p.pos + n] = link.mem[at:at + n]
-            self._taken(link, n)
-            if p.advance(n):
-                link.receiving = None
-                self._done.append(Channel(link.side, link.index, Kind.RECV))
-                return
+        if self._copy_in(link)[1]:
+            self._done.append(Channel(link.side, link.index, Kind.RECV))
+            return
         if in_head and (p.next is None or p.pos):  # head bytes came, the data is not all in
             head, expect = self._expect.get(link, (None, None))
             if head is not None and head != expect:  # a byte differs: check it now
                 self._done.append(Channel(link.side, link.index, HEAD))
 
-    def _taken(self, link: Link, n: int) -> None:
-        """``n`` more bytes of the oldest arrived message handed on; repost its slot when empty."""
-        link.taken += n
-        if link.taken == link.arrived[0][1]:
-            slot = link.arrived.popleft()[0]
-            link.taken = 0
-            self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
-            link.receives_posted += 1
-            self._advertise(link)
-
-    def _advertise(self, link: Link) -> None:
-        """Write our receive count into the peer's credit word (one write in flight at most)."""
-        if link.credit_write_busy or link.receives_posted == link.advertised:
-            return
-        link.credit_out.value = link.receives_posted
-        link.advertised = link.receives_posted
-        link.credit_write_busy = True
-        self._post(link, "credit update", link.qp.post_send, link.credit_wr)
-
-    def _post(self, link: Link, what: str, post, wr) -> None:
-        try:
-            post(wr)
-        except self._api.PyverbsError as err:
-            raise CommError(f"posting a {what} on {link.describe()} failed: {err}",
-                            rank=self.rank, peer=link.peer, address=link.device) from err
-
     def wait(self, deadline: float) -> list[Channel]:
-        spin_until: float | None = None
-        nap = FIRST_NAP
+        backoff = Backoff(deadline)
         while not self._done:
             progressed = self._poll()
             for link in list(self._sending):  # a credit word may have grown
@@ -228,29 +198,16 @@ class RdmaTransport(IdleLinks, Transport):
             if self._done:
                 break
             if progressed:
-                spin_until, nap = None, FIRST_NAP
-                continue
-            now = time.monotonic()
-            if now >= deadline:
+                backoff.progressed()
+            elif not backoff.idle(self._nap):
                 raise self._timed_out()
-            if spin_until is None:
-                spin_until = now + SPIN_SECONDS
-            elif now >= spin_until:
-                if self._vet is not None:
-                    self._vet_links()
-                self._side.watch(min(nap, deadline - now))
-                nap = min(nap * 2, MAX_NAP)
         done, self._done = self._done, []
         return done
 
-    def _poll(self) -> bool:
-        got = False
-        for ctx in self._contexts.values():
-            n, wcs = ctx.cq.poll(POLL_BATCH)
-            for wc in wcs:
-                self._on_completion(wc)
-            got = got or n > 0
-        return got
+    def _nap(self, seconds: float) -> None:
+        if self._vet is not None:
+            self._vet_links()
+        self._side.watch(seconds)
 
     def _on_completion(self, wc) -> None:
         link = self._by_number[wc.wr_id >> 16]
@@ -318,35 +275,15 @@ class RdmaTransport(IdleLinks, Transport):
     def close(self) -> None:
         self._close(flush=True)
 
-    def _flush(self) -> None:
-        """Wait until the peers acknowledged every message we sent.
-
-        A send is complete for its caller once its bytes are in a send slot, but a queue pair
-        destroyed before the peer's adapter acknowledged the message may never deliver it:
-        the peer would wait for bytes that are gone.
-        """
-        deadline = time.monotonic() + FLUSH_SECONDS
-        nap = FIRST_NAP
-        while any(len(link.free_slots) < SLOTS and link.failure is None
-                  for link in self._by_number):
-            if time.monotonic() >= deadline:
-                return  # the peer is gone or stuck; closing must not hang on it
-            try:
-                if self._poll():
-                    nap = FIRST_NAP
-                    continue
-            except CommError:
-                return
-            time.sleep(nap)
-            nap = min(nap * 2, MAX_NAP)
-
     def _close(self, flush: bool) -> None:
         if self._closed:
             return
         self._closed = True
         if flush and self._by_number:
-            self._flush()
+            wait_acknowledged(self._by_number, self._poll, FLUSH_SECONDS)
         if self._side is not None:
             self._side.close()
+        if self._listener is not None:
+            self._listener.close()
         if self._setup is not None:
             self._setup.release()

@@ -73,11 +73,14 @@ class RdmaSetup:
                        " (pyverbs lists no RDMA device; to run the RDMA protocol without "
                        "one, set RINGCOMM_VERBS=emulated: an emulation, not RDMA)"))
 
-    def add(self, side: Side, index: int, peer: int, device: str) -> Link:
-        """Open a queue pair toward ``peer`` on ``device``, its slots posted, in INIT."""
-        link = Link(len(self.by_number), side, index, peer, device)
+    def add(self, side: Side | None, index: int, peer: int, device: str,
+            kind: type[Link] = Link) -> Link:
+        """Open a queue pair toward ``peer`` on ``device``, its slots posted, in INIT (a
+        ``side`` of None: a direct queue pair, ``transports.rdma_direct``)."""
+        link = kind(len(self.by_number), side, index, peer, device)
         self.open(link)
-        self.links[side].append(link)
+        if side is not None:
+            self.links[side].append(link)
         self.by_number.append(link)
         return link
 
@@ -137,21 +140,29 @@ class RdmaSetup:
 
     def describe(self) -> dict:
         """What a peer needs to connect to each of this rank's queue pairs."""
-        return {f"{link.side.name}{link.index}": {
-            "qpn": link.qp.qp_num, "psn": link.psn, "lid": link.context.port.lid,
-            "gid": link.context.gid, "mtu": int(link.context.port.active_mtu),
-            "credit_addr": link.credit_addr, "rkey": link.mr.rkey}
-            for link in self.by_number}
+        return {f"{link.side.name}{link.index}": self.describe_link(link)
+                for link in self.by_number}
+
+    @staticmethod
+    def describe_link(link: Link) -> dict:
+        """What a peer needs to connect to ``link``'s queue pair."""
+        return {"qpn": link.qp.qp_num, "psn": link.psn, "lid": link.context.port.lid,
+                "gid": link.context.gid, "mtu": int(link.context.port.active_mtu),
+                "credit_addr": link.credit_addr, "rkey": link.mr.rkey}
 
     def connect(self, link: Link, peer_links: dict) -> None:
         """Bring ``link`` to RTS toward its twin: the peer's opposite side, same index."""
-        api, e = self.api, self.api.enums
         other = Side.LEFT if link.side is Side.RIGHT else Side.RIGHT
         theirs = peer_links.get(f"{other.name}{link.index}")
         if theirs is None:
             raise ConfigError(f"rank {self.rank}: rank {link.peer} has no queue pair "
                               f"{other.name.lower()}[{link.index}]; do both use the same "
                               "device file?")
+        self.connect_to(link, theirs)
+
+    def connect_to(self, link: Link, theirs: dict) -> None:
+        """Bring ``link`` to RTS toward the queue pair ``theirs`` describes."""
+        api, e = self.api, self.api.enums
         link.peer_credit_addr, link.peer_rkey = theirs["credit_addr"], theirs["rkey"]
         attr = api.QPAttr(qp_state=e.IBV_QPS_RTR, port_num=PORT)
         attr.path_mtu = min(int(link.context.port.active_mtu), theirs["mtu"])
