@@ -1,27 +1,35 @@
-"""Data-parallel training of a small MLP with average_gradients.
+"""Data-parallel training of an MLP: gradients averaged with average_gradients, or with
+``--overlap``, each layer's gradient reduced (async all_sum) as soon as it exists.
 
     python -m ringcomm.launch -n 2 examples/dp_training.py     (or -n 4)
+    python -m ringcomm.launch -n 2 examples/dp_training.py --overlap
+    python -m ringcomm.launch -n 2 examples/dp_training.py --width 1024 --layers 8 \\
+        --batch 128 --steps 12 --timing [--overlap]
 
-Each rank trains on its slice of every batch and averages gradients over the ring; every
-rank then checks its weights against single-process training on the whole batches.
+Each rank trains on its slice of every batch; every rank then checks its weights against
+single-process training on the whole batches.  ``--timing`` prints the median step time.
 """
+import argparse
+import statistics
 import sys
+import time
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 import ringcomm
 from ringcomm.layers import average_gradients
 
-STEPS, PER_RANK = 20, 16
 
-
-def model_and_data(size):
+def model_and_data(size, args):
     mx.random.seed(0)  # the same model and data on every rank
-    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    x = mx.random.normal((STEPS, PER_RANK * size, 8))
+    hidden = [nn.Linear(args.width, args.width) for _ in range(args.layers - 2)]
+    model = nn.Sequential(nn.Linear(8, args.width), nn.ReLU(),
+                          *[m for layer in hidden for m in (layer, nn.ReLU())],
+                          nn.Linear(args.width, 1))
+    x = mx.random.normal((args.steps, args.batch * size, 8))
     y = mx.sin(x.sum(axis=-1, keepdims=True))
     return model, x, y
 
@@ -30,31 +38,67 @@ def loss_fn(model, x, y):
     return ((model(x) - y) ** 2).mean()
 
 
-def train(model, batches, group=None):
+def overlapped_mean(grads, loss, group):
+    """The mean over ``group``, each gradient's all_sum started as soon as it is evaluated:
+    from the last layer back, the order backpropagation produces them in, so that the ring
+    moves one layer's gradient while the CPU computes the next.  Waits for all of them (the
+    optimizer step needs them)."""
+    flat = tree_flatten(grads)
+    works = []
+    for key, grad in reversed(flat):
+        mx.eval(grad)  # evaluated here; the all_sum runs on the group's progress thread
+        works.append((key, group.all_sum(grad, async_op=True)))
+    total = group.all_sum(loss, async_op=True)
+    n = group.size()
+    return (tree_unflatten([(key, work.wait() / n) for key, work in reversed(works)]),
+            total.wait() / n)
+
+
+def train(model, batches, group=None, overlap=False):
     optimizer = optim.SGD(learning_rate=0.05)
     grad_fn = nn.value_and_grad(model, loss_fn)
+    times = []
     for x, y in batches:
+        start = time.perf_counter()
         loss, grads = grad_fn(model, x, y)
-        if group is not None:
+        if group is not None and overlap:
+            grads, loss = overlapped_mean(grads, loss, group)
+        elif group is not None:
             grads = average_gradients(grads, group=group)
             loss = group.all_sum(loss) / group.size()
         optimizer.update(model, grads)
         mx.eval(model.parameters(), loss)
-    return loss.item()
+        times.append(time.perf_counter() - start)
+    return loss.item(), times
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--overlap", action="store_true",
+                        help="reduce each layer's gradient as soon as it exists (async_op)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16, help="rows per rank per step")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=3, help="linear layers, at least 2")
+    parser.add_argument("--timing", action="store_true",
+                        help="print the median step time (the first two steps left out)")
+    args = parser.parse_args()
     group = ringcomm.init(strict=True)
     r, n = group.rank(), group.size()
-    model, x, y = model_and_data(n)
-    mine = slice(r * PER_RANK, (r + 1) * PER_RANK)
-    loss = train(model, [(x[i][mine], y[i][mine]) for i in range(STEPS)], group)
-    reference, x, y = model_and_data(n)
-    train(reference, [(x[i], y[i]) for i in range(STEPS)])
+    model, x, y = model_and_data(n, args)
+    mine = slice(r * args.batch, (r + 1) * args.batch)
+    loss, times = train(model, [(x[i][mine], y[i][mine]) for i in range(args.steps)], group,
+                        args.overlap)
+    reference, x, y = model_and_data(n, args)
+    train(reference, [(x[i], y[i]) for i in range(args.steps)])
     diff = max(mx.abs(a - b).max().item() for (_, a), (_, b) in
                zip(tree_flatten(model.parameters()), tree_flatten(reference.parameters())))
     ok = diff < 1e-5
-    print(f"rank {r} of {n}: {STEPS} data-parallel steps, final loss {loss:.4f}, max weight "
+    if args.timing:
+        print(f"rank {r}: {'overlapped' if args.overlap else 'blocking'} gradient reduction: "
+              f"median step {statistics.median(times[2:]) * 1e3:.1f} ms over "
+              f"{len(times[2:])} steps")
+    print(f"rank {r} of {n}: {args.steps} data-parallel steps, final loss {loss:.4f}, max weight "
           f"difference from single-process training {diff:.2e}: check {'passed' if ok else 'FAILED'}")
     sys.exit(0 if ok else 1)
 
