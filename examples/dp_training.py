@@ -1,5 +1,6 @@
 """Data-parallel training of an MLP: gradients averaged with average_gradients, or with
-``--overlap``, each layer's gradient reduced (async all_sum) as soon as it exists.
+``--overlap``, each layer's gradient reduced (async all_sum) as soon as it exists
+(``--layerwise``: the same order with blocking all_sums, to compare with).
 
     python -m ringcomm.launch -n 2 examples/dp_training.py     (or -n 4)
     python -m ringcomm.launch -n 2 examples/dp_training.py --overlap
@@ -38,31 +39,32 @@ def loss_fn(model, x, y):
     return ((model(x) - y) ** 2).mean()
 
 
-def overlapped_mean(grads, loss, group):
-    """The mean over ``group``, each gradient's all_sum started as soon as it is evaluated:
-    from the last layer back, the order backpropagation produces them in, so that the ring
-    moves one layer's gradient while the CPU computes the next.  Waits for all of them (the
-    optimizer step needs them)."""
-    flat = tree_flatten(grads)
+def layerwise_mean(grads, loss, group, overlap):
+    """The mean over ``group``, one gradient at a time from the last layer back (the order
+    backpropagation produces them in).  With ``overlap`` each all_sum starts as soon as its
+    gradient is evaluated and runs on the group's progress thread while the next one is
+    computed; all are waited for before returning (the optimizer step needs them).  Without,
+    each all_sum blocks: the same evaluation order, for a fair comparison."""
     works = []
-    for key, grad in reversed(flat):
-        mx.eval(grad)  # evaluated here; the all_sum runs on the group's progress thread
-        works.append((key, group.all_sum(grad, async_op=True)))
-    total = group.all_sum(loss, async_op=True)
+    for key, grad in reversed(tree_flatten(grads)):
+        mx.eval(grad)
+        works.append((key, group.all_sum(grad, async_op=overlap)))
+    total = group.all_sum(loss, async_op=overlap)
+    done = (lambda w: w.wait()) if overlap else (lambda w: w)
     n = group.size()
-    return (tree_unflatten([(key, work.wait() / n) for key, work in reversed(works)]),
-            total.wait() / n)
+    return (tree_unflatten([(key, done(work) / n) for key, work in reversed(works)]),
+            done(total) / n)
 
 
-def train(model, batches, group=None, overlap=False):
+def train(model, batches, group=None, mode="batched"):
     optimizer = optim.SGD(learning_rate=0.05)
     grad_fn = nn.value_and_grad(model, loss_fn)
     times = []
     for x, y in batches:
         start = time.perf_counter()
         loss, grads = grad_fn(model, x, y)
-        if group is not None and overlap:
-            grads, loss = overlapped_mean(grads, loss, group)
+        if group is not None and mode != "batched":
+            grads, loss = layerwise_mean(grads, loss, group, overlap=mode == "overlap")
         elif group is not None:
             grads = average_gradients(grads, group=group)
             loss = group.all_sum(loss) / group.size()
@@ -76,6 +78,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--overlap", action="store_true",
                         help="reduce each layer's gradient as soon as it exists (async_op)")
+    parser.add_argument("--layerwise", action="store_true",
+                        help="as --overlap, but each all_sum blocks (the baseline for it)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="rows per rank per step")
     parser.add_argument("--width", type=int, default=64)
@@ -87,15 +91,16 @@ def main():
     r, n = group.rank(), group.size()
     model, x, y = model_and_data(n, args)
     mine = slice(r * args.batch, (r + 1) * args.batch)
+    mode = "overlap" if args.overlap else "layerwise" if args.layerwise else "batched"
     loss, times = train(model, [(x[i][mine], y[i][mine]) for i in range(args.steps)], group,
-                        args.overlap)
+                        mode)
     reference, x, y = model_and_data(n, args)
     train(reference, [(x[i], y[i]) for i in range(args.steps)])
     diff = max(mx.abs(a - b).max().item() for (_, a), (_, b) in
                zip(tree_flatten(model.parameters()), tree_flatten(reference.parameters())))
     ok = diff < 1e-5
     if args.timing:
-        print(f"rank {r}: {'overlapped' if args.overlap else 'blocking'} gradient reduction: "
+        print(f"rank {r}: gradient reduction {mode}: "
               f"median step {statistics.median(times[2:]) * 1e3:.1f} ms over "
               f"{len(times[2:])} steps")
     print(f"rank {r} of {n}: {args.steps} data-parallel steps, final loss {loss:.4f}, max weight "
