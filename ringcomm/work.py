@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import threading
 import weakref
 from typing import Any, Callable
@@ -30,6 +31,10 @@ import numpy as np
 from .transports.errors import GroupBrokenError, RingcommError
 
 from .mlx_arrays import _result_shape, is_mlx_array, mlx_dtype_to_numpy, new_array, to_numpy
+
+
+ASYNC_OP = inspect.Parameter("async_op", inspect.Parameter.KEYWORD_ONLY, default=False,
+                             annotation="bool")
 
 
 class WaitTimeoutError(RingcommError, TimeoutError):
@@ -140,6 +145,7 @@ class Progress:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+            self._thread = None
 
     def _loop(self) -> None:
         while True:
@@ -185,6 +191,8 @@ def asynchronous(method: Callable[..., Any]) -> Callable[..., Any]:
         if progress is not None and not progress.idle():
             progress.drain()  # behind the pending work, then on this thread as always
         return method(self, *args, **kwargs)
+    signature = inspect.signature(method)  # what help() and IDEs show: async_op included
+    call.__signature__ = signature.replace(parameters=[*signature.parameters.values(), ASYNC_OP])
     return call
 
 
