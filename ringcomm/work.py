@@ -179,6 +179,8 @@ def asynchronous(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: Any, *args: Any, async_op: bool = False, **kwargs: Any) -> Any:
         progress: Progress | None = self._progress
+        if progress is None and not async_op:  # never used async: the call as it always was
+            return method(self, *args, **kwargs)
         if progress is not None and progress.on_thread():
             return method(self, *args, **kwargs)  # a collective made of others: run them now
         if async_op:
