@@ -5,7 +5,7 @@
     python -m ringcomm.launch -n 2 examples/dp_training.py     (or -n 4)
     python -m ringcomm.launch -n 2 examples/dp_training.py --overlap
     python -m ringcomm.launch -n 2 examples/dp_training.py --width 1024 --layers 8 \\
-        --batch 128 --steps 12 --timing [--overlap]
+        --batch 16 --timing [--layerwise | --overlap]
 
 Each rank trains on its slice of every batch; every rank then checks its weights against
 single-process training on the whole batches.  ``--timing`` prints the median step time.
@@ -79,10 +79,11 @@ def train(model, batches, group=None, mode="batched"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--overlap", action="store_true",
-                        help="reduce each layer's gradient as soon as it exists (async_op)")
-    parser.add_argument("--layerwise", action="store_true",
-                        help="as --overlap, but each all_sum blocks (the baseline for it)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--overlap", action="store_true",
+                       help="reduce each layer's gradient as soon as it exists (async_op)")
+    modes.add_argument("--layerwise", action="store_true",
+                       help="as --overlap, but each all_sum blocks (the baseline for it)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="rows per rank per step")
     parser.add_argument("--width", type=int, default=64)
@@ -95,8 +96,8 @@ def main():
     model, x, y = model_and_data(n, args)
     mine = slice(r * args.batch, (r + 1) * args.batch)
     mode = "overlap" if args.overlap else "layerwise" if args.layerwise else "batched"
-    loss, times, blocked = train(model, [(x[i][mine], y[i][mine]) for i in range(args.steps)], group,
-                        mode)
+    batches = [(x[i][mine], y[i][mine]) for i in range(args.steps)]
+    loss, times, blocked = train(model, batches, group, mode)
     reference, x, y = model_and_data(n, args)
     train(reference, [(x[i], y[i]) for i in range(args.steps)])
     diff = max(mx.abs(a - b).max().item() for (_, a), (_, b) in
