@@ -22,7 +22,8 @@ def plan(seed: int, n: int, count: int) -> list[dict]:
         src, dst = (int(v) for v in rng.choice(n, 2, replace=False)) if n > 1 else (0, 0)
         steps.append({"op": op, "shape": (rows * n, 2),
                       "dtype": str(rng.choice(["float32", "int64"])),
-                      "root": int(rng.integers(n)), "src": src, "dst": dst})
+                      "root": int(rng.integers(n)), "src": src, "dst": dst,
+                      "like": bool(rng.random() < 0.5)})
     return steps
 
 
@@ -62,6 +63,8 @@ def _issue(group, seed: int, i: int, s: dict, async_op: bool, use_out: bool):
             return group.send(x, s["dst"], async_op=async_op), None
         if r != s["dst"]:
             return None, None
+        if s["like"]:
+            return group.recv_like(x, s["src"], out=out, async_op=async_op), out
         return group.recv(x.shape, x.dtype, s["src"], out=out, async_op=async_op), out
     if op == "barrier":
         return group.barrier(async_op=async_op), None

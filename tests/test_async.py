@@ -19,7 +19,7 @@ from tests.procs import ROOT, env, start_ranks
 COUNT = 50
 
 
-@pytest.mark.parametrize("size,seed", [(1, 1), (2, 2), (2, 3), (3, 4), (5, 5)])
+@pytest.mark.parametrize("size,seed", [(1, 1), (2, 2), (2, 3), (3, 4), (5, 5), (8, 6)])
 def test_many_async_operations_waited_out_of_order_match_numpy(clusters, size, seed):
     got = clusters.get(size).run(w.mixed, seed, COUNT)
     steps = w.plan(seed, size, COUNT)
