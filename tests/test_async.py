@@ -63,11 +63,10 @@ def test_ranks_issuing_in_different_orders_get_a_mismatch_error(clusters):
     cluster = clusters.get(3)
     got = cluster.run(w.out_of_order)
     cluster.broken = True  # the group is broken now: a fresh ring next time
-    for rank, outcomes in enumerate(got):
-        first = outcomes[0] if outcomes[0][0] != "ok" else outcomes[1]
-        assert first[0] == "MismatchError", (rank, outcomes)
+    for rank, (first, *rest) in enumerate(got):
+        assert first[0] == "MismatchError", (rank, first)
         assert "all_gather" in first[1] and "all_sum" in first[1], first
-        for later in outcomes[outcomes.index(first) + 1:]:
+        for later in rest:
             assert later[0] == "GroupBrokenError" and later[3] == "MismatchError", later
 
 
@@ -168,6 +167,7 @@ def test_ctrl_c_interrupts_a_wait(tmp_path):
 
 
 def test_dp_training_with_overlap_passes_its_check():
+    pytest.importorskip("mlx.core")
     result = subprocess.run([sys.executable, "-m", "ringcomm.launch", "-n", "2",
                              str(ROOT / "examples" / "dp_training.py"), "--overlap"],
                             capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
