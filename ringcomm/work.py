@@ -175,6 +175,7 @@ def asynchronous(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` (a public collective of ``Group``) with ``async_op=False``: True returns a
     ``Work`` at once and runs the operation, in issue order, on the group's progress thread."""
     name = method.__name__
+    signature = inspect.signature(method)
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, async_op: bool = False, **kwargs: Any) -> Any:
@@ -189,11 +190,12 @@ def asynchronous(method: Callable[..., Any]) -> Callable[..., Any]:
             if progress is None:
                 self._progress = progress = Progress(self.rank())
                 weakref.finalize(self, progress.close).atexit = False  # dropped unclosed
-            return _issue(self, progress, name, method, args, kwargs)
+            bound = signature.bind(self, *args, **kwargs)  # x and dtype by position
+            return _issue(self, progress, name, method, bound.args[1:], bound.kwargs)
         if progress is not None and not progress.idle():
             progress.drain()  # behind the pending work, then on this thread as always
         return method(self, *args, **kwargs)
-    signature = inspect.signature(method)  # what help() and IDEs show: async_op included
+    # what help() and IDEs show: async_op included
     call.__signature__ = signature.replace(parameters=[*signature.parameters.values(), ASYNC_OP])
     return call
 
