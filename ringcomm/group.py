@@ -15,6 +15,7 @@ from .header import OpHeader, check, describe, pack_header, vet_next
 from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 from .p2p import Direct
+from .work import Progress, asynchronous
 
 if TYPE_CHECKING:
     from .split import Origin
@@ -26,6 +27,10 @@ class Group:
     Every call shares the group's ``timeout`` (seconds).  After any communication failure the
     group is broken and every later call raises ``GroupBrokenError`` at once.  ``stream=``
     (MLX's keyword) is accepted by every collective and ignored: they run on the calling thread.
+
+    ``async_op=True`` (every collective, send and recv) returns a ``work.Work`` at once; the
+    operation runs in issue order on the group's progress thread, and its inputs and ``out=``
+    must not be touched until it completes (``ringcomm.work``).
     """
 
     def __init__(self, transport: Transport, timeout: float, *, headers: bool = False,
@@ -46,6 +51,7 @@ class Group:
         self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
         threads = settings.load().threads
         self._lanes = Lanes(transport, threads or auto_threads(transport.local_ranks()))
+        self._progress: Progress | None = None  # async_op=True's queue and thread (``work``)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -64,7 +70,11 @@ class Group:
         return split(self, color, key)
 
     def close(self) -> None:
-        """Close every connection.  Later calls raise ``GroupBrokenError``."""
+        """Close every connection.  Later calls raise ``GroupBrokenError``.  Pending async work
+        that has not started fails with ``GroupBrokenError``; the running operation ends first
+        (done, failed, or at the group's deadline), so no thread outlives the group."""
+        if self._progress is not None:
+            self._progress.close()
         if self._broken is None:
             self._broken = GroupBrokenError(f"rank {self.rank()}: the group was closed")
         if self._direct is not None:
@@ -83,6 +93,7 @@ class Group:
 
     # -- collectives ---------------------------------------------------------------------------
 
+    @asynchronous
     def all_sum(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
         """Element-wise sum over all ranks; every rank gets the same bytes."""
@@ -90,18 +101,21 @@ class Group:
             return self._mlx_call("all_sum", x, out)
         return self._all_reduce("all_sum", "sum", x, out)
 
+    @asynchronous
     def all_max(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
         if is_mlx_array(x):
             return self._mlx_call("all_max", x, out)
         return self._all_reduce("all_max", "max", x, out)
 
+    @asynchronous
     def all_min(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
         if is_mlx_array(x):
             return self._mlx_call("all_min", x, out)
         return self._all_reduce("all_min", "min", x, out)
 
+    @asynchronous
     def all_gather(self, x: Any, *, out: np.ndarray | None = None,
                    stream: Any = None) -> np.ndarray:
         """Concatenate every rank's ``x`` along axis 0 (a 0-d ``x`` gathers into shape (size,)).
@@ -124,6 +138,7 @@ class Group:
                   a.dtype, a.shape)
         return result
 
+    @asynchronous
     def sum_scatter(self, x: Any, *, out: np.ndarray | None = None,
                     stream: Any = None) -> np.ndarray:
         """Sum over all ranks, then return this rank's slice of axis 0 (which must divide by size)."""
@@ -155,6 +170,7 @@ class Group:
             flat[...] = work[:flat.size]
         return result
 
+    @asynchronous
     def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
         a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
@@ -167,6 +183,7 @@ class Group:
                   message=(side, True))
         return x if is_mlx_array(x) else a
 
+    @asynchronous
     def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
              out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
         """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``.
@@ -192,6 +209,7 @@ class Group:
                   message=(side, False))
         return result
 
+    @asynchronous
     def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None,
                   stream: Any = None) -> np.ndarray:
         """Receive an array shaped and typed like ``x`` (numpy or MLX) from neighbour ``src``."""
@@ -200,18 +218,21 @@ class Group:
         a = np.asarray(x)
         return self.recv(a.shape, a.dtype, src, out=out)
 
+    @asynchronous
     def broadcast(self, x: Any, root: int, *, out: np.ndarray | None = None,
                   stream: Any = None) -> Any:
         """Root's ``x`` on every rank; other ranks pass an array of the same shape and dtype,
         filled in place when it is a writeable numpy array (``spread.broadcast``)."""
         return spread.broadcast(self, x, root, out)
 
+    @asynchronous
     def all_to_all(self, x: Any, *, out: np.ndarray | None = None,
                    stream: Any = None) -> Any:
         """Axis 0 cut into ``size`` blocks, block j sent to rank j; returns the blocks
         received, in rank order (axis 0 must divide by the size)."""
         return spread.all_to_all(self, x, out)
 
+    @asynchronous
     def barrier(self, *, stream: Any = None) -> None:
         """Return once every rank of the group has called barrier() (an all_sum of one byte)."""
         self._all_reduce("barrier", "sum", np.zeros(1, np.uint8), None)
