@@ -203,3 +203,28 @@ def test_a_frozen_peer_ends_a_threaded_call_at_the_deadline(tmp_path):
             assert "lane threads after close: 0" in out, out
     finally:
         procs[1].kill()
+
+
+def _async_on_lanes(group, seed):
+    """Rank side: large async all_sums (run on lanes by the progress thread) mixed with a
+    blocking one; the results, and whether lane threads ran."""
+    xs = [make_input(seed + i, group.rank(), "float32", (1 << 20,)) for i in range(4)]
+    works = [group.all_sum(x, async_op=True) for x in xs[:3]]
+    blocking = group.all_sum(xs[3])
+    names = [t.name for t in threading.enumerate() if t.name.startswith(LANE)]
+    return [w.wait(60) for w in reversed(works)][::-1] + [blocking], names
+
+
+def test_async_operations_run_on_lanes_too(monkeypatch):
+    monkeypatch.setenv("RINGCOMM_THREADS", "2")
+    cluster = Cluster(2, 1)
+    try:
+        results = cluster.run(_async_on_lanes, 7)
+    finally:
+        cluster.close()
+    for rank, (got, names) in enumerate(results):
+        assert names, f"rank {rank} ran no lane thread"
+        for i, result in enumerate(got):
+            want = expected("all_sum", "float32", (1 << 20,), 7 + i, 2, False)[rank]
+            assert np.allclose(result, want, rtol=0, atol=sum_tolerance(
+                "float32", (1 << 20,), 7 + i, 2, False).max()), (rank, i)
