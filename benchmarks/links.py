@@ -185,27 +185,21 @@ def print_rows(rows: list[LinkRecord], impls: Sequence[str], out: TextIO) -> Non
         print(_line(cells, impls), file=out, flush=True)
 
 
+SWEEP_DEFAULTS = ["-b", "8M", "-e", "32M", "-f", "2", "--op", "all_sum,all_gather"]
+NOT_HERE = ("-n", "--nproc", "--plot", "--connections-per-ip", "--transport")
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Run ringcomm-bench's sweep on one network namespace per rank "
+        prog=prog, allow_abbrev=False, description="Run ringcomm-bench's sweep on one network namespace per rank "
         "with every link shaped by tc tbf, and report busbw as a share of the link rate "
-        "(needs root, ip and tc).")
+        "(needs root, ip and tc).",
+        epilog="The sweep takes ringcomm-bench's options (-b, -e, -f, --op, --dtype, -w, "
+               "--iters, -c, --vs, --in-place, --protocol); here the defaults are "
+               + " ".join(SWEEP_DEFAULTS) + ".")
     p.add_argument("--ranks", default="2", help="comma-separated rank counts (default 2)")
     p.add_argument("--rates", default="2,5,8",
                    help="comma-separated link rates in Gbit/s (default 2,5,8)")
-    p.add_argument("--vs", default=None, metavar="PEERS",
-                   help="also run mlx (MLX's ring) and/or gloo on the same hostfile")
-    p.add_argument("-b", "--minbytes", type=options.parse_size, default=options.parse_size("8M"),
-                   help="smallest size (default 8M)")
-    p.add_argument("-e", "--maxbytes", type=options.parse_size, default=options.parse_size("32M"),
-                   help="largest size (default 32M)")
-    p.add_argument("-f", "--stepfactor", type=int, default=2, help="size step (default 2)")
-    p.add_argument("--op", default="all_sum,all_gather",
-                   help="comma-separated operations (default all_sum,all_gather)")
-    p.add_argument("--dtype", default="float32", choices=sorted(options.DTYPES))
-    p.add_argument("-w", "--warmup", type=int, default=5, help="untimed calls per size (5)")
-    p.add_argument("--iters", type=int, default=20, help="timed calls per size (20)")
-    p.add_argument("-c", "--check", action="store_true", help="check every result")
     p.add_argument("--mtu", type=int, default=9000, help="MTU of every link (default 9000)")
     p.add_argument("--burst", type=options.parse_size, default=None,
                    help="tbf bucket in bytes (default 4 ms at the rate, at least 32K)")
@@ -224,9 +218,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None, prog: str) -> tuple[argparse.Namespace, options.Config]:
-    """The command line, checked, and the sweep every rank runs."""
+    """The command line, checked (the sweep's part by ringcomm-bench's own parser), and the
+    sweep every rank runs."""
     p = build_parser(prog)
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
     try:
         args.ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
         args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
@@ -238,17 +233,23 @@ def parse(argv: Sequence[str] | None, prog: str) -> tuple[argparse.Namespace, op
         p.error("--rates: positive Gbit/s, e.g. 2,5,8 or 0.5")
     if not 576 <= args.mtu <= 65535:
         p.error(f"--mtu must be 576..65535; got {args.mtu}")
-    # the sweep's own options, checked as ringcomm-bench checks them
-    bench = [f"-b{args.minbytes}", f"-e{args.maxbytes}", f"-f{args.stepfactor}",
-             f"--op={args.op}", f"--dtype={args.dtype}", f"-w{args.warmup}",
-             f"--iters={args.iters}", *(["-c"] if args.check else []),
-             *([f"--vs={args.vs}"] if args.vs else [])]
-    sweep_args = options.parse(bench, prog)
-    return args, options.config_from(sweep_args)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    if bad := [a for a in rest if a.split("=")[0] in NOT_HERE]:
+        p.error(f"{', '.join(bad)}: not with the links benchmark (it starts one rank per "
+                "host over TCP, and writes its own --output)")
+    sweep = options.parse(SWEEP_DEFAULTS + rest, prog)
+    args.warmup, args.iters = sweep.warmup, sweep.iters
+    return args, options.config_from(sweep)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m ringcomm.bench.links") -> None:
     args, config = parse(argv, prog)
+    signal.signal(signal.SIGTERM, _interrupt)     # timeout(1), kill: tear down as on Ctrl-C
     try:
         iproute = Iproute.find(args.iproute)
         code, rows = measure(args, config, iproute)

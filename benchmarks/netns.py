@@ -85,7 +85,7 @@ class Iproute:
         if ip is None or not os.access(tc, os.X_OK):
             raise NetnsUnavailable(f"{base} has no executable bin/ip and sbin/tc (unpack "
                                    "iproute2 there: dpkg -x iproute2_*.deb DIR)")
-        dirs = sorted({str(p.parent) for p in base.rglob("*.so*") if p.is_file()})
+        dirs = sorted({str(p.parent) for p in base.rglob("lib*.so*")})
         return cls(str(ip), str(tc), os.pathsep.join(dirs) or None)
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str] | None:
