@@ -14,13 +14,14 @@ OUT=${OUT:?set OUT to the folder for the results}
 RATES=${RATES:-10,25,50}
 RANKS=${RANKS:-2,4}
 MAXBYTES=${MAXBYTES:-16M}
+PYTHON=${PYTHON:-python3}
 {
     date -u; uname -r; nproc; uptime
-    python3 -c 'import sys, numpy, mlx.core as mx; print(sys.version.split()[0], "numpy", numpy.__version__, "mlx", mx.__version__)'
+    "$PYTHON" -c 'import sys, numpy, mlx.core as mx; print(sys.version.split()[0], "numpy", numpy.__version__, "mlx", mx.__version__)'
     git log -1 --format='%H %s' 2>/dev/null || true
-    echo "python3 -m ringcomm.bench.links --iproute .iproute --ranks $RANKS --rates $RATES --mtu 9000 --vs mlx -b 8M -e $MAXBYTES -f 2 --op all_sum,all_gather"
+    echo "$PYTHON -m ringcomm.bench.links --iproute .iproute --ranks $RANKS --rates $RATES --mtu 9000 --vs mlx -b 8M -e $MAXBYTES -f 2 --op all_sum,all_gather"
 } >"$OUT/machine.txt" 2>&1
-timeout 560 python3 -m ringcomm.bench.links --iproute .iproute --ranks "$RANKS" --rates "$RATES" \
+timeout 560 "$PYTHON" -m ringcomm.bench.links --iproute .iproute --ranks "$RANKS" --rates "$RATES" \
     --mtu 9000 --vs mlx -b 8M -e "$MAXBYTES" -f 2 --op all_sum,all_gather --time-limit 150 \
     --output "$OUT/links-16core.jsonl" >"$OUT/links-16core.txt" 2>"$OUT/links-16core.err"
 rc=$?
