@@ -37,7 +37,7 @@ EXIT_UNAVAILABLE = 3
 class LinkRecord:
     """One implementation, op and size at one link rate: a row of the table, a JSON line."""
 
-    rate_gbit: float
+    rate_gbit: float     # 0: unshaped (what the cores can feed through veth and the bridge)
     mtu: int
     burst: int
     record: Record
@@ -47,14 +47,14 @@ class LinkRecord:
         return self.record.busbw_gbps * 8
 
     @property
-    def share(self) -> float:
+    def share(self) -> float | None:
         """busbw / link rate: 1.0 fills the link with payload (headers count against it)."""
-        return self.busbw_gbit / self.rate_gbit
+        return self.busbw_gbit / self.rate_gbit if self.rate_gbit else None
 
     def to_json(self) -> dict:
         return dict(dataclasses.asdict(self.record), rate_gbit=self.rate_gbit, mtu=self.mtu,
                     burst=self.burst, busbw_gbit=round(self.busbw_gbit, 4),
-                    share=round(self.share, 4))
+                    share=None if self.share is None else round(self.share, 4))
 
 
 def payload_ceiling(mtu: int) -> float:
@@ -129,13 +129,13 @@ def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
     print(header(args), file=out, flush=True)
     print(columns(config.impls), file=out, flush=True)
     for rate in args.rates:
-        with NetnsHosts(max(args.ranks), rate_mbit=rate * 1000, prefix=PREFIX, mtu=args.mtu,
+        with NetnsHosts(max(args.ranks), rate_mbit=rate * 1000 or None, prefix=PREFIX, mtu=args.mtu,
                         burst=args.burst, iproute=iproute) as hosts:
             for nranks in args.ranks:
                 found: list[LinkRecord] = []
                 for impl in config.impls:
                     print(f"ringcomm-bench links: {impl} on {nranks} ranks over "
-                          f"{rate:g} Gbit/s links", file=sys.stderr, flush=True)
+                          f"{_rate(rate)} links", file=sys.stderr, flush=True)
                     threads = args.threads or auto_threads(nranks)
                     code, records = run_pass(hosts, nranks, impl, config, port,
                                              args.time_limit, threads)
@@ -149,9 +149,14 @@ def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
     return 0, rows
 
 
+def _rate(rate: float) -> str:
+    return f"{rate:g} Gbit/s" if rate else "unshaped"
+
+
 def header(args: argparse.Namespace) -> str:
     return (f"# ringcomm-bench links: one network namespace per rank on a bridge, each link "
-            f"shaped with tc tbf in both directions (burst {args.burst or 'rate x 4 ms'}, "
+            f"shaped with tc tbf in both directions (rate none: unshaped; burst "
+            f"{args.burst or 'rate x 4 ms'}, "
             f"MTU {args.mtu}: TCP payload can fill at most {payload_ceiling(args.mtu):.1%} of "
             f"the rate); {args.warmup} warm-up + {args.iters} timed calls per size, time = "
             "median over calls of the slowest rank; busbw in Gbit/s, share = busbw / rate")
@@ -177,11 +182,12 @@ def print_rows(rows: list[LinkRecord], impls: Sequence[str], out: TextIO) -> Non
     keys = sorted({(r.rate_gbit, r.record.ranks, r.record.op, r.record.bytes) for r in rows},
                   key=lambda k: (k[0], k[1], options.OPS.index(k[2]), k[3]))
     for key in keys:
-        cells = [f"{key[0]:g}", str(key[1]), key[2], str(key[3])]
+        cells = [f"{key[0]:g}" if key[0] else "none", str(key[1]), key[2], str(key[3])]
         for impl in impls:
             got = next((r for r in rows if r.record.impl == impl and
                         (r.rate_gbit, r.record.ranks, r.record.op, r.record.bytes) == key), None)
-            cells += [f"{got.busbw_gbit:.3f}", f"{got.share:.1%}"] if got else ["-", "-"]
+            cells += [f"{got.busbw_gbit:.3f}", "-" if got.share is None else f"{got.share:.1%}"
+                      ] if got else ["-", "-"]
         print(_line(cells, impls), file=out, flush=True)
 
 
@@ -199,7 +205,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                + " ".join(SWEEP_DEFAULTS) + ".")
     p.add_argument("--ranks", default="2", help="comma-separated rank counts (default 2)")
     p.add_argument("--rates", default="2,5,8",
-                   help="comma-separated link rates in Gbit/s (default 2,5,8)")
+                   help="comma-separated link rates in Gbit/s (default 2,5,8); 'none': "
+                        "unshaped links, what the cores can feed")
     p.add_argument("--mtu", type=int, default=9000, help="MTU of every link (default 9000)")
     p.add_argument("--burst", type=options.parse_size, default=None,
                    help="tbf bucket in bytes (default 4 ms at the rate, at least 32K)")
@@ -224,13 +231,14 @@ def parse(argv: Sequence[str] | None, prog: str) -> tuple[argparse.Namespace, op
     args, rest = p.parse_known_args(argv)
     try:
         args.ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
-        args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+        args.rates = [0.0 if x.strip() == "none" else float(x) or -1.0
+                      for x in args.rates.split(",") if x.strip()]
     except ValueError as e:
         p.error(f"--ranks takes whole numbers and --rates numbers of Gbit/s: {e}")
     if not args.ranks or min(args.ranks) < 2 or max(args.ranks) > 200:
         p.error("--ranks: each count from 2 to 200")
-    if not args.rates or min(args.rates) <= 0:
-        p.error("--rates: positive Gbit/s, e.g. 2,5,8 or 0.5")
+    if not args.rates or min(args.rates) < 0:
+        p.error("--rates: positive Gbit/s, e.g. 2,5,8 or 0.5, or none (unshaped)")
     if not 576 <= args.mtu <= 65535:
         p.error(f"--mtu must be 576..65535; got {args.mtu}")
     if args.threads is not None and args.threads < 1:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The links benchmark on the 16-core device machine: 2 and 4 ranks over tc tbf links of 10, 25
+# The links benchmark on the 16-core device machine: 2 and 4 ranks over unshaped links (what the
+# cores can feed) and tc tbf links of 10, 25
 # and 50 Gbit/s (MTU 9000), ringcomm and MLX's ring on the same hostfile, 8 and 16 MiB.
 # Run as root from the repository root, with Python 3.12, numpy and MLX importable
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -11,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:?set OUT to the folder for the results}
-RATES=${RATES:-10,25,50}
+RATES=${RATES:-none,10,25,50}
 RANKS=${RANKS:-2,4}
 MAXBYTES=${MAXBYTES:-16M}
 PYTHON=${PYTHON:-python3}
