@@ -78,7 +78,7 @@ def run_pass(hosts: NetnsHosts, nranks: int, impl: str, config: options.Config, 
         env["RINGCOMM_THREADS"] = str(threads)
     argv = [sys.executable, "-m", "ringcomm.bench.rank", rank_config.to_json()]
     procs = [hosts.popen(h, argv, env=dict(env, MLX_RANK=str(r)), cwd=spawn.ROOT,
-                         stdout=sys.stderr.fileno(), stdin=subprocess.DEVNULL,
+                         stdout=spawn._stderr_fd(), stdin=subprocess.DEVNULL,
                          preexec_fn=die_with_parent)
              for r, h in enumerate(names)]
     try:
@@ -129,8 +129,8 @@ def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
     print(header(args), file=out, flush=True)
     print(columns(config.impls), file=out, flush=True)
     for rate in args.rates:
-        with NetnsHosts(max(args.ranks), rate_mbit=rate * 1000 or None, prefix=PREFIX, mtu=args.mtu,
-                        burst=args.burst, iproute=iproute) as hosts:
+        with NetnsHosts(max(args.ranks), rate_mbit=rate * 1000 or None, prefix=PREFIX,
+                        mtu=args.mtu, burst=args.burst, iproute=iproute) as hosts:
             for nranks in args.ranks:
                 found: list[LinkRecord] = []
                 for impl in config.impls:
@@ -197,9 +197,10 @@ NOT_HERE = ("-n", "--nproc", "--plot", "--connections-per-ip", "--transport")
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, description="Run ringcomm-bench's sweep on one network namespace per rank "
-        "with every link shaped by tc tbf, and report busbw as a share of the link rate "
-        "(needs root, ip and tc).",
+        prog=prog, allow_abbrev=False,
+        description="Run ringcomm-bench's sweep on one network namespace per rank with every "
+                    "link shaped by tc tbf, and report busbw as a share of the link rate "
+                    "(needs root, ip and tc).",
         epilog="The sweep takes ringcomm-bench's options (-b, -e, -f, --op, --dtype, -w, "
                "--iters, -c, --vs, --in-place, --protocol); here the defaults are "
                + " ".join(SWEEP_DEFAULTS) + ".")

@@ -47,7 +47,7 @@ def test_busbw_follows_the_shaped_rate_and_nothing_is_left(tmp_path):
     out = tmp_path / "links.jsonl"
     started = time.monotonic()
     bench = _bench("--ranks", "2", "--rates", str(RATE_GBIT), "-b", "4M", "-e", "4M",
-                   "--op", "all_sum,all_gather", "-w", "1", "--iters", "3",
+                   "--op", "all_sum,all_gather", "-w", "1", "--iters", "5",
                    "--output", str(out))
     stdout, stderr = bench.communicate(timeout=90)
     took = time.monotonic() - started
