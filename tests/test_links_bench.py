@@ -77,8 +77,12 @@ def test_ctrl_c_removes_the_namespaces_and_the_ranks():
     bench = _bench("--ranks", "2", "--rates", "0.1", "-b", "64M", "-e", "64M",
                    "--op", "all_sum", "-w", "1", "--iters", "50")
     deadline = time.monotonic() + 30
+    said = []
     while "ringcomm on 2 ranks" not in (line := bench.stderr.readline()):
-        assert line and time.monotonic() < deadline, "the pass did not start"
+        said.append(line)
+        if not line and bench.wait(timeout=10) == 3:
+            pytest.skip(f"namespaces unavailable: {''.join(said).strip()}")
+        assert line and time.monotonic() < deadline, f"the pass did not start: {said}"
     ranks = []
     while time.monotonic() < deadline and len(ranks) < 2:
         ranks = [p for ns in _left(iproute, bench.pid) for p in iproute.pids(ns)]
@@ -106,7 +110,12 @@ def test_an_unpacked_iproute_lends_its_libraries_to_ip_alone(tmp_path):
     carried = Iproute.find(tmp_path)
     assert carried.libs == str(tmp_path.resolve() / "usr/lib/x86_64-linux-gnu")
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    with NetnsHosts(1, rate_mbit=100, prefix="rclkt", iproute=carried) as hosts:
+    hosts = NetnsHosts(1, rate_mbit=100, prefix="rclkt", iproute=carried)
+    try:
+        hosts.start()
+    except NetnsUnavailable as e:
+        pytest.skip(str(e))
+    with hosts:
         p = hosts.popen("h0", ["sh", "-c", 'echo "[${LD_LIBRARY_PATH-unset}]"; ip -o addr'],
                         env=env, stdout=subprocess.PIPE, text=True)
         got, _ = p.communicate(timeout=10)
