@@ -122,9 +122,9 @@ def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
 
 
 def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
-            out: TextIO = sys.stdout) -> tuple[int, list[LinkRecord]]:
-    """Every rate, rank count and implementation; prints each rate's rows as it finishes."""
-    rows: list[LinkRecord] = []
+            rows: list[LinkRecord], out: TextIO = sys.stdout) -> int:
+    """Every rate, rank count and implementation, appended to ``rows`` as each pass ends (a
+    failure or Ctrl-C keeps what was measured); prints the rows of each rank count."""
     port = FIRST_PORT
     print(header(args), file=out, flush=True)
     print(columns(config.impls), file=out, flush=True)
@@ -140,13 +140,14 @@ def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
                     code, records = run_pass(hosts, nranks, impl, config, port,
                                              args.time_limit, threads)
                     port += 10
-                    found += [LinkRecord(rate, args.mtu, hosts.burst, r) for r in records]
+                    new = [LinkRecord(rate, args.mtu, hosts.burst, r) for r in records]
+                    found += new
+                    rows += new
                     if code != 0:
                         print_rows(found, config.impls, out)
-                        return code, rows + found
+                        return code
                 print_rows(found, config.impls, out)
-                rows += found
-    return 0, rows
+    return 0
 
 
 def _rate(rate: float) -> str:
@@ -253,21 +254,22 @@ def parse(argv: Sequence[str] | None, prog: str) -> tuple[argparse.Namespace, op
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second one must not cut the teardown
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m ringcomm.bench.links") -> None:
     args, config = parse(argv, prog)
     signal.signal(signal.SIGTERM, _interrupt)     # timeout(1), kill: tear down as on Ctrl-C
+    rows: list[LinkRecord] = []
     try:
-        iproute = Iproute.find(args.iproute)
-        code, rows = measure(args, config, iproute)
+        code = measure(args, config, Iproute.find(args.iproute), rows)
     except NetnsUnavailable as e:
         print(f"{prog}: cannot build the hosts: {e}", file=sys.stderr)
-        sys.exit(EXIT_UNAVAILABLE)
+        code = EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the namespaces were removed", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     if args.output:
         Path(args.output).write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
         print(f"{prog}: wrote {len(rows)} rows to {args.output}", file=sys.stderr)
