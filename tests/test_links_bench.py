@@ -110,17 +110,18 @@ def test_an_unpacked_iproute_lends_its_libraries_to_ip_alone(tmp_path):
     carried = Iproute.find(tmp_path)
     assert carried.libs == str(tmp_path.resolve() / "usr/lib/x86_64-linux-gnu")
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    hosts = NetnsHosts(1, rate_mbit=100, prefix="rclkt", iproute=carried)
+    hosts = NetnsHosts(1, rate_mbit=100, prefix="rclkt", mtu=9000, iproute=carried)
     try:
         hosts.start()
     except NetnsUnavailable as e:
         pytest.skip(str(e))
     with hosts:
-        p = hosts.popen("h0", ["sh", "-c", 'echo "[${LD_LIBRARY_PATH-unset}]"; ip -o addr'],
+        shell = 'echo "[${LD_LIBRARY_PATH-unset}]"; ip -o link show eth0; ip -o addr'
+        p = hosts.popen("h0", ["sh", "-c", shell],
                         env=env, stdout=subprocess.PIPE, text=True)
         got, _ = p.communicate(timeout=10)
         assert got.splitlines()[0] == "[unset]"
-        assert hosts.ips["h0"] in got
+        assert hosts.ips["h0"] in got and " mtu 9000 " in got.splitlines()[1]
         qdisc = carried.run([carried.tc, "-n", hosts.namespaces["h0"], "qdisc", "show"])
         assert "tbf" in qdisc and "100Mbit" in qdisc
     assert hosts.namespaces["h0"] not in system.namespaces()
