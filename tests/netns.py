@@ -1,11 +1,9 @@
 """A test cluster on one machine: N network namespaces joined by a bridge, an sshd in each.
 
-Each "host" ``h0 .. h{N-1}`` is a network namespace with loopback up and one veth (``eth0``)
-whose other end is a port of a Linux bridge that lives in a namespace of its own.  Nothing is
-created in, or attached to, the machine's own network namespace: the cluster's addresses
-(``10.77.0.10``, ``10.77.0.11``, ... in ``10.77.0.0/24`` by default) exist only inside it, no
-namespace has a default route, and the machine's interfaces are never touched.  Optionally
-every link is rate-limited with ``tc tbf`` in both directions (``rate_mbit``).
+The namespaces, the bridge, the addresses (``10.77.0.10``, ... in ``10.77.0.0/24``), the
+optional ``tc tbf`` rate limit (``rate_mbit``) and their cleanup are ``ringcomm.bench.netns``
+(``NetnsHosts``: the links benchmark builds the same hosts without sshd); this module adds
+the sshds, ssh and mpirun on top.  The machine's own interfaces are never touched.
 
 Every host runs a real OpenSSH server (``/usr/sbin/sshd -D``) with a config, a host key and a
 client key made for this cluster in a temporary directory, ``PermitRootLogin
@@ -97,46 +95,34 @@ left in place (an empty directory, what the system's sshd would create at boot).
 """
 from __future__ import annotations
 
-import atexit
-import itertools
 import os
-import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+
+from ringcomm.bench.netns import (ETC_NETNS, Iproute, NetnsHosts, NetnsUnavailable,
+                                  die_with_parent as _die_with_parent, pid_alive as _pid_alive,
+                                  which)
+from ringcomm.bench import netns as _core
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "rcnt"
 TOOLS = {"ip": "ip", "tc": "tc", "sshd": "/usr/sbin/sshd", "ssh": "ssh",
          "ssh-keygen": "ssh-keygen", "unshare": "unshare", "hostname": "hostname"}
-ETC_NETNS = Path("/etc/netns")
 SSHD_PRIVSEP = Path("/run/sshd")
 
-_counter = itertools.count()
-_open: set[NetnsCluster] = set()
-_lock = threading.Lock()
-
-
-class NetnsUnavailable(RuntimeError):
-    """Network namespaces, or the tools the cluster needs, are not available here."""
+__all__ = ["ETC_NETNS", "NetnsCluster", "NetnsUnavailable", "cleanup_stale", "cluster_fixture",
+           "start_or_skip", "unavailable_reason", "_pid_alive", "_die_with_parent"]
 
 
 def _which(name: str) -> str | None:
-    path = TOOLS.get(name, name)
-    if os.path.isabs(path):
-        return path if os.access(path, os.X_OK) else None
-    return shutil.which(path) or next(
-        (p for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-         if os.access(p := os.path.join(d, path), os.X_OK)), None)
+    return which(TOOLS.get(name, name))
 
 
 def unavailable_reason(need: Sequence[str] = tuple(TOOLS)) -> str | None:
@@ -152,185 +138,52 @@ def unavailable_reason(need: Sequence[str] = tuple(TOOLS)) -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM it when the thread that started it dies (a pytest
-    killed with SIGKILL leaves no sshd behind; its namespaces go at the next start)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-
-
-def _sh(argv: Sequence[str], check: bool = True, timeout: float = 30) -> str:
-    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({p.returncode}): "
-                           f"{(p.stderr or p.stdout).strip()}")
-    return p.stdout
+def _iproute(ip: str) -> Iproute:
+    return Iproute(ip, _which("tc") or "tc")
 
 
 def _netns_list(ip: str) -> list[str]:
-    out = subprocess.run([ip, "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    return _iproute(ip).namespaces()
 
 
 def _netns_pids(ip: str, ns: str) -> list[int]:
-    out = subprocess.run([ip, "netns", "pids", ns], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split() if x.isdigit()]
-
-
-def _kill_netns(ip: str, names: Sequence[str], grace: float = 2.0) -> list[str]:
-    """Kill every process in the namespaces ``names``, delete them; return the errors."""
-    errors = []
-    deadline = time.monotonic() + grace
-    sig = signal.SIGTERM
-    while True:
-        pids = [p for ns in names for p in _netns_pids(ip, ns) if p != os.getpid()]
-        if not pids:
-            break
-        if time.monotonic() > deadline:
-            if sig == signal.SIGKILL:
-                errors.append(f"processes {pids} survived SIGKILL in {list(names)}")
-                break
-            sig, deadline = signal.SIGKILL, time.monotonic() + 3.0
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
-    for ns in names:
-        p = subprocess.run([ip, "netns", "del", ns], capture_output=True, text=True)
-        if p.returncode != 0 and ns in _netns_list(ip):
-            errors.append(f"ip netns del {ns}: {p.stderr.strip()}")
-        shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
-    return errors
+    return _iproute(ip).pids(ns)
 
 
 def cleanup_stale(prefix: str = PREFIX) -> list[str]:
-    """Remove namespaces, /etc/netns entries and temp dirs of runs (``prefix<pid>x<n>``)
-    whose process is gone; return the namespace names removed."""
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)x\d+-")
-    stale = lambda name: (m := pattern.match(name)) and not _pid_alive(int(m.group(1)))
-    ip = _which("ip")
-    names = [ns for ns in _netns_list(ip) if stale(ns)] if ip else []
-    if names:
-        _kill_netns(ip, names)
-    if ETC_NETNS.is_dir():
-        for d in ETC_NETNS.iterdir():
-            if stale(d.name):
-                shutil.rmtree(d, ignore_errors=True)
-        try:
-            ETC_NETNS.rmdir()     # only when empty
-        except OSError:
-            pass
-    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        if d.is_dir() and stale(d.name):
-            shutil.rmtree(d, ignore_errors=True)
-    return names
+    """Remove what runs (``prefix<pid>x<n>``) whose process is gone left behind."""
+    return _core.cleanup_stale(prefix)
 
 
-class NetnsCluster:
+class NetnsCluster(NetnsHosts):
     """``n_hosts`` network namespaces on a bridge, an sshd in each; see the module docstring.
 
-    Attributes after ``start()`` (or entering the ``with``): ``hosts`` (``["h0", ...]``),
-    ``ips`` (host -> IP), ``namespaces`` (host -> namespace name), ``bridge_ns``, ``subnet``
-    (``"10.77.0.0/24"``), ``ifname`` (each host's interface, ``eth0``), ``tmp`` (the run's
-    temporary directory), ``ssh_config``, ``ssh_wrapper``, ``bin_dir``, ``key`` (the client's
-    private key), ``python`` (the venv's interpreter, absolute), ``repo`` (this checkout),
-    ``setup_s`` and, after ``close()``, ``teardown_s``.
+    Attributes after ``start()`` (or entering the ``with``): those of ``NetnsHosts``
+    (``hosts``, ``ips``, ``namespaces``, ``bridge_ns``, ``subnet``, ``ifname``, ``tmp``,
+    ``setup_s``, ``teardown_s``), and ``ssh_config``, ``ssh_wrapper``, ``bin_dir``, ``key``
+    (the client's private key), ``python`` (the venv's interpreter, absolute), ``repo`` (this
+    checkout).
     """
 
     def __init__(self, n_hosts: int = 3, rate_mbit: float | None = None, *,
                  prefix: str = PREFIX, subnet: str = "10.77.0", first_host: int = 10,
                  check_ssh: bool = True, ready_timeout: float = 15.0):
-        if not 1 <= n_hosts <= 254 - first_host:
-            raise ValueError(f"n_hosts must be 1..{254 - first_host}, not {n_hosts}")
-        if not re.fullmatch(r"[a-z]{1,6}", prefix):
-            raise ValueError("prefix: 1 to 6 lower-case letters (the pid follows it)")
-        self.n_hosts, self.rate_mbit, self.prefix = n_hosts, rate_mbit, prefix
+        super().__init__(n_hosts, rate_mbit, prefix=prefix, subnet=subnet,
+                         first_host=first_host)
         self.check_ssh, self.ready_timeout = check_ssh, ready_timeout
-        self.tag = f"{prefix}{os.getpid()}x{next(_counter)}"
-        self.hosts = [f"h{i}" for i in range(n_hosts)]
-        self.ips = {h: f"{subnet}.{first_host + i}" for i, h in enumerate(self.hosts)}
-        self.subnet = f"{subnet}.0/24"
-        self.namespaces = {h: f"{self.tag}-{h}" for h in self.hosts}
-        self.bridge_ns = f"{self.tag}-br"
-        self.ifname = "eth0"
         self.python = sys.executable
         self.repo = str(REPO)
-        self.tmp: Path | None = None
         self._sshd: dict[str, subprocess.Popen] = {}
-        self._made: list[str] = []
-        self._closed = False
-        self.setup_s = self.teardown_s = None
 
-    # -- life cycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> NetnsCluster:
-        return self if self.setup_s is not None else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def unavailable(self) -> str | None:
+        return unavailable_reason()
 
     def start(self) -> NetnsCluster:
-        """Build the cluster; on any failure, tear down what was built and re-raise."""
-        if self._closed or self.setup_s is not None:
-            raise RuntimeError(f"{self.tag} was started already")
-        t0 = time.monotonic()
-        reason = unavailable_reason()
-        if reason:
-            raise NetnsUnavailable(reason)
-        self._ip = _which("ip")
-        with _lock:
-            _open.add(self)
-        try:
-            cleanup_stale(self.prefix)
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        self.setup_s = time.monotonic() - t0
-        return self
+        self.iproute = _iproute(_which("ip")) if _which("ip") else None
+        return super().start()
 
     def _build(self) -> None:
-        ip, tc = self._ip, _which("tc")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
-        # namespaces: the first failure here means namespaces are not available
-        for ns in [self.bridge_ns, *self.namespaces.values()]:
-            p = subprocess.run([ip, "netns", "add", ns], capture_output=True, text=True)
-            if p.returncode != 0:
-                err = p.stderr.strip()
-                if not self._made:
-                    raise NetnsUnavailable(f"cannot create a network namespace: {err}")
-                raise RuntimeError(f"ip netns add {ns}: {err}")
-            self._made.append(ns)
-        br = self.bridge_ns
-        _sh([ip, "-n", br, "link", "add", "br0", "type", "bridge", "stp_state", "0"])
-        _sh([ip, "-n", br, "link", "set", "br0", "up"])
-        for i, h in enumerate(self.hosts):
-            ns = self.namespaces[h]
-            _sh([ip, "-n", br, "link", "add", f"p{i}", "type", "veth",
-                 "peer", "name", self.ifname, "netns", ns])
-            _sh([ip, "-n", br, "link", "set", f"p{i}", "master", "br0", "up"])
-            _sh([ip, "-n", ns, "addr", "add", f"{self.ips[h]}/24", "dev", self.ifname])
-            _sh([ip, "-n", ns, "link", "set", self.ifname, "up"])
-            _sh([ip, "-n", ns, "link", "set", "lo", "up"])
-            if self.rate_mbit:
-                self._tbf(tc, ns, self.ifname)       # host -> bridge
-                self._tbf(tc, br, f"p{i}")           # bridge -> host
-        self._write_etc()
+        super()._build()
         self._keys_and_configs()
         SSHD_PRIVSEP.mkdir(mode=0o755, exist_ok=True)
         for h in self.hosts:
@@ -339,28 +192,13 @@ class NetnsCluster:
         if self.check_ssh:
             self._check_ssh()
 
-    def _tbf(self, tc: str, ns: str, dev: str) -> None:
-        rate_bytes = self.rate_mbit * 1e6 / 8
-        burst = max(32 * 1024, int(rate_bytes / 250))   # >= rate/HZ, a few segments
-        _sh([tc, "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
-             "rate", f"{self.rate_mbit}mbit", "burst", str(burst), "latency", "50ms"])
-
-    def _write_etc(self) -> None:
-        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + "".join(
-            f"{self.ips[h]}\t{h}\n" for h in self.hosts)
-        for ns in self.namespaces.values():
-            d = ETC_NETNS / ns
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "hosts").write_text(hosts)
-            (d / "resolv.conf").write_text("# no DNS inside the test cluster\n"
-                                           "options timeout:1 attempts:1\n")
-
     def _keys_and_configs(self) -> None:
         t = self.tmp
         keygen = _which("ssh-keygen")
         for name in ("host_ed25519", "id_ed25519"):
-            _sh([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"{self.tag}-{name}",
-                 "-f", str(t / name)])
+            subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C",
+                            f"{self.tag}-{name}", "-f", str(t / name)], check=True, timeout=30,
+                           capture_output=True)
         self.key = t / "id_ed25519"
         shutil.copy(t / "id_ed25519.pub", t / "authorized_keys")
         for h in self.hosts:
@@ -452,54 +290,35 @@ Subsystem sftp internal-sftp
             raise RuntimeError(f"ssh from {frm} failed: " + "; ".join(bad))
 
     def close(self) -> None:
-        """Stop every process in the cluster's namespaces, delete them and the temp dir.
-        Idempotent; runs everything it can and raises at the end if something was left."""
+        """Stop the sshds and every process in the cluster's namespaces, delete them and the
+        temp dir.  Idempotent; runs everything it can and raises at the end if something was
+        left."""
         if self._closed:
             return
-        self._closed = True
-        t0 = time.monotonic()
-        errors = []
         for proc in self._sshd.values():
             if proc.poll() is None:
                 proc.terminate()
-        if self._made:
-            errors += _kill_netns(self._ip, self._made)
-        for proc in self._sshd.values():
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
-        for ns in self.namespaces.values():
-            shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
         try:
-            ETC_NETNS.rmdir()     # only when empty: another cluster's entries stay
-        except OSError:
-            pass
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        with _lock:
-            _open.discard(self)
-        self.teardown_s = time.monotonic() - t0
-        if errors:
-            raise RuntimeError("netns cluster teardown: " + "; ".join(errors))
+            super().close()
+        finally:
+            for proc in self._sshd.values():
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stderr:
+                    proc.stderr.close()
 
     # -- running things ---------------------------------------------------------------------
 
-    def _check_host(self, host: str) -> str:
-        if host not in self.namespaces:
-            raise KeyError(f"no host {host!r} in this cluster ({', '.join(self.hosts)})")
-        return self.namespaces[host]
-
-    def wrap(self, host: str, cmd: str | Sequence[str]) -> list[str]:
+    def wrap(self, host: str, cmd: str | Sequence[str],
+             env: dict[str, str] | None = None) -> list[str]:
         """argv that runs ``cmd`` (an argv list, or a string for ``sh -c``) in ``host``'s
         network namespace, with ``host`` as its host name and the cluster's /etc/hosts."""
-        ns = self._check_host(host)
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        return [self._ip, "netns", "exec", ns, _which("unshare"), "--uts", "sh", "-c",
-                'hostname "$0" && exec "$@"', host, *argv]
+        return super().wrap(host, [_which("unshare"), "--uts", "sh", "-c",
+                                   'hostname "$0" && exec "$@"', host, *argv], env)
 
     def env(self, base: dict | None = None, **extra: str) -> dict[str, str]:
         """The environment of commands started in a host: ``base`` (default os.environ)
@@ -514,16 +333,17 @@ Subsystem sftp internal-sftp
     def popen(self, host: str, cmd: str | Sequence[str], *, env: dict | None = None,
               cwd: str | os.PathLike | None = None, **kwargs) -> subprocess.Popen:
         """Start ``cmd`` in ``host``; keyword arguments go to subprocess.Popen."""
-        return subprocess.Popen(self.wrap(host, cmd), env=self.env() if env is None else env,
-                                cwd=self.repo if cwd is None else cwd, **kwargs)
+        return super().popen(host, cmd, env=self.env() if env is None else env,
+                             cwd=self.repo if cwd is None else cwd, **kwargs)
 
     def run(self, host: str, cmd: str | Sequence[str], *, timeout: float = 60, check: bool = False,
             input: str | None = None, env: dict | None = None,
             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
         """Run ``cmd`` in ``host`` to completion; stdout and stderr captured as text.
         ``check=True`` raises with both outputs in the message."""
-        p = subprocess.run(self.wrap(host, cmd), capture_output=True, text=True, input=input,
-                           timeout=timeout, env=self.env() if env is None else env,
+        env = self.env() if env is None else env
+        p = subprocess.run(self.wrap(host, cmd, env), capture_output=True, text=True,
+                           input=input, timeout=timeout, env=self.iproute.env(env),
                            cwd=self.repo if cwd is None else cwd)
         if check and p.returncode != 0:
             raise AssertionError(f"{host}: {cmd!r} exited {p.returncode}\n"
@@ -570,25 +390,13 @@ Subsystem sftp internal-sftp
     def link_down(self, host: str) -> None:
         """Take ``host``'s only interface down (inside its namespace): it drops off the
         bridge, so peers' packets to it are lost (connects time out, no RST)."""
-        _sh([self._ip, "-n", self._check_host(host), "link", "set", "dev", self.ifname, "down"])
+        self.iproute.run([self.iproute.ip, "-n", self.check_host(host), "link", "set", "dev",
+                          self.ifname, "down"])
 
     def link_up(self, host: str) -> None:
         """Bring ``host``'s interface back (its address, route and rate limit come back)."""
-        _sh([self._ip, "-n", self._check_host(host), "link", "set", "dev", self.ifname, "up"])
-
-    def __repr__(self) -> str:
-        return (f"NetnsCluster({self.n_hosts}, rate_mbit={self.rate_mbit}, tag={self.tag!r}, "
-                f"ips={self.ips})")
-
-
-@atexit.register
-def _close_all() -> None:
-    for c in list(_open):
-        try:
-            c.close()
-        except Exception as e:  # noqa: BLE001 - best effort at exit
-            print(f"netns cluster {c.tag}: {e}", file=sys.stderr)
-
+        self.iproute.run([self.iproute.ip, "-n", self.check_host(host), "link", "set", "dev",
+                          self.ifname, "up"])
 
 def start_or_skip(n_hosts: int = 3, **kwargs) -> NetnsCluster:
     """``NetnsCluster(n_hosts, **kwargs).start()``, or pytest.skip with the reason."""

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -282,7 +283,7 @@ def test_stale_namespaces_of_a_dead_run_are_removed():
     subprocess.run(["ip", "netns", "add", ns], check=True)
     (netns.ETC_NETNS / ns).mkdir(parents=True)
     (netns.ETC_NETNS / ns / "hosts").write_text("")
-    tmp = Path(netns.tempfile.mkdtemp(prefix=f"{tag}-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
     orphan = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
     try:
         with NetnsCluster(1, prefix="rcst", check_ssh=False) as c:
