@@ -66,7 +66,8 @@ def test_busbw_follows_the_shaped_rate_and_nothing_is_left(tmp_path):
     lines = [line.split() for line in stdout.splitlines() if not line.startswith("#")]
     assert [(c[0], c[1], c[2], c[3]) for c in lines] == [
         ("0.5", "2", "all_sum", str(4 << 20)), ("0.5", "2", "all_gather", str(4 << 20))]
-    assert [c[5] for c in lines] == [f"{r['share']:.1%}" for r in rows]
+    for cells, r in zip(lines, rows):  # the table's share, to its 0.1%, is the record's (4 places)
+        assert abs(float(cells[5].rstrip("%")) / 100 - r["share"]) <= 0.0006, (cells, r)
     assert f"{payload_ceiling(9000):.1%}" in stdout
     print(f"\nlinks bench, 2 ranks at {RATE_GBIT} Gbit/s: shares "
           f"{[r['share'] for r in rows]}, {took:.1f} s")
