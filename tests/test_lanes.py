@@ -133,7 +133,7 @@ def test_a_failure_on_a_worker_thread_is_raised_on_the_calling_thread(monkeypatc
 
 
 LARGE_LOOP = """
-import numpy as np, ringcomm, threading, time
+import numpy as np, ringcomm, resource, threading, time
 g = ringcomm.init(strict=True, timeout={timeout})
 x = np.ones(1 << 21, np.float32)
 ringcomm.all_sum(x)
@@ -141,14 +141,19 @@ assert any(t.name.startswith("ringcomm-lane-") for t in threading.enumerate())
 print("ready", flush=True)
 if g.rank() == {sleeper}:
     time.sleep(60)
+def cpu():
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
 start = time.monotonic()
 try:
     while True:
+        call_cpu = cpu()  # what the call that fails uses, all its threads together
         ringcomm.all_sum(x)
 except KeyboardInterrupt:
     print(f"KeyboardInterrupt after {{time.monotonic() - start:.2f}}s", flush=True)
 except ringcomm.RingcommError as e:
-    print(f"{{type(e).__name__}} after {{time.monotonic() - start:.2f}}s: {{e}}", flush=True)
+    print(f"{{type(e).__name__}} after {{time.monotonic() - start:.2f}}s using "
+          f"{{cpu() - call_cpu:.3f}}s of CPU in the call: {{e}}", flush=True)
 g.close()
 left = [t.name for t in threading.enumerate() if t.name.startswith("ringcomm-lane-")]
 print(f"lane threads after close: {{len(left)}}", flush=True)
@@ -168,7 +173,8 @@ def test_a_killed_peer_ends_a_threaded_call_with_a_typed_error_and_no_thread_lef
     procs[1].send_signal(signal.SIGKILL)
     for r in (0, 2):
         out, err = procs[r].communicate(timeout=30)
-        assert re.search(r"PeerLostError after [\d.]+s: rank %d: all_sum: .*rank 1" % r, out), \
+        assert re.search(r"PeerLostError after [\d.]+s using [\d.]+s of CPU in the call: "
+                         r"rank %d: all_sum: .*rank 1" % r, out), \
             (out, err)
         assert "lane threads after close: 0" in out, out
 
@@ -198,8 +204,9 @@ def test_a_frozen_peer_ends_a_threaded_call_at_the_deadline(tmp_path):
         procs[1].send_signal(signal.SIGSTOP)
         for r in (0, 2):
             out = procs[r].communicate(timeout=30)[0]
-            m = re.search(r"(\w+Error) after ([\d.]+)s", out)
+            m = re.search(r"(\w+Error) after ([\d.]+)s using ([\d.]+)s of CPU", out)
             assert m and m.group(1) == "CommTimeoutError" and float(m.group(2)) < 6, out
+            assert float(m.group(3)) < 0.3, f"rank {r}'s lanes spun while blocked: {out}"
             assert "lane threads after close: 0" in out, out
     finally:
         procs[1].kill()
