@@ -73,8 +73,9 @@ class Transport(abc.ABC):
 
     def lanes(self, count: int) -> list[Transport] | None:
         """``count`` views of this transport's connections that separate threads can drive at
-        once, each moving the channels of its own streams (their ``wake()`` ends a wait with
-        ``LaneStopped``), or None where the transport has none (then one thread moves all)."""
+        once, each moving the channels of its own streams, or None where the transport has
+        none (then one thread moves all).  A lane's ``rearm()`` forgets earlier wakes before
+        an operation; its ``wake()``, from any thread, ends its wait with ``LaneStopped``."""
         return None
 
     def local_ranks(self) -> int:

@@ -91,6 +91,7 @@ class TcpTransport(IdleConnections, Transport):
         self._closed = False
         self._listeners: list[socket.socket] = []  # tcp_setup's, bound until close()
         self._lanes: list = []  # tcp_lanes.TcpLane views for other threads, made on first use
+        self._lanes_errors = threading.Lock()  # the lanes' errors read the control connections
         # what transports.direct opens links to non-neighbours with (ringcomm protocol)
         self.direct_identity = (job_id, token) if protocol == "ringcomm" else None
         self._init_idle()
@@ -349,8 +350,8 @@ class TcpTransport(IdleConnections, Transport):
             return None
         if len(self._lanes) < count:
             from .tcp_lanes import TcpLane
-            lock = self._lanes[0].errors_lock if self._lanes else threading.Lock()
-            self._lanes += [TcpLane(self, lock) for _ in range(count - len(self._lanes))]
+            self._lanes += [TcpLane(self, self._lanes_errors)
+                            for _ in range(count - len(self._lanes))]
         return self._lanes[:count]
 
     # -- failure notices (ringcomm protocol) -------------------------------------------------

@@ -41,7 +41,7 @@ class TcpLane(TcpTransport):
         self._listeners = []
         self.direct_identity = None
         self._init_idle()
-        self.errors_lock = lock
+        self._errors_lock = lock
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
@@ -70,11 +70,11 @@ class TcpLane(TcpTransport):
         super()._on_events(events)
 
     def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
-        with self.errors_lock:
+        with self._errors_lock:
             return super()._lost(c, what, e)
 
     def _timed_out(self) -> CommError:
-        with self.errors_lock:
+        with self._errors_lock:
             return super()._timed_out()
 
     def abort(self, error: BaseException) -> None:

@@ -1,3 +1,5 @@
+# Run on the device machine from the repository root, with MLX's wheels in .whl/ (see
+# DEVELOPERS.md); results go to $OUT.
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 export PYTHONUNBUFFERED=1

@@ -1,3 +1,7 @@
+# Run on the device machine from the repository root, with MLX's wheels in .whl/ (see
+# DEVELOPERS.md).  "base" is .perf/base, a `git archive 97118fc` (lanes alone); "new" was the
+# working tree with a sender thread per lane on top of it, measured and then dropped (never
+# committed; docs/performance.md describes it).
 set -u
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONUNBUFFERED=1
