@@ -113,6 +113,8 @@ _FLOAT16 = np.dtype(np.float16)
 
 def wire_dtype(dtype: np.dtype) -> np.dtype:
     """The little-endian dtype that goes on the wire; TypeError for what MLX cannot carry."""
+    if isinstance(dtype, np.dtype) and dtype in _INDEX:  # supported, little-endian: itself
+        return dtype
     dtype = np.dtype(dtype)
     le = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     if dtype_index(le) is None:

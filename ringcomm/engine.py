@@ -35,9 +35,9 @@ import numpy as np
 from .transports import Channel, Kind, Side, Transport
 from .transports.arrivals import HEAD
 
-from . import plans
+from . import plans, single
 from .dtypes import Combine
-from .lone import SIZE, Alone, first_difference
+from .lone import Alone, Idle, report
 from .plans import Move, Plan, Step
 
 HeaderCheck = Callable[[bytes, Side, bytes], None]  # (theirs, side, ours)
@@ -76,6 +76,9 @@ class ScratchPool:
     def __init__(self) -> None:
         self._buffers: list[np.ndarray] = []
 
+    def first(self) -> np.ndarray:
+        return self._buffers[0] if self._buffers else self.get(1)[0]
+
     def get(self, count: int) -> list[np.ndarray]:
         while len(self._buffers) < count:
             self._buffers.append(np.empty(SCRATCH_BYTES, np.uint8))
@@ -96,6 +99,11 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     or recv reads nothing from (``transports.arrivals``).  ``source`` (optional, see the
     module's doc) is the input when ``work`` is not a copy of it.
     """
+    if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE):
+        lone = _shape(plan)[2]
+        if lone is not None:  # a small collective: the same, with less Python
+            return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
+                              header, check, source, alone, *(lone if header else NO_HEADS))
     if header is None:
         alone = None
     lone_out, lone_in = _header_only(plan, heads) if header is not None else NO_HEADS
@@ -150,8 +158,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
                 None if source is None else source[lo + shift:lo + shift + n])
 
     def differ(want: bytes, got: bytes | bytearray, side: Side) -> None:
-        ours, theirs = first_difference(want, got)
-        check(theirs, side, ours)
+        report(check, want, got, side)
 
     def early(ch: Channel) -> None:
         """Some of a peer's header is in, its data not yet: check what differs now."""
@@ -200,40 +207,8 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     watched = lone_in if not take_now and not quiet else \
         tuple(dict.fromkeys(lone_in + tuple(take_now) + quiet))
     if watched or (alone is not None and (alone.out[0] or alone.out[1])):
-        def stuck() -> None:
-            """This rank sleeps in the call: the headers it owes go now."""
-            for side in BOTH_SIDES:
-                if alone.out[side]:  # (no stream sends there in this call)
-                    send_alone(side, alone.take_out(side))
-
-        def judge(side: Side, got: bytes, held: int) -> bool:
-            """What arrived on connection 0 of ``side`` while nothing is posted there: the
-            headers this rank waits for from there first (checked, then taken off), then,
-            in a send or recv, the start of the neighbour's next operation there (after the
-            ``held`` bytes of messages read ahead).  True: keep watching (all was taken)."""
-            pre = b"".join(alone.into[side])
-            if not pre:
-                got = got[held:]  # messages this rank read ahead and counted
-            n = min(len(got), len(pre))
-            if got[:n] != pre[:n]:
-                differ(pre[:n], got[:n], side)
-            whole = n // SIZE
-            if whole:
-                transport.discard(side, 0, whole * SIZE)
-                alone.seen(side, whole)
-            if n < len(pre):  # all of it waited here: watch for the rest (if all was taken)
-                return n % SIZE == 0
-            if side not in quiet:  # (a collective: what follows is the neighbour's next call)
-                return False
-            rest = got[n:]
-            if not rest:
-                return True
-            wanted = vet(side, rest)
-            for conn, nbytes in wanted:
-                transport.read_ahead(side, conn, nbytes)
-            return bool(wanted)
-
-        transport.vet_idle(watched, judge, stuck)
+        idle = Idle(transport, alone, quiet, vet, check, send_alone)
+        transport.vet_idle(watched, idle.judge, idle.stuck)
         watching = True
     else:
         watching = False
@@ -336,21 +311,30 @@ def _stream_bytes(steps: tuple[Step, ...]) -> int:
 
 
 _NO_CONTEXT = contextlib.nullcontext()
-_LAYOUTS: dict[int, tuple[Plan, list[int], int]] = {}  # id(plan) -> (plan, sizes, window)
+_LAYOUTS: dict[int, tuple[Plan, list[int], int, Heads | None]] = {}  # id(plan) -> (plan, _shape)
 
 
 def _layout(plan: Plan) -> tuple[list[int], int]:
-    """Each stream's bytes and how many streams run at once; plans are cached (``plans``),
-    so this is worked out once per plan."""
+    """Each stream's bytes and how many streams run at once."""
+    sizes, window, _ = _shape(plan)
+    return sizes, window
+
+
+def _shape(plan: Plan) -> tuple[list[int], int, Heads | None]:
+    """``_layout``, and, where ``single.run`` can take the plan (one stream, every reducing
+    receive one scratch piece), the sides a collective's header goes to and comes from
+    alone; plans are cached (``plans``), so this is worked out once."""
     got = _LAYOUTS.get(id(plan))
     if got is not None and got[0] is plan:
-        return got[1], got[2]
+        return got[1:]
     if len(_LAYOUTS) >= 2 * plans.PLAN_CACHE:
         _LAYOUTS.clear()
     sizes = [_stream_bytes(steps) for steps in plan]
     window = min(len(plan), _window(sizes, _multi_step(plan)))
-    _LAYOUTS[id(plan)] = (plan, sizes, window)
-    return sizes, window
+    one = _header_only(plan, COLLECTIVE) if len(plan) == 1 and all(
+        not s.reduce or s.recv.stop - s.recv.start <= SCRATCH_BYTES for s in plan[0]) else None
+    _LAYOUTS[id(plan)] = (plan, sizes, window, one)
+    return sizes, window, one
 
 
 def _multi_step(plan: Plan) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport, settings
 
-from . import engine, plans, spread
+from . import engine, plans, small, spread
 from .dtypes import Combine, reducer, wire_dtype
 from .lanes import Lanes, auto_threads
 from .header import OpHeader, check, describe, pack_header, vet_next
@@ -47,11 +47,13 @@ class Group:
                           (Side.LEFT, False): 0, (Side.RIGHT, False): 0}  # receives per side
         self._ahead = {Side.LEFT: 0, Side.RIGHT: 0}  # messages read ahead, not yet received
         self._current: tuple[OpHeader, str] | None = None  # the send/recv running, for _vet
+        self._checking: tuple = ()  # the running operation's header fields (_check_header)
         self._alone = Alone()    # collectives' headers that travel alone (``lone``)
         self._direct = Direct(transport, job) if headers else None  # to non-neighbours (p2p)
         threads = settings.load().threads
         self._lanes = Lanes(transport, threads or auto_threads(transport.local_ranks()))
         self._progress: Progress | None = None  # async_op=True's queue and thread (``work``)
+        self._gathered: tuple | None = None  # small all-reduces' buffer and plan (``small``)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -252,6 +254,9 @@ class Group:
         result = _output(out, a.shape, a.dtype, name)
         flat = result.reshape(-1)
         source = a.reshape(-1)
+        if self._headers and n > 1 and small.fits(flat.nbytes, n, a.dtype):
+            small.gather_reduce(self, name, op, source, flat, a.shape)
+            return result
         if flat.size < n:  # MLX pads fewer elements than ranks with zeros to one element per rank
             work = np.zeros(n, a.dtype)
             work[:a.size] = source
@@ -277,10 +282,10 @@ class Group:
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
-        if self.size() == 1:
+        if self._transport.size == 1:
             return
-        header, check_header = (self._header(name, dtype, shape, message, root)
-                                if self._headers else (None, None))
+        header = self._header(name, dtype, shape, message, root) if self._headers else None
+        check_header = self._check_header if header is not None else None
         if message is None:  # both neighbours, both ways
             heads, vet = engine.COLLECTIVE, None
         else:  # to or from that neighbour; what comes from the other side is vetted
@@ -288,7 +293,8 @@ class Group:
             vet = self._vet if header is not None else None
         deadline = time.monotonic() + self.timeout
         try:
-            lanes = self._lanes.count(plan, heads, self._alone, header, vet is not None)
+            lanes = 1 if len(plan) < 2 else \
+                self._lanes.count(plan, heads, self._alone, header, vet is not None)
             if lanes == 1 or not self._lanes.run(lanes, plan, work, combine, deadline, header,
                                                  check_header, source):
                 engine.run(self._transport, plan, work, combine, deadline, self._scratch,
@@ -304,9 +310,8 @@ class Group:
             self._current = None
 
     def _header(self, name: str, dtype: np.dtype, shape: tuple[int, ...],
-                message: tuple[Side, bool] | None,
-                root: int = 0) -> tuple[bytes, engine.HeaderCheck]:
-        """This operation's header, and the check of the peers' (ringcomm protocol)."""
+                message: tuple[Side, bool] | None, root: int = 0) -> bytes:
+        """This operation's header (ringcomm protocol); ``_check_header`` vets the peers'."""
         if message is None:
             self._calls += 1
             seq = self._calls
@@ -315,17 +320,21 @@ class Group:
             seq = self._messages[message]
         op = "send" if message else name
         header = pack_header(seq, op, dtype, shape, self._job, root)
-        expected = OpHeader(seq, op, dtype, tuple(shape), self._job, root)
+        self._checking = (seq, op, dtype, shape, root, name, header)
         if message is not None:
-            self._current = (expected, name)
+            self._current = (OpHeader(seq, op, dtype, tuple(shape), self._job, root), name)
             if not message[1] and self._ahead[message[0]]:
                 self._ahead[message[0]] -= 1  # this receive takes a message read ahead
+        return header
 
-        def check_header(got: bytes, side: Side, want: bytes) -> None:
-            if got != want:  # ``want``: this call's header, or an earlier one that went alone
-                check(expected, want, got, rank=self.rank(), peer=self._transport.peer(side),
-                      side=side.name.lower(), name=name if want == header else None)
-        return header, check_header
+    def _check_header(self, got: bytes, side: Side, want: bytes) -> None:
+        """The running operation's check of a peer's header: ``want`` is its own, or that
+        of an earlier call of this rank that went alone."""
+        if got != want:
+            seq, op, dtype, shape, root, name, header = self._checking
+            check(OpHeader(seq, op, dtype, tuple(shape), self._job, root), want, got,
+                  rank=self.rank(), peer=self._transport.peer(side), side=side.name.lower(),
+                  name=name if want == header else None)
 
     def _vet(self, side: Side, got: bytes) -> list[tuple[int, int]]:
         """The start of what a neighbour sent on connection 0 of ``side`` while this rank is

@@ -19,6 +19,8 @@ at most ``LIMIT`` per side and direction.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from .transports import Side
 
 LIMIT = 16   # headers that wait, per side and direction, before they go (resp. are taken)
@@ -65,6 +67,66 @@ class Alone:
         """The first ``count`` headers waiting from ``side`` were checked where they wait
         (and taken off the connection): nothing takes them again."""
         del self.into[side][:count]
+
+
+class Idle:
+    """What a call does once its rank sleeps in it (``Transport.vet_idle``): the headers it
+    owes go out (``stuck``: through ``send_alone``, else posted here and counted in
+    ``sent``), and what arrives on connection 0 where nothing is posted is judged
+    (``judge``); a header that differs goes to ``check`` (as ``report`` does)."""
+
+    __slots__ = ("transport", "alone", "quiet", "vet", "check", "send_alone", "sent")
+
+    def __init__(self, transport, alone: Alone, quiet: tuple[Side, ...], vet, check,
+                 send_alone: Callable[[Side, bytes], None] | None = None) -> None:
+        self.transport, self.alone, self.quiet, self.vet = transport, alone, quiet, vet
+        self.check, self.send_alone, self.sent = check, send_alone, 0
+
+    def stuck(self) -> None:
+        """This rank sleeps in the call: the headers it owes go now."""
+        alone = self.alone
+        for side in (Side.LEFT, Side.RIGHT):
+            if alone.out[side]:  # (no stream sends there in this call)
+                if self.send_alone is not None:
+                    self.send_alone(side, alone.take_out(side))
+                else:
+                    self.sent += 1
+                    self.transport.post_send(side, 0, memoryview(alone.take_out(side)))
+
+    def judge(self, side: Side, got: bytes, held: int) -> bool:
+        """What arrived on connection 0 of ``side`` while nothing is posted there: the
+        headers this rank waits for from there first (checked, then taken off), then, in a
+        send or recv, the start of the neighbour's next operation there (after the ``held``
+        bytes of messages read ahead).  True: keep watching (all was taken)."""
+        alone = self.alone
+        pre = b"".join(alone.into[side])
+        if not pre:
+            got = got[held:]  # messages this rank read ahead and counted
+        n = min(len(got), len(pre))
+        if got[:n] != pre[:n]:
+            report(self.check, pre[:n], got[:n], side)
+        whole = n // SIZE
+        if whole:
+            self.transport.discard(side, 0, whole * SIZE)
+            alone.seen(side, whole)
+        if n < len(pre):  # all of it waited here: watch for the rest (if all was taken)
+            return n % SIZE == 0
+        if side not in self.quiet:  # (a collective: what follows is the neighbour's next call)
+            return False
+        rest = got[n:]
+        if not rest:
+            return True
+        wanted = self.vet(side, rest)
+        for conn, nbytes in wanted:
+            self.transport.read_ahead(side, conn, nbytes)
+        return bool(wanted)
+
+
+def report(check: Callable[[bytes, Side, bytes], None], want: bytes, got: bytes | bytearray,
+           side: Side) -> None:
+    """``check`` the first header-sized slot where ``got`` differs from ``want``."""
+    ours, theirs = first_difference(want, got)
+    check(theirs, side, ours)
 
 
 def first_difference(want: bytes, got: bytes) -> tuple[bytes, bytes]:

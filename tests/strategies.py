@@ -5,12 +5,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
 from ringcomm.plans import SUB_OP_BYTES
+from ringcomm.small import GATHER_BYTES
 from tests import p2p_work, workload
 
 
 @st.composite
 def cases(draw, size: int, connections: int, op: str, special: bool = False):
-    """(dtype name, shape, seed, strided[, special]) at random sizes and at the schedule's edges.
+    """(dtype name, shape, seed, strided[, special]) at random sizes and at the schedule's
+    edges (where an all-reduce stops gathering, too).
 
     With ``special``, a fifth item picks special float values (workload.SPECIAL_VALUES):
     "nan" or none for every op but the sums, which get "inf" or none.
@@ -22,6 +24,9 @@ def cases(draw, size: int, connections: int, op: str, special: bool = False):
         c for j in range(1, 2 * connections + 2)
         for c in (j * per_rank * SUB_OP_BYTES // itemsize - 1,
                   j * per_rank * SUB_OP_BYTES // itemsize + 1)]
+    if per_rank > 1:  # where a small all-reduce stops gathering (ringcomm.small)
+        edge = GATHER_BYTES // (size * itemsize)
+        branches += [edge, edge + 1]
     kind = draw(st.sampled_from(["shape", "shape", "few", "branch"]))
     if kind == "shape":
         shape = draw(array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9))

@@ -262,8 +262,6 @@ class QP(QPWire):
         self.pd, self.cap = pd, init_attr.cap
         self.scq, self.rcq = init_attr.scq, init_attr.rcq
         self.sq_sig_all = init_attr.sq_sig_all
-        for cq in {id(self.scq): self.scq, id(self.rcq): self.rcq}.values():
-            cq._qps.append(self)
         qpn = int.from_bytes(os.urandom(3), "big") | 1
         while qpn in _used_qpns:
             qpn = int.from_bytes(os.urandom(3), "big") | 1
@@ -288,8 +286,11 @@ class QP(QPWire):
         self._head = bytearray()
         self._in: tuple | None = None  # (frame fields, target view or None, position)
         self._closed = False
-        # last: another thread's verbs calls progress every queue pair of open_qps (as a
-        # NIC serves every queue pair), so it must see only whole ones
+        # last: another thread's verbs calls progress every queue pair of open_qps and of
+        # its completion queues (as a NIC serves every queue pair), so it must see only whole
+        # ones (a poll that met a half-made one raised AttributeError: '_closed')
+        for cq in {id(self.scq): self.scq, id(self.rcq): self.rcq}.values():
+            cq._qps.append(self)
         open_qps.append(self)
 
     # -- state machine ------------------------------------------------------------------
