@@ -12,6 +12,9 @@ A received header is checked as soon as any byte of it is in (the transport repo
 ``HEAD``), so a peer in another operation is caught before this rank waits for data it will
 not send, and always before any received byte is folded or the call returns.
 
+A plan of one stream whose reducing receives each fit one scratch piece (a small collective)
+runs in ``single.run``'s plain loop instead: the same bytes and checks, less Python.
+
 Receives that must be combined land in a per-stream scratch buffer, ``SCRATCH_BYTES`` at a
 time, and are folded into the working buffer (``np.add(..., out=...)`` for sums) as each
 piece completes; everything else is received straight into the working buffer.  Extra memory
@@ -100,10 +103,12 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     module's doc) is the input when ``work`` is not a copy of it.
     """
     if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE):
-        lone = _shape(plan)[2]
+        got = _LAYOUTS.get(id(plan))
+        lone = got[3] if got is not None and got[0] is plan else _shape(plan)[2]
         if lone is not None:  # a small collective: the same, with less Python
             return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
-                              header, check, source, alone, *(lone if header else NO_HEADS))
+                              header, check, source, alone,
+                              lone if header is not None else NO_HEADS)
     if header is None:
         alone = None
     lone_out, lone_in = _header_only(plan, heads) if header is not None else NO_HEADS

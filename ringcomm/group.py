@@ -405,8 +405,9 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
             name: str) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
-    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype \
-            or not out.flags.c_contiguous or not out.flags.writeable:
+    flags = out.flags if isinstance(out, np.ndarray) else None
+    if flags is None or out.shape != tuple(shape) or out.dtype != dtype \
+            or not flags.c_contiguous or not flags.writeable:
         got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray)
                else f"shape {out.shape}, dtype {out.dtype}")
         raise ValueError(f"{name}: out= must be a writeable C-contiguous numpy array of shape "

@@ -4,7 +4,8 @@ A small collective (an 8-byte all_sum, a barrier, a small all_gather or sum_scat
 stream of steps whose receives each fit one scratch piece, and its time is the network's
 latency plus the Python around it.  ``engine.run``'s bookkeeping for any number of streams,
 scratch pieces and read-ahead (closures, a channel-to-stream map, a window of streams) cost
-more than the latency itself (24 of 35 us of an 8-byte all_sum's Python, measured).  Here
+more than the latency itself (24 of 35 us of an 8-byte all_sum's Python on this project's
+2-core machine).  Here
 the steps run in a plain loop: post the step's send and receive, wait for both, fold.
 Headers go and come exactly as ``engine.run`` sends and takes them (``docs/wire-protocol.md``):
 the first send and receive carry them, and headers alone go and are taken with ``lone``;
@@ -30,10 +31,11 @@ _NOTHING: tuple = ((), ())
 def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         combine: Combine | None, deadline: float, scratch: np.ndarray, header: bytes | None,
         check, source: np.ndarray | None, alone: Alone | None,
-        lone_out: tuple[Side, ...], lone_in: tuple[Side, ...]) -> None:
+        lone: tuple[tuple[Side, ...], tuple[Side, ...]]) -> None:
     """``engine.run`` of a collective (headers both ways to both neighbours, ``engine.COLLECTIVE``,
     or none) whose plan is the one stream ``steps``, every reducing receive of which fits
-    ``scratch``; ``lone_out``/``lone_in``: the sides its header goes to/comes from alone."""
+    ``scratch``; ``lone``: the sides its header goes to and comes from alone."""
+    lone_out, lone_in = lone
     post_send, post_recv, wait = transport.post_send, transport.post_recv, transport.wait
     raw = memoryview(work if work.dtype is _BYTES else work.view(np.uint8))
     first_raw = raw if source is None else memoryview(source.view(np.uint8))
@@ -45,7 +47,8 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         transport.vet_idle(lone_in if not take_now else tuple(dict.fromkeys(lone_in + tuple(
             take_now))), idle.judge, idle.stuck)
     try:
-        lone = 0  # header-only messages in flight that this loop posted
+        alone_sent = 0  # header-only messages posted here, less every one completed (with
+                        # those idle posted, which idle.sent counts: both sum to in flight)
         want = head_in = None
         for index, step in enumerate(steps):
             s, r = step.send, step.recv
@@ -70,7 +73,7 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                 got = (r.side, r.conn, _RECV)
             if not index and send_now:
                 for side, data in send_now:  # after the data: in the time spent waiting for it
-                    lone += 1
+                    alone_sent += 1
                     post_send(side, 0, memoryview(data))
             while sent or got:
                 for ch in wait(deadline):
@@ -91,15 +94,15 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                         else:
                             _early(ch, {}, check)
                     else:
-                        lone -= 1
+                        alone_sent -= 1
         checks: dict[tuple, tuple[bytes, bytearray]] = {}  # header-only receives
         for side in take_now:  # the plan is done: they are in by now
             if alone.into[side]:  # (unless checked while this rank slept)
                 want_alone = alone.take_in(side)
                 checks[(side, 0, _RECV)] = (want_alone, bytearray(want_alone))
-                lone += 1
+                alone_sent += 1
                 post_recv(side, 0, raw[0:0], checks[(side, 0, _RECV)][1])
-        while lone + (idle.sent if idle is not None else 0):
+        while alone_sent + (idle.sent if idle is not None else 0):
             for ch in wait(deadline):
                 if ch.kind is HEAD:
                     _early(ch, checks, check)
@@ -108,7 +111,7 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                     want_alone, got_alone = checks.pop((ch.side, ch.conn, _RECV))
                     if got_alone != want_alone:
                         report(check, want_alone, got_alone, ch.side)
-                lone -= 1
+                alone_sent -= 1
     finally:
         if idle is not None:
             transport.vet_idle((), None, None)

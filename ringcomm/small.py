@@ -38,10 +38,11 @@ def gather_reduce(group: Group, name: str, op: str, source: np.ndarray,
                   result: np.ndarray, shape: tuple[int, ...]) -> None:
     """``result`` (flat) = ``op`` over every rank's ``source`` (flat, same dtype), with the
     bytes of MLX's ring."""
-    n, r, k = group._transport.size, group._transport.rank, group._transport.connections
-    key = (n, r, k, source.size, source.dtype, op)
+    key = (source.size, source.dtype, op)  # (the ring, rank and connections never change)
     got = group._gathered
+    r = group._transport.rank
     if got is None or got[0] != key:  # a steady loop reuses its buffer, plan and segments
+        n, k = group._transport.size, group._transport.connections
         blocks = np.empty((n, source.size), source.dtype)
         got = group._gathered = (key, blocks.reshape(-1).view(np.uint8), list(blocks),
                                  plans.all_gather(source.nbytes, n, r, k),
@@ -51,11 +52,7 @@ def gather_reduce(group: Group, name: str, op: str, source: np.ndarray,
     _, raw, rows, plan, combine, floating, segments = got
     rows[r][...] = source
     group._run(name, plan, raw, None, source.dtype, shape)
-    if floating:  # inf - inf is a NaN like any other, as in MLX: no warnings
-        with np.errstate(all="ignore"):
-            _fold(combine, result, rows, segments)
-    else:
-        _fold(combine, result, rows, segments)
+    (_fold_quietly if floating else _fold)(combine, result, rows, segments)
 
 
 def _segments(count: int) -> list[tuple[int, int, int]]:
@@ -76,3 +73,8 @@ def _fold(combine, result: np.ndarray, rows: list[np.ndarray],
     combine(result, rows[1], rows[0])  # integers and bools: exact in any order
     for row in rows[2:]:
         combine(result, row)
+
+
+# inf - inf is a NaN like any other, as in MLX: no warnings (as a decorator, errstate keeps its
+# token per call, so threads may share it; it costs half of a ``with`` block)
+_fold_quietly = np.errstate(all="ignore")(_fold)
