@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
@@ -56,3 +57,15 @@ def slow_neighbour(group: ringcomm.Group, calls: int, pause: float) -> list[floa
             time.sleep(pause)
         sums.append(float(group.all_sum(np.array([i + group.rank()], np.float64))[0]))
     return sums
+
+
+def quiet_infinities(group: ringcomm.Group) -> list[float]:
+    """Small float folds that overflow or meet inf - inf, with warnings as errors: the gathered
+    all_sum (2 ranks), the ring's (more), and sum_scatter, as MLX, say nothing."""
+    n, r = group.size(), group.rank()
+    big = np.float32(3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summed = group.all_sum(np.array([np.inf if r % 2 else -np.inf, big], np.float32))
+        scattered = group.sum_scatter(np.full(n, big, np.float32))
+    return [float(v) for v in (*summed, *scattered)]

@@ -8,6 +8,7 @@ threshold too; test_mismatch covers these calls against other operations.)
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ringcomm import small
@@ -46,3 +47,10 @@ def test_headers_alone_go_when_a_rank_sleeps_in_a_small_call(clusters):
     results = cluster.run(small_work.slow_neighbour, calls, 0.004)  # > lone's 1 ms
     want = [float(2 * i + 1) for i in range(calls)]
     assert results == [want, want]
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_small_float_folds_raise_no_warnings(clusters, size):
+    results = clusters.get(size, 1).run(small_work.quiet_infinities)
+    for got in results:
+        assert np.isnan(got[0]) and np.isinf(got[1]) and np.isinf(got[2]), got
