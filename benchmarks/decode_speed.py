@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .spawn import ROOT, child_env
+
 IMPLS = ("ringcomm", "mlx")
 PASS_TIME_LIMIT = 600.0
 
@@ -134,8 +135,7 @@ def run_pass(impl: str, opts: argparse.Namespace, argv: list[str]) -> dict:
         command = [sys.executable, "-m", "ringcomm.launch", "-n", str(opts.n), "--",
                    sys.executable, "-m", "ringcomm.bench.decode_speed", *argv,
                    "--worker", impl, "--out", out]
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        proc = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=path),
+        proc = subprocess.Popen(command, cwd=ROOT, env=child_env(),
                                 stdout=sys.stderr, start_new_session=True)
         try:
             code = proc.wait(timeout=PASS_TIME_LIMIT)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Sequence, TextIO
 
 from ringcomm.lanes import auto_threads
 from ringcomm.launch import remote_env
+from ringcomm.supervise import exit_code
 
 from . import options, spawn
 from .measure import Record
@@ -64,21 +64,18 @@ def payload_ceiling(mtu: int) -> float:
 
 
 def run_pass(hosts: NetnsHosts, nranks: int, impl: str, config: options.Config, port: int,
-             time_limit: float, threads: int | None) -> tuple[int, list[Record]]:
+             time_limit: float, threads: int) -> tuple[int, list[Record]]:
     """``impl``'s sweep on the first ``nranks`` hosts; (exit code, rank 0's records)."""
     names = hosts.hosts[:nranks]
     hostfile = hosts.tmp / f"hostfile-{impl}-{nranks}-{port}.json"
     hostfile.write_text(json.dumps([[f"{hosts.ips[h]}:{port}"] for h in names]))
     results = hosts.tmp / f"records-{impl}-{nranks}-{port}.jsonl"
     rank_config = dataclasses.replace(config, impls=[impl], results=str(results))
-    env = dict(os.environ, **remote_env([]), MLX_HOSTFILE=str(hostfile),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(spawn.ROOT),
-                                                        os.environ.get("PYTHONPATH")])))
-    if threads:
-        env["RINGCOMM_THREADS"] = str(threads)
+    env = dict(spawn.child_env(), **remote_env([]), MLX_HOSTFILE=str(hostfile),
+               RINGCOMM_THREADS=str(threads))
     argv = [sys.executable, "-m", "ringcomm.bench.rank", rank_config.to_json()]
     procs = [hosts.popen(h, argv, env=dict(env, MLX_RANK=str(r)), cwd=spawn.ROOT,
-                         stdout=spawn._stderr_fd(), stdin=subprocess.DEVNULL,
+                         stdout=spawn.stderr_fd(), stdin=subprocess.DEVNULL,
                          preexec_fn=die_with_parent)
              for r, h in enumerate(names)]
     try:
@@ -98,7 +95,7 @@ def _wait(procs: list[subprocess.Popen], time_limit: float, what: str) -> int:
             rank, code = bad[0]
             print(f"ringcomm-bench links: {what}: rank {rank} exited {code}; stopping the "
                   "others (their messages are above)", file=sys.stderr)
-            return code if code > 0 else 1
+            return exit_code(code)
         if all(c == 0 for c in codes):
             return 0
         if time.monotonic() > deadline:
@@ -117,8 +114,7 @@ def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=grace)
+            p.kill()  # (NetnsHosts.close kills whatever is left in the namespaces)
 
 
 def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
@@ -126,17 +122,17 @@ def measure(args: argparse.Namespace, config: options.Config, iproute: Iproute,
     """Every rate, rank count and implementation, appended to ``rows`` as each pass ends (a
     failure or Ctrl-C keeps what was measured); prints the rows of each rank count."""
     port = FIRST_PORT
-    print(header(args), file=out, flush=True)
+    print(header(args, config), file=out, flush=True)
     print(columns(config.impls), file=out, flush=True)
     for rate in args.rates:
         with NetnsHosts(max(args.ranks), rate_mbit=rate * 1000 or None, prefix=PREFIX,
                         mtu=args.mtu, burst=args.burst, iproute=iproute) as hosts:
             for nranks in args.ranks:
                 found: list[LinkRecord] = []
+                threads = args.threads or auto_threads(nranks)
                 for impl in config.impls:
                     print(f"ringcomm-bench links: {impl} on {nranks} ranks over "
                           f"{_rate(rate)} links", file=sys.stderr, flush=True)
-                    threads = args.threads or auto_threads(nranks)
                     code, records = run_pass(hosts, nranks, impl, config, port,
                                              args.time_limit, threads)
                     port += 10
@@ -154,12 +150,12 @@ def _rate(rate: float) -> str:
     return f"{rate:g} Gbit/s" if rate else "unshaped"
 
 
-def header(args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace, config: options.Config) -> str:
     return (f"# ringcomm-bench links: one network namespace per rank on a bridge, each link "
             f"shaped with tc tbf in both directions (rate none: unshaped; burst "
             f"{args.burst or 'rate x 4 ms'}, "
             f"MTU {args.mtu}: TCP payload can fill at most {payload_ceiling(args.mtu):.1%} of "
-            f"the rate); {args.warmup} warm-up + {args.iters} timed calls per size, time = "
+            f"the rate); {config.warmup} warm-up + {config.iters} timed calls per size, time = "
             "median over calls of the slowest rank; busbw in Gbit/s, share = busbw / rate")
 
 
@@ -193,7 +189,6 @@ def print_rows(rows: list[LinkRecord], impls: Sequence[str], out: TextIO) -> Non
 
 
 SWEEP_DEFAULTS = ["-b", "8M", "-e", "32M", "-f", "2", "--op", "all_sum,all_gather"]
-NOT_HERE = ("-n", "--nproc", "--plot", "--connections-per-ip", "--transport")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -245,11 +240,14 @@ def parse(argv: Sequence[str] | None, prog: str) -> tuple[argparse.Namespace, op
         p.error(f"--mtu must be 576..65535; got {args.mtu}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
-    if bad := [a for a in rest if a.split("=")[0] in NOT_HERE]:
-        p.error(f"{', '.join(bad)}: not with the links benchmark (it starts one rank per "
-                "host over TCP, and writes its own --output)")
     sweep = options.parse(SWEEP_DEFAULTS + rest, prog)
-    args.warmup, args.iters = sweep.warmup, sweep.iters
+    # judged on the parsed sweep, so that an abbreviation (--out, --trans) cannot slip by
+    if bad := [name for name, given in (
+            ("-n/--nproc", sweep.nproc is not None), ("--plot", sweep.plot is not None),
+            ("--output", sweep.output is not None), ("--transport", sweep.transport != "tcp"),
+            ("--connections-per-ip", sweep.connections_per_ip is not None)) if given]:
+        p.error(f"{', '.join(bad)}: not with the links benchmark (it starts one rank per "
+                "host over TCP, and writes its own --output before the sweep's options)")
     return args, options.config_from(sweep)
 
 

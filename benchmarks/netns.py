@@ -9,7 +9,7 @@ route.  With ``rate_mbit`` every link is shaped with ``tc tbf`` in both directio
 switch.  ``ip netns exec`` bind-mounts ``/etc/netns/<namespace>/hosts`` over /etc/hosts:
 ``h0``.. resolve to their addresses in every command started in a host.
 
-``ringcomm-bench-links`` (``links.py``) measures on these hosts; ``tests/netns.py`` adds an
+``python -m ringcomm.bench.links`` (``links.py``) measures on these hosts; ``tests/netns.py`` adds an
 sshd per host for the multi-host tests.  ``ip`` and ``tc`` come from PATH or from an unpacked
 iproute2 (``Iproute.find(root)``: ``root/bin/ip``, ``root/sbin/tc`` and the libraries under
 ``root``); then LD_LIBRARY_PATH is set for ip and tc only, never for what runs in a host.
@@ -320,7 +320,6 @@ class NetnsHosts:
         dir.  Idempotent; does everything it can and raises at the end if something was left."""
         if self._closed:
             return
-        self._closed = True
         t0 = time.monotonic()
         errors = kill_netns(self.iproute, self._made) if self._made else []
         for ns in self.namespaces.values():
@@ -333,6 +332,7 @@ class NetnsHosts:
             shutil.rmtree(self.tmp, ignore_errors=True)
         with _lock:
             _open.discard(self)
+        self._closed = True  # only now: a teardown cut short (a second Ctrl-C) runs again at exit
         self.teardown_s = time.monotonic() - t0
         if errors:
             raise RuntimeError("netns hosts teardown: " + "; ".join(errors))

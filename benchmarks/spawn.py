@@ -56,10 +56,15 @@ def read_records(path: str) -> list[Record]:
         return []
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with the project root first on PYTHONPATH (ranks import it from a
+    source tree too)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
+        str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 def _run(command: list[str], time_limit: float, what: str) -> int:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
-    launcher = subprocess.Popen(command, env=env, stdout=_stderr_fd(), cwd=ROOT)
+    launcher = subprocess.Popen(command, env=child_env(), stdout=stderr_fd(), cwd=ROOT)
     try:
         return launcher.wait(timeout=time_limit)
     except subprocess.TimeoutExpired:
@@ -84,7 +89,7 @@ def _stop(launcher: subprocess.Popen) -> int:
     return launcher.returncode
 
 
-def _stderr_fd() -> int | None:
+def stderr_fd() -> int | None:
     """Ranks print nothing on stdout, but whatever they do must not mix with the table."""
     try:
         return sys.stderr.fileno()

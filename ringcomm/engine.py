@@ -133,19 +133,17 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         if s is not None:
             owner[Channel(s.side, s.conn, _SEND)] = st
             st.pending += 1
-            head = header
-            if with_header and s.conn == 0 and alone is not None and alone.out[s.side]:
-                head = alone.take_out(s.side) + header  # the headers waiting go first
-            post_send(s.side, s.conn, (first_raw if first else raw)[s.start:s.stop],
-                      head if with_header else None)
+            head = None
+            if with_header:  # (after the headers waiting to go there)
+                head = header if alone is None else alone.lead(s.side, s.conn, header)
+            post_send(s.side, s.conn, (first_raw if first else raw)[s.start:s.stop], head)
         r = step.recv
         if r is not None:
             owner[Channel(r.side, r.conn, _RECV)] = st
             st.pending += 1
             if with_header:  # the peer's header arrives with the first piece of data; it
-                want = header  # starts as ours, so any byte that differs shows at once
-                if r.conn == 0 and alone is not None and alone.into[r.side]:
-                    want = alone.take_in(r.side) + header
+                # starts as ours, so any byte that differs shows at once
+                want = header if alone is None else alone.expect(r.side, r.conn, header)
                 st.want, st.header_in = want, bytearray(want)
             if step.reduce and r.stop > r.start:
                 st.recv_pos = r.start

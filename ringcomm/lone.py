@@ -55,6 +55,16 @@ class Alone:
                 take = (take or []) + [side]
         return send or _NONE, take or _NONE
 
+    def lead(self, side: Side, conn: int, header: bytes) -> bytes:
+        """What a stream's first send on ``conn`` to ``side`` carries: the headers waiting to
+        go there (connection 0), then ``header``."""
+        return self.take_out(side) + header if conn == 0 and self.out[side] else header
+
+    def expect(self, side: Side, conn: int, header: bytes) -> bytes:
+        """What a stream's first receive on ``conn`` from ``side`` must take: the headers
+        waiting from there (connection 0), then ``header``."""
+        return self.take_in(side) + header if conn == 0 and self.into[side] else header
+
     def take_out(self, side: Side) -> bytes:
         """The waiting headers to ``side``, to go out now (ahead of data)."""
         return _drain(self.out[side])

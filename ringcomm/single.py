@@ -55,17 +55,13 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
             sent = got = None
             if s is not None:
                 head = None
-                if not index and header is not None:
-                    head = header
-                    if s.conn == 0 and alone.out[s.side]:  # the headers waiting go first
-                        head = alone.take_out(s.side) + header
+                if not index and header is not None:  # (after the headers waiting there)
+                    head = alone.lead(s.side, s.conn, header)
                 post_send(s.side, s.conn, (raw if index else first_raw)[s.start:s.stop], head)
                 sent = (s.side, s.conn, _SEND)
             if r is not None:
                 if not index and header is not None:  # the peer's, checked as soon as it is in
-                    want = header
-                    if r.conn == 0 and alone.into[r.side]:
-                        want = alone.take_in(r.side) + header
+                    want = alone.expect(r.side, r.conn, header)
                     head_in = bytearray(want)
                 folding = step.reduce and r.stop > r.start
                 post_recv(r.side, r.conn, memoryview(scratch)[:r.stop - r.start] if folding

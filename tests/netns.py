@@ -107,9 +107,7 @@ from pathlib import Path
 import pytest
 
 from ringcomm.bench.netns import (ETC_NETNS, Iproute, NetnsHosts, NetnsUnavailable,
-                                  die_with_parent as _die_with_parent, pid_alive as _pid_alive,
-                                  which)
-from ringcomm.bench import netns as _core
+                                  cleanup_stale, die_with_parent, pid_alive, which)
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "rcnt"
@@ -118,7 +116,7 @@ TOOLS = {"ip": "ip", "tc": "tc", "sshd": "/usr/sbin/sshd", "ssh": "ssh",
 SSHD_PRIVSEP = Path("/run/sshd")
 
 __all__ = ["ETC_NETNS", "NetnsCluster", "NetnsUnavailable", "cleanup_stale", "cluster_fixture",
-           "start_or_skip", "unavailable_reason", "_pid_alive", "_die_with_parent"]
+           "iproute", "pid_alive", "start_or_skip", "unavailable_reason"]
 
 
 def _which(name: str) -> str | None:
@@ -138,21 +136,9 @@ def unavailable_reason(need: Sequence[str] = tuple(TOOLS)) -> str | None:
     return None
 
 
-def _iproute(ip: str) -> Iproute:
-    return Iproute(ip, _which("tc") or "tc")
-
-
-def _netns_list(ip: str) -> list[str]:
-    return _iproute(ip).namespaces()
-
-
-def _netns_pids(ip: str, ns: str) -> list[int]:
-    return _iproute(ip).pids(ns)
-
-
-def cleanup_stale(prefix: str = PREFIX) -> list[str]:
-    """Remove what runs (``prefix<pid>x<n>``) whose process is gone left behind."""
-    return _core.cleanup_stale(prefix)
+def iproute() -> Iproute:
+    """This machine's ip (and tc, which a cluster without rates does not need)."""
+    return Iproute(_which("ip") or "ip", _which("tc") or "tc")
 
 
 class NetnsCluster(NetnsHosts):
@@ -179,7 +165,7 @@ class NetnsCluster(NetnsHosts):
         return unavailable_reason()
 
     def start(self) -> NetnsCluster:
-        self.iproute = _iproute(_which("ip")) if _which("ip") else None
+        self.iproute = iproute()  # (start() reports a missing ip before using it)
         return super().start()
 
     def _build(self) -> None:
@@ -245,7 +231,7 @@ Subsystem sftp internal-sftp
                                 "-E", str(log)])
         self._sshd[host] = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, preexec_fn=die_with_parent)
 
     def _wait_sshd(self) -> None:
         # sshd -D writes its PidFile once its listening sockets are bound
@@ -397,6 +383,7 @@ Subsystem sftp internal-sftp
         """Bring ``host``'s interface back (its address, route and rate limit come back)."""
         self.iproute.run([self.iproute.ip, "-n", self.check_host(host), "link", "set", "dev",
                           self.ifname, "up"])
+
 
 def start_or_skip(n_hosts: int = 3, **kwargs) -> NetnsCluster:
     """``NetnsCluster(n_hosts, **kwargs).start()``, or pytest.skip with the reason."""

@@ -49,7 +49,10 @@ def test_busbw_follows_the_shaped_rate_and_nothing_is_left(tmp_path):
     bench = _bench("--ranks", "2", "--rates", str(RATE_GBIT), "-b", "4M", "-e", "4M",
                    "--op", "all_sum,all_gather", "-w", "1", "--iters", "5",
                    "--output", str(out))
-    stdout, stderr = bench.communicate(timeout=90)
+    try:
+        stdout, stderr = bench.communicate(timeout=90)
+    finally:
+        bench.kill()  # (a no-op once it has exited; else its exit hook removes the namespaces)
     took = time.monotonic() - started
     if bench.returncode == 3:
         pytest.skip(f"namespaces unavailable: {stderr.strip()}")
@@ -77,20 +80,25 @@ def test_ctrl_c_removes_the_namespaces_and_the_ranks():
     iproute = _iproute_or_skip()
     bench = _bench("--ranks", "2", "--rates", "0.1", "-b", "64M", "-e", "64M",
                    "--op", "all_sum", "-w", "1", "--iters", "50")
-    deadline = time.monotonic() + 30
-    said = []
-    while "ringcomm on 2 ranks" not in (line := bench.stderr.readline()):
-        said.append(line)
-        if not line and bench.wait(timeout=10) == 3:
-            pytest.skip(f"namespaces unavailable: {''.join(said).strip()}")
-        assert line and time.monotonic() < deadline, f"the pass did not start: {said}"
-    ranks = []
-    while time.monotonic() < deadline and len(ranks) < 2:
-        ranks = [p for ns in _left(iproute, bench.pid) for p in iproute.pids(ns)]
-        time.sleep(0.1)
-    assert len(ranks) == 2, ranks
-    bench.send_signal(signal.SIGINT)
-    _, stderr = bench.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        said = []
+        while "ringcomm on 2 ranks" not in (line := bench.stderr.readline()):
+            said.append(line)
+            if not line and bench.wait(timeout=10) == 3:
+                pytest.skip(f"namespaces unavailable: {''.join(said).strip()}")
+            assert line and time.monotonic() < deadline, f"the pass did not start: {said}"
+        ranks = []
+        while time.monotonic() < deadline and len(ranks) < 2:
+            ranks = [p for ns in _left(iproute, bench.pid) for p in iproute.pids(ns)]
+            time.sleep(0.1)
+        assert len(ranks) == 2, ranks
+        bench.send_signal(signal.SIGINT)
+        _, stderr = bench.communicate(timeout=30)
+    finally:
+        if bench.poll() is None:  # a test that failed above: stop it as Ctrl-C would
+            bench.send_signal(signal.SIGINT)
+            bench.wait(timeout=30)
     assert bench.returncode == 130, stderr
     assert "interrupted" in stderr
     assert _left(iproute, bench.pid) == []
@@ -100,12 +108,16 @@ def test_ctrl_c_removes_the_namespaces_and_the_ranks():
 
 
 def test_an_unpacked_iproute_lends_its_libraries_to_ip_alone(tmp_path):
-    """--iproute DIR: ip and tc run with DIR's libraries; commands in a host do not."""
+    """--iproute DIR: ip and tc run with DIR's libraries; commands in a host get the caller's
+    LD_LIBRARY_PATH back (none, or its own), not ip's."""
     system = _iproute_or_skip()
     (tmp_path / "bin").mkdir()
     (tmp_path / "sbin").mkdir()
     (tmp_path / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
-    (tmp_path / "bin/ip").symlink_to(system.ip)
+    log = tmp_path / "ip-saw"
+    (tmp_path / "bin/ip").write_text(  # the system's ip, noting the libraries it was given
+        f'#!/bin/sh\necho "${{LD_LIBRARY_PATH-unset}}" >> {log}\nexec {system.ip} "$@"\n')
+    (tmp_path / "bin/ip").chmod(0o755)
     (tmp_path / "sbin/tc").symlink_to(system.tc)
     (tmp_path / "usr/lib/x86_64-linux-gnu/libunused.so.1").write_bytes(b"")
     carried = Iproute.find(tmp_path)
@@ -123,6 +135,22 @@ def test_an_unpacked_iproute_lends_its_libraries_to_ip_alone(tmp_path):
         got, _ = p.communicate(timeout=10)
         assert got.splitlines()[0] == "[unset]"
         assert hosts.ips["h0"] in got and " mtu 9000 " in got.splitlines()[1]
+        p = hosts.popen("h0", ["sh", "-c", 'echo "[$LD_LIBRARY_PATH]"'],
+                        env=dict(env, LD_LIBRARY_PATH="/callers/own"), stdout=subprocess.PIPE,
+                        text=True)
+        assert p.communicate(timeout=10)[0].strip() == "[/callers/own]"
+        saw = log.read_text().splitlines()
+        assert saw and all(line.split(":")[0] == carried.libs for line in saw), saw
         qdisc = carried.run([carried.tc, "-n", hosts.namespaces["h0"], "qdisc", "show"])
         assert "tbf" in qdisc and "100Mbit" in qdisc
     assert hosts.namespaces["h0"] not in system.namespaces()
+
+
+@pytest.mark.parametrize("extra", [["-n", "4"], ["-n4"], ["--plo", "x.png"], ["--out", "x.json"],
+                                   ["--trans", "rdma"], ["--connections-per-ip", "2", "-n", "2"]])
+def test_sweep_options_that_do_not_apply_are_refused_even_abbreviated(extra, capsys):
+    from ringcomm.bench.links import parse
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--ranks", "2", *extra], "links")
+    assert exit_.value.code == 2
+    assert "not with the links benchmark" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def leftovers(c: NetnsCluster, marker: str) -> dict[str, list[str]]:
     ringcomm agent."""
     found = {}
     for host, ns in c.namespaces.items():
-        for pid in netns._netns_pids("ip", ns):
+        for pid in netns.iproute().pids(ns):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:

@@ -227,13 +227,13 @@ def test_mpi_allreduce_across_hosts(cluster3):
 
 
 def _leftovers(cluster: NetnsCluster) -> list[str]:
-    names = netns._netns_list(netns._which("ip"))
+    names = netns.iproute().namespaces()
     left = [ns for ns in [*cluster.namespaces.values(), cluster.bridge_ns] if ns in names]
     left += [str(d) for d in (netns.ETC_NETNS / ns for ns in cluster.namespaces.values())
              if d.exists()]
     if cluster.tmp is not None and cluster.tmp.exists():
         left.append(str(cluster.tmp))
-    left += [f"sshd {p.pid}" for p in cluster._sshd.values() if netns._pid_alive(p.pid)
+    left += [f"sshd {p.pid}" for p in cluster._sshd.values() if netns.pid_alive(p.pid)
              and p.poll() is None]
     return left
 
@@ -287,7 +287,7 @@ def test_stale_namespaces_of_a_dead_run_are_removed():
     orphan = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
     try:
         with NetnsCluster(1, prefix="rcst", check_ssh=False) as c:
-            assert ns not in netns._netns_list("ip")
+            assert ns not in netns.iproute().namespaces()
             assert orphan.wait(timeout=5) is not None
             assert not (netns.ETC_NETNS / ns).exists() and not tmp.exists()
             assert c.run("h0", "hostname -I", check=True).stdout.split() == [c.ips["h0"]]
