@@ -47,8 +47,9 @@ def check_all_to_all(got: list, shape: tuple, dtype_name: str, seed: int) -> Non
         assert got[r].shape == want.shape and got[r].tobytes() == want.tobytes(), f"rank {r}"
 
 
-def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> list:
-    """Seconds for the first and then each later send/recv of ``nbytes`` to a peer."""
+def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> tuple[list, int]:
+    """Seconds for the first and then each later send/recv of ``nbytes`` to a peer, and the
+    direct queue pairs this rank made (RDMA)."""
     r = group.rank()
     x = np.zeros(nbytes, np.uint8)
     times = []
@@ -61,7 +62,7 @@ def timed_first_use(group, peer_of: dict, nbytes: int, repeat: int) -> list:
             src = next(s for s, d in peer_of.items() if d == r)
             group.recv_like(x, src)
         times.append(time.perf_counter() - t)
-    return times
+    return times, len(group._direct.links._setup.by_number)
 
 
 def broadcast_all_roots(group, shape: tuple, dtype_name: str, seed: int) -> list:
@@ -126,19 +127,24 @@ def broadcast_from(group, roots: list, shape: tuple) -> tuple:
     return "", None, time.monotonic() - t
 
 
-def die_after_send(group, victim: int, receiver: int, opened: bool) -> tuple | None:
-    """``victim`` sends ``receiver`` one message (opening their direct link) if ``opened``,
-    then exits abruptly; ``receiver`` takes it and waits for another: (error, text, seconds).
-    The other ranks go on to a barrier, as a program would."""
+def die_after_send(group, victim: int, receiver: int, opened: bool, messages: int = 1,
+                   pause: float = 0.0) -> tuple | None:
+    """``victim`` sends ``receiver`` ``messages`` messages (opening their direct link) if
+    ``opened``, then exits abruptly; ``receiver``, after ``pause`` seconds, takes them (each
+    must arrive whole: the link's failure comes after them) and waits for another: (error,
+    text, seconds).  The other ranks go on to a barrier, as a program would."""
     r = group.rank()
     if r == victim:
         if opened:
-            group.send(np.arange(4.0), receiver)
-            group._direct.close()  # the message acknowledged before the process goes
+            for i in range(messages):
+                group.send(np.arange(4.0) + i, receiver)
+            group._direct.close()  # the messages acknowledged before the process goes
         os._exit(3)
     if r == receiver:
-        if opened:
-            group.recv(4, np.float64, victim)
+        time.sleep(pause)
+        for i in range(messages if opened else 0):
+            got = group.recv(4, np.float64, victim)
+            assert np.array_equal(got, np.arange(4.0) + i), (i, got)
         t = time.monotonic()
         try:
             group.recv(4, np.float64, victim)

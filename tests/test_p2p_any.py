@@ -26,12 +26,17 @@ def test_send_recv_between_random_pairs(clusters, case):
 # transports.rdma_direct).  A TCP rank waiting for a non-neighbour that died before it
 # opened its direct connection waits for the deadline (no notice reaches a direct wait), so
 # that case runs on RDMA only, where the wait naps on the side channel.
-@pytest.mark.parametrize("impl,opened", [("ringcomm", True), (RDMA, True), (RDMA, False)])
-def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters, impl, opened):
+# With 4 messages and a pause, the dead sender's failure (its credit write) is recorded while
+# messages wait: each must still be delivered before the error.
+@pytest.mark.parametrize("impl,opened,messages,pause", [
+    ("ringcomm", True, 1, 0.0), (RDMA, True, 1, 0.0), (RDMA, False, 1, 0.0),
+    ("ringcomm", True, 4, 1.0), (RDMA, True, 4, 1.0)])
+def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters, impl, opened, messages,
+                                                           pause):
     cluster = clusters.get(5, 1, (impl,) * 5)
     cluster.broken = True  # rank 1 exits: the cache starts a fresh ring next time
     for conn in cluster._conns:
-        conn.send((w.die_after_send, (1, 3, opened)))
+        conn.send((w.die_after_send, (1, 3, opened, messages, pause)))
     assert cluster._conns[3].poll(30), "rank 3 did not answer"
     status, value = cluster._conns[3].recv()
     assert status == "ok", value

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
 from . import verbs
@@ -85,7 +84,6 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         self._setup: RdmaSetup | None = None
         self._links: tuple[list[Link], list[Link]] = ([], [])
         self._by_number: list[Link] = []
-        self._contexts: dict[str, SimpleNamespace] = {}
         self._devices, self._token = devices, token
         self._listener: socket.socket | None = None  # for direct links' bootstrap (p2p)
         self._direct_addresses: list[Address] = []
@@ -100,8 +98,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             "IBV_WC_SUCCESS", *STATUS_HINTS) if hasattr(e, n)}
         deadline = time.monotonic() + timeout
         setup = self._setup = RdmaSetup(self._api, rank, self.connections, gid_index)
-        self._links, self._by_number, self._contexts = (setup.links, setup.by_number,
-                                                         setup.contexts)
+        self._links, self._by_number = setup.links, setup.by_number
         setup.check_devices({*left_names, *right_names}, verbs.device_names(self._api),
                             self.emulated)
         try:

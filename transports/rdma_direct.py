@@ -146,9 +146,11 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         received head is checked (``check``) before any data byte is taken."""
         out = self._link_to(send[0], deadline, op) if send is not None else None
         into = self._link_from(recv[0], deadline, op) if recv is not None else None
-        for link in (out, into):
-            if link is not None and link.failure is not None:
-                raise self._failed(link, op)
+        # a failed link still delivers what arrived before its failure (as the loop below)
+        if out is not None and out.failure is not None:
+            raise self._failed(out, op)
+        if into is not None and into.failure is not None and not into.arrived:
+            raise self._failed(into, op)
         if out is not None:
             out.sending = Posted(send[2], send[1])  # the head fills a message of its own
         unchecked = into is not None
