@@ -91,8 +91,8 @@ class ScratchPool:
 def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
         deadline: float, scratch: ScratchPool, header: bytes | None = None,
         check: HeaderCheck | None = None, source: np.ndarray | None = None,
-        heads: Heads = NO_HEADS, alone: Alone | None = None, vet: NextVet | None = None
-        ) -> None:
+        heads: Heads = NO_HEADS, alone: Alone | None = None, vet: NextVet | None = None,
+        source_at: int = 0, meanwhile: Callable[[], None] | None = None) -> None:
     """Execute ``plan`` on ``work`` (1-D, C-contiguous; its dtype is the element type).
 
     ``header`` leads every stream's first send and goes out and comes in on connection 0 of
@@ -100,7 +100,10 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     ``check(got, side, want)`` vets the peer's (``want``: ours, when not ``header``).
     ``vet`` judges what arrives, while this rank sleeps, on connection 0 of the sides a send
     or recv reads nothing from (``transports.arrivals``).  ``source`` (optional, see the
-    module's doc) is the input when ``work`` is not a copy of it.
+    module's doc) is the input when ``work`` is not a copy of it, and ``source_at`` the byte
+    of ``work`` its first byte stands for (all_gather: this rank's block).  ``meanwhile`` runs
+    once the first sends and receives are posted, while their bytes move (all_gather: the copy
+    of this rank's block into the output, which no send then reads).
     """
     if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE):
         got = _LAYOUTS.get(id(plan))
@@ -108,11 +111,13 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
         if lone is not None:  # a small collective: the same, with less Python
             return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
                               header, check, source, alone,
-                              lone if header is not None else NO_HEADS)
+                              lone if header is not None else NO_HEADS, source_at, meanwhile)
     if header is None:
         alone = None
     lone_out, lone_in = _header_only(plan, heads) if header is not None else NO_HEADS
     if not plan and not lone_out and not lone_in:
+        if meanwhile is not None:
+            meanwhile()
         return
     send_now, take_now = alone.begin(header, lone_out, lone_in, heads is not COLLECTIVE) \
         if lone_out or lone_in else _NOTHING
@@ -136,7 +141,8 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             head = None
             if with_header:  # (after the headers waiting to go there)
                 head = header if alone is None else alone.lead(s.side, s.conn, header)
-            post_send(s.side, s.conn, (first_raw if first else raw)[s.start:s.stop], head)
+            post_send(s.side, s.conn, first_raw[s.start - source_at:s.stop - source_at]
+                      if first else raw[s.start:s.stop], head)
         r = step.recv
         if r is not None:
             owner[Channel(r.side, r.conn, _RECV)] = st
@@ -247,6 +253,8 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             admit()
             for side, data in send_now:  # after the data: in the time spent waiting for it
                 send_alone(side, data)
+            if meanwhile is not None:
+                meanwhile()
             while True:
                 if not active:
                     for side in take_now:  # the plan is done: they are in by now

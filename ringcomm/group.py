@@ -1,8 +1,9 @@
 """A group of ranks on one ring, and the collectives that run on it."""
 from __future__ import annotations
 
+import functools
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -134,10 +135,15 @@ class Group:
         flat = result.reshape(-1).view(np.uint8)
         nbytes = a.nbytes
         own, mine = flat[r * nbytes:(r + 1) * nbytes], a.reshape(-1).view(np.uint8)
-        if not _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
+        plan = plans.all_gather(nbytes, n, r, self._connections())
+        if _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
+            self._run("all_gather", plan, flat, None, a.dtype, a.shape)
+        elif np.may_share_memory(flat, mine):  # x is other bytes of out: copy it before they change
             own[...] = mine
-        self._run("all_gather", plans.all_gather(nbytes, n, r, self._connections()), flat, None,
-                  a.dtype, a.shape)
+            self._run("all_gather", plan, flat, None, a.dtype, a.shape)
+        else:  # the sends read x, and x is copied into out while the bytes move
+            self._run("all_gather", plan, flat, None, a.dtype, a.shape, source=mine,
+                      source_at=r * nbytes, meanwhile=functools.partial(np.copyto, own, mine))
         return result
 
     @asynchronous
@@ -275,14 +281,17 @@ class Group:
     def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
              dtype: np.dtype, shape: tuple[int, ...],
              message: tuple[Side, bool] | None = None, source: np.ndarray | None = None,
-             root: int = 0) -> None:
+             root: int = 0, source_at: int = 0,
+             meanwhile: Callable[[], None] | None = None) -> None:
         """Run one operation's plan; ``message`` is (side, sending) for send and recv;
-        ``source`` is the input when ``work`` is not a copy of it (see ``engine``); ``root``
-        a broadcast's, carried in its header."""
+        ``source``, ``source_at`` and ``meanwhile`` as in ``engine.run``; ``root`` a
+        broadcast's, carried in its header."""
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
         if self._transport.size == 1:
+            if meanwhile is not None:
+                meanwhile()
             return
         header = self._header(name, dtype, shape, message, root) if self._headers else None
         check_header = self._check_header if header is not None else None
@@ -296,9 +305,10 @@ class Group:
             lanes = 1 if len(plan) < 2 else \
                 self._lanes.count(plan, heads, self._alone, header, vet is not None)
             if lanes == 1 or not self._lanes.run(lanes, plan, work, combine, deadline, header,
-                                                 check_header, source):
+                                                 check_header, source, source_at, meanwhile):
                 engine.run(self._transport, plan, work, combine, deadline, self._scratch,
-                           header, check_header, source, heads, self._alone, vet)
+                           header, check_header, source, heads, self._alone, vet, source_at,
+                           meanwhile)
         except CommError as e:
             e.op = e.op or name
             self._fail(e)

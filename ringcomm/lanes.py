@@ -98,24 +98,32 @@ class Lanes:
 
     def run(self, lanes: int, plan: Plan, work: np.ndarray, combine: Combine | None,
             deadline: float, header: bytes | None, check: HeaderCheck | None,
-            source: np.ndarray | None) -> bool:
+            source: np.ndarray | None, source_at: int = 0,
+            meanwhile: Callable[[], None] | None = None) -> bool:
         """Run ``plan`` on ``lanes`` threads; False (nothing done) when the transport has no
-        lanes to give now, so the caller runs it on one."""
+        lanes to give now, so the caller runs it on one.  ``meanwhile`` (see ``engine.run``)
+        gets a worker of its own where the group has a thread to spare, else runs on the
+        caller's lane once its transfers are posted."""
         views = self._transport.lanes(lanes)
         if views is None:
             return False
-        self._start(lanes - 1)
+        spare = meanwhile is not None and lanes < self._threads
+        self._start(lanes - 1 + spare)
         parts = self._split(plan, lanes)
-        jobs = [_job(view, part, work, combine, deadline, pool, header, check, source)
-                for view, part, pool in zip(views, parts, self._pools)]
+        jobs = [_job(view, part, work, combine, deadline, pool, header, check, source,
+                     source_at) for view, part, pool in zip(views[1:], parts[1:], self._pools[1:])]
+        if spare:
+            jobs.append(meanwhile)
+        call = _Call(len(jobs))
         for view in views:
             view.rearm()
-        call = _Call(lanes - 1)
-        for (_, inbox), job in zip(self._workers, jobs[1:]):
-            inbox.put((job, call, views))
+        for (_, inbox), job in zip(self._workers, jobs):  # the workers first: they take
+            inbox.put((job, call, views))                  # longest to start
+        mine = _job(views[0], parts[0], work, combine, deadline, self._pools[0], header, check,
+                    source, source_at, None if spare else meanwhile)
         first: BaseException | None = None
         try:
-            jobs[0]()
+            mine()
         except BaseException as e:  # a lane failed, or Ctrl-C: stop the others
             first = e
             _wake(views)
@@ -165,9 +173,11 @@ class Lanes:
 
 def _job(view: Transport, part: Plan, work: np.ndarray, combine: Combine | None,
          deadline: float, pool: ScratchPool, header: bytes | None, check: HeaderCheck | None,
-         source: np.ndarray | None) -> Callable[[], None]:
+         source: np.ndarray | None, source_at: int,
+         meanwhile: Callable[[], None] | None = None) -> Callable[[], None]:
     """One lane's share: its streams, each carrying the header as on one thread."""
-    return lambda: engine.run(view, part, work, combine, deadline, pool, header, check, source)
+    return lambda: engine.run(view, part, work, combine, deadline, pool, header, check, source,
+                              source_at=source_at, meanwhile=meanwhile)
 
 
 def _serve(inbox: queue.SimpleQueue) -> None:

@@ -13,6 +13,8 @@ the first send and receive carry them, and headers alone go and are taken with `
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .transports import Kind, Side, Transport
@@ -31,7 +33,8 @@ _NOTHING: tuple = ((), ())
 def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         combine: Combine | None, deadline: float, scratch: np.ndarray, header: bytes | None,
         check, source: np.ndarray | None, alone: Alone | None,
-        lone: tuple[tuple[Side, ...], tuple[Side, ...]]) -> None:
+        lone: tuple[tuple[Side, ...], tuple[Side, ...]], source_at: int = 0,
+        meanwhile: Callable[[], None] | None = None) -> None:
     """``engine.run`` of a collective (headers both ways to both neighbours, ``engine.COLLECTIVE``,
     or none) whose plan is the one stream ``steps``, every reducing receive of which fits
     ``scratch``; ``lone``: the sides its header goes to and comes from alone."""
@@ -57,7 +60,8 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                 head = None
                 if not index and header is not None:  # (after the headers waiting there)
                     head = alone.lead(s.side, s.conn, header)
-                post_send(s.side, s.conn, (raw if index else first_raw)[s.start:s.stop], head)
+                post_send(s.side, s.conn, raw[s.start:s.stop] if index else
+                          first_raw[s.start - source_at:s.stop - source_at], head)
                 sent = (s.side, s.conn, _SEND)
             if r is not None:
                 if not index and header is not None:  # the peer's, checked as soon as it is in
@@ -71,6 +75,8 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                 for side, data in send_now:  # after the data: in the time spent waiting for it
                     alone_sent += 1
                     post_send(side, 0, memoryview(data))
+            if not index and meanwhile is not None:
+                meanwhile()
             while sent or got:
                 for ch in wait(deadline):
                     if ch == sent:

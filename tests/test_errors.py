@@ -66,20 +66,27 @@ def test_out_aliasing_the_input_on_a_large_multi_stream_ring(clusters, op, how):
     assert clusters.get(3, 2).run(aliased, 3 << 19, op, how) == [True] * 3
 
 
-def gathered_in_place(group, count: int) -> bool:
-    """Rank side: all_gather with ``x`` this rank's block of ``out`` (nothing to copy)."""
+def gathered_into(group, count: int, how: str) -> bool:
+    """Rank side: all_gather into ``out`` with ``x`` this rank's block of it ("own": nothing
+    to copy), the next rank's block of it ("other": x must be read before that block is
+    received into), or an array of its own ("apart": the sends read x, and x is copied into
+    out while the bytes move)."""
     r, n = group.rank(), group.size()
     out = np.full(n * count, -1.0)
-    x = out[r * count:(r + 1) * count]
-    x[...] = np.arange(count) + 1000.0 * r
+    mine = np.arange(count) + 1000.0 * r
+    at = {"own": r, "other": (r + 1) % n}.get(how)
+    x = mine if at is None else out[at * count:(at + 1) * count]
+    x[...] = mine
     got = ringcomm.all_gather(x, group=group, out=out)
     want = np.concatenate([np.arange(count) + 1000.0 * k for k in range(n)])
     return got is out and np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("how", ["own", "other", "apart"])
 @pytest.mark.parametrize("count", [1, 3, 1 << 18])
-def test_all_gather_in_place(clusters, count):
-    assert clusters.get(3, 2).run(gathered_in_place, count) == [True] * 3
+def test_all_gather_into_out(clusters, count, how):
+    assert clusters.get(3, 2).run(gathered_into, count, how) == [True] * 3
+    assert clusters.get(1, 1).run(gathered_into, count, how) == [True]
 
 
 def scattered_in_place(group, rows: int, how: str) -> bool:

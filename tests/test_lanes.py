@@ -113,7 +113,7 @@ def test_a_failure_on_a_worker_thread_is_raised_on_the_calling_thread(monkeypatc
     transport = _Transport(2)
     failure = PeerLostError("connection right[0] lost", rank=0, peer=1)
 
-    def run(view, part, *args):
+    def run(view, part, *args, **kwargs):
         if view is transport.views[1]:
             raise failure
         if not view.woken.wait(10):
