@@ -6,7 +6,8 @@ use disjoint channels and disjoint bytes of the working buffer, and socket I/O a
 folds release the GIL, so the streams can progress side by side: ``Lanes`` cuts a plan into
 ``threads`` sub-plans (stream i to lane i mod threads) and runs each with ``engine.run`` over
 a lane of the transport (``Transport.lanes``), lane 0 on the caller's thread and the others on
-worker threads kept for the group's life.  The plan, the bytes on the wire and the headers are
+worker threads kept for the group's life (all of them on workers when the caller has a copy
+to make meanwhile: an all_gather's own block).  The plan, the bytes on the wire and the headers are
 those of the one-thread path; only who moves them changes.
 
 Operations below ``MIN_BYTES``, a plan of one stream, and the cases with state that lives on
@@ -102,25 +103,27 @@ class Lanes:
             meanwhile: Callable[[], None] | None = None) -> bool:
         """Run ``plan`` on ``lanes`` threads; False (nothing done) when the transport has no
         lanes to give now, so the caller runs it on one.  ``meanwhile`` (see ``engine.run``)
-        gets a worker of its own where the group has a thread to spare, else runs on the
-        caller's lane once its transfers are posted."""
+        runs on the calling thread while workers move every lane where the group has a
+        thread to spare, else on the caller's lane once its transfers are posted."""
         views = self._transport.lanes(lanes)
         if views is None:
             return False
+        # With a thread to spare, the workers take every lane and this thread runs
+        # ``meanwhile`` (a copy, which releases the GIL): a worker handed it could wait for
+        # the GIL until the lanes are done, as the busy lanes take it back first.
         spare = meanwhile is not None and lanes < self._threads
-        self._start(lanes - 1 + spare)
+        on_workers = lanes if spare else lanes - 1
+        self._start(on_workers)
         parts = self._split(plan, lanes)
         jobs = [_job(view, part, work, combine, deadline, pool, header, check, source,
-                     source_at) for view, part, pool in zip(views[1:], parts[1:], self._pools[1:])]
-        if spare:
-            jobs.append(meanwhile)
-        call = _Call(len(jobs))
+                     source_at, None if spare or i else meanwhile)
+                for i, (view, part, pool) in enumerate(zip(views, parts, self._pools))]
+        call = _Call(on_workers)
         for view in views:
             view.rearm()
-        for (_, inbox), job in zip(self._workers, jobs):  # the workers first: they take
-            inbox.put((job, call, views))                  # longest to start
-        mine = _job(views[0], parts[0], work, combine, deadline, self._pools[0], header, check,
-                    source, source_at, None if spare else meanwhile)
+        for (_, inbox), job in zip(self._workers, jobs if spare else jobs[1:]):
+            inbox.put((job, call, views))  # the workers first: they take longest to start
+        mine = meanwhile if spare else jobs[0]
         first: BaseException | None = None
         try:
             mine()
