@@ -5,11 +5,9 @@ they can progress on several cores: socket ``send``/``recv_into`` and numpy's fo
 GIL.  A lane is a ``TcpTransport`` in all but set-up: it has its own ``poll()`` set, its own
 completion list and its own per-connection state over the transport's sockets, so two lanes
 never share a mutable field (one lane may poll a socket for reading while another polls the
-same socket for writing).  A lane waits as the transport does under the deadline, but sleeps in
-``poll()`` at once, without the transport's bounded spin: a spinning thread takes the GIL back
-between its polls, so the other lanes, back from their system calls, wait for it (measured on
-16 cores: 2-rank all_gather and all_sum of 1-16 MiB faster without the spin, in most cells of
-two A/B runs; docs/performance.md); ``wake()`` ends a lane's wait from another thread with ``LaneStopped``, through
+same socket for writing).  A lane waits as the transport does (bounded spin, then sleep, under
+the deadline; without the spin, 2-rank all_sum and all_gather of 2-8 MiB were up to 2x slower on
+16 cores: docs/performance.md); ``wake()`` ends a lane's wait from another thread with ``LaneStopped``, through
 a pipe in its poll set, so a failure on one lane stops the others at once with no polling.
 Errors that read the control connections (a lost peer's notice, a deadline's liveness probe)
 are made under one lock, so two lanes never read one notice in halves.
@@ -33,7 +31,7 @@ class TcpLane(TcpTransport):
         self.rank, self.size, self.connections = parent.rank, parent.size, parent.connections
         self.protocol = parent.protocol
         self._hostfile = parent._hostfile
-        self._spin = 0.0  # see the module's doc
+        self._spin = parent._spin
         self._poll = select.poll()
         self._polled: dict[int, _Conn] = {}
         self._done = []
