@@ -26,7 +26,9 @@ it.  Every plan of ``plans`` sends, at step ``k + 1`` of a stream, exactly the b
 the bytes its own send reads (``tests/test_plans.py`` checks all three).  So with a
 ``source``, a stream's first send reads ``source``, and a reducing receive writes ``work =
 source[range + step.shift] op received``: the input is never copied into the output, which
-saves a full pass over memory per call (and lets sum_scatter work in two blocks, not n).
+saves a full pass over memory per call (and lets sum_scatter work in two blocks, not n).  An
+all_gather's input is this rank's block alone, at ``source_at``; its copy into the output is
+the caller's ``meanwhile``, made while the first transfers move.
 """
 from __future__ import annotations
 
