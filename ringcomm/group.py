@@ -138,8 +138,8 @@ class Group:
         plan = plans.all_gather(nbytes, n, r, self._connections())
         if _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
             self._run("all_gather", plan, flat, None, a.dtype, a.shape)
-        elif np.may_share_memory(flat, mine):  # x is other bytes of out: copy it before they change
-            own[...] = mine
+        elif np.may_share_memory(flat, mine):  # x is other bytes of out, which are received
+            own[...] = mine                      # into: copy it first
             self._run("all_gather", plan, flat, None, a.dtype, a.shape)
         else:  # the sends read x, and x is copied into out while the bytes move
             self._run("all_gather", plan, flat, None, a.dtype, a.shape, source=mine,

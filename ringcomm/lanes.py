@@ -7,8 +7,8 @@ folds release the GIL, so the streams can progress side by side: ``Lanes`` cuts 
 ``threads`` sub-plans (stream i to lane i mod threads) and runs each with ``engine.run`` over
 a lane of the transport (``Transport.lanes``), lane 0 on the caller's thread and the others on
 worker threads kept for the group's life (all of them on workers when the caller has a copy
-to make meanwhile: an all_gather's own block).  The plan, the bytes on the wire and the headers are
-those of the one-thread path; only who moves them changes.
+to make meanwhile: an all_gather's own block).  The plan, the bytes on the wire and the
+headers are those of the one-thread path; only who moves them changes.
 
 Operations below ``MIN_BYTES``, a plan of one stream, and the cases with state that lives on
 the transport's own connections (headers waiting to travel alone, bytes read ahead, sends and

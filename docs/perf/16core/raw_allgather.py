@@ -125,34 +125,52 @@ def blocking_recv(s, mv):
         pos += n
 
 
+def patterns(conns, sv, rv, own, pools):
+    """Each pattern as a callable: the sends of ``sv`` and receives into ``rv`` on ``conns``,
+    and ``own`` (the copy of this rank's block), spread over the calling thread and a pool."""
+    def snd(i):
+        return conns[i], "send", sv[i]
+
+    def rcv(i):
+        return conns[i], "recv", rv[i]
+
+    def bsend(i):
+        return lambda: blocking_send(conns[i], sv[i])
+
+    def brecv(i):
+        return lambda: blocking_recv(conns[i], rv[i])
+
+    def loop(*jobs):
+        return lambda: poll_loop(list(jobs))
+
+    def then(*fs):
+        return lambda: [f() for f in fs]
+
+    return {
+        "poll1": then(own, loop(snd(0), rcv(0), snd(1), rcv(1))),
+        "lanes2": lambda: pools[1].run([loop(snd(1), rcv(1))], then(own, loop(snd(0), rcv(0)))),
+        "block4": lambda: pools[4].run([bsend(0), bsend(1), brecv(0), brecv(1)], own),
+        "block3m": lambda: pools[2].run([brecv(0), brecv(1)], then(loop(snd(0), snd(1)), own)),
+        "recv1thr": lambda: pools[1].run([then(brecv(0), brecv(1))],
+                                         then(loop(snd(0), snd(1)), own)),
+        "cross2": lambda: pools[1].run([loop(snd(1), rcv(0))], then(own, loop(snd(0), rcv(1)))),
+        "send2": lambda: pools[2].run([bsend(0), bsend(1)], then(own, loop(rcv(0), rcv(1)))),
+        "lanes2r": lambda: pools[2].run([brecv(0), brecv(1)], then(own, loop(snd(0), snd(1)))),
+    }
+
+
 def main(rank, port, sizes, iters, out):
     conns = connect_pair(rank, port)
-    pool4 = Pool(4); pool2 = Pool(2); pool1 = Pool(1)
+    pools = {n: Pool(n) for n in (1, 2, 4)}
     res = {}
     for B in sizes:
-        src = np.ones(2 * B, np.uint8); dst = np.empty(4 * B, np.uint8)
-        mine = dst[rank * 2 * B:(rank + 1) * 2 * B]; other = dst[(1 - rank) * 2 * B:(2 - rank) * 2 * B]
+        src = np.ones(2 * B, np.uint8)
+        dst = np.empty(4 * B, np.uint8)
+        mine = dst[rank * 2 * B:(rank + 1) * 2 * B]
+        other = dst[(1 - rank) * 2 * B:(2 - rank) * 2 * B]
         sv = [memoryview(src[:B]), memoryview(src[B:])]
         rv = [memoryview(other[:B]), memoryview(other[B:])]
-        own = lambda: np.copyto(mine, src)
-        pats = {
-            "poll1": lambda: (own(), poll_loop([(conns[i], k, (sv if k == "send" else rv)[i])
-                                                 for i in (0, 1) for k in ("send", "recv")])),
-            "lanes2": lambda: pool1.run([lambda: poll_loop([(conns[1], "send", sv[1]), (conns[1], "recv", rv[1])])],
-                                        lambda: (own(), poll_loop([(conns[0], "send", sv[0]), (conns[0], "recv", rv[0])]))),
-            "block4": lambda: pool4.run([lambda: blocking_send(conns[0], sv[0]), lambda: blocking_send(conns[1], sv[1]),
-                                         lambda: blocking_recv(conns[0], rv[0]), lambda: blocking_recv(conns[1], rv[1])], own),
-            "block3m": lambda: pool2.run([lambda: blocking_recv(conns[0], rv[0]), lambda: blocking_recv(conns[1], rv[1])],
-                                         lambda: (poll_loop([(conns[0], "send", sv[0]), (conns[1], "send", sv[1])]), own())),
-            "recv1thr": lambda: pool1.run([lambda: (blocking_recv(conns[0], rv[0]), blocking_recv(conns[1], rv[1]))],
-                                          lambda: (poll_loop([(conns[0], "send", sv[0]), (conns[1], "send", sv[1])]), own())),
-            "cross2": lambda: pool1.run([lambda: poll_loop([(conns[1], "send", sv[1]), (conns[0], "recv", rv[0])])],
-                                        lambda: (own(), poll_loop([(conns[0], "send", sv[0]), (conns[1], "recv", rv[1])]))),
-            "send2": lambda: pool2.run([lambda: blocking_send(conns[0], sv[0]), lambda: blocking_send(conns[1], sv[1])],
-                                       lambda: (own(), poll_loop([(conns[0], "recv", rv[0]), (conns[1], "recv", rv[1])]))),
-            "lanes2r": lambda: pool2.run([lambda: blocking_recv(conns[0], rv[0]), lambda: blocking_recv(conns[1], rv[1])],
-                                         lambda: (own(), poll_loop([(conns[0], "send", sv[0]), (conns[1], "send", sv[1])]))),
-        }
+        pats = patterns(conns, sv, rv, lambda: np.copyto(mine, src), pools)
         for name, f in pats.items():
             ts = []
             for i in range(iters + 5):
