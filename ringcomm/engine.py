@@ -108,8 +108,7 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     of this rank's block into the output, which no send then reads).
     """
     if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE):
-        got = _LAYOUTS.get(id(plan))
-        lone = got[3] if got is not None and got[0] is plan else _shape(plan)[2]
+        lone = _shape(plan)[2]
         if lone is not None:  # a small collective: the same, with less Python
             return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
                               header, check, source, alone,
@@ -324,7 +323,7 @@ def _stream_bytes(steps: tuple[Step, ...]) -> int:
 
 
 _NO_CONTEXT = contextlib.nullcontext()
-_LAYOUTS: dict[int, tuple[Plan, list[int], int, Heads | None]] = {}  # id(plan) -> (plan, _shape)
+_LAYOUTS: dict[int, tuple[Plan, tuple[list[int], int, Heads | None]]] = {}  # id -> (plan, _shape)
 
 
 def _layout(plan: Plan) -> tuple[list[int], int]:
@@ -339,15 +338,16 @@ def _shape(plan: Plan) -> tuple[list[int], int, Heads | None]:
     alone; plans are cached (``plans``), so this is worked out once."""
     got = _LAYOUTS.get(id(plan))
     if got is not None and got[0] is plan:
-        return got[1:]
+        return got[1]
     if len(_LAYOUTS) >= 2 * plans.PLAN_CACHE:
         _LAYOUTS.clear()
     sizes = [_stream_bytes(steps) for steps in plan]
     window = min(len(plan), _window(sizes, _multi_step(plan)))
     one = _header_only(plan, COLLECTIVE) if len(plan) == 1 and all(
         not s.reduce or s.recv.stop - s.recv.start <= SCRATCH_BYTES for s in plan[0]) else None
-    _LAYOUTS[id(plan)] = (plan, sizes, window, one)
-    return sizes, window, one
+    shape = sizes, window, one
+    _LAYOUTS[id(plan)] = (plan, shape)
+    return shape
 
 
 def _multi_step(plan: Plan) -> bool:

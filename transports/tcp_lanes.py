@@ -7,7 +7,8 @@ completion list and its own per-connection state over the transport's sockets, s
 never share a mutable field (one lane may poll a socket for reading while another polls the
 same socket for writing).  A lane waits as the transport does (bounded spin, then sleep, under
 the deadline; without the spin, 2-rank all_sum and all_gather of 2-8 MiB were up to 2x slower
-on 16 cores: docs/performance.md).  ``wake()`` ends a lane's wait from another thread with
+on 16 cores in a 3-repetition A/B, though a 2-repetition one on another host leaned the other
+way: docs/performance.md).  ``wake()`` ends a lane's wait from another thread with
 ``LaneStopped``, through a pipe in its poll set, so a failure on one lane stops the others at
 once with no polling.
 Errors that read the control connections (a lost peer's notice, a deadline's liveness probe)
