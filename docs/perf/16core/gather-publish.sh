@@ -23,10 +23,5 @@ here=$PWD
   PYTHONPATH=/tmp/site:$here timeout 60 python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py 2>&1
 } > $OUT/ab.txt 2>&1
 export PYTHONPATH=/tmp/site:$here
-for n in 2 4 8; do
-  echo "python3 -m ringcomm.bench -n $n --vs mlx,gloo -b 8 -e 64M -f 4 --op all_sum,all_gather --output gather-${n}ranks.jsonl" > $OUT/gather-${n}ranks.txt
-  timeout 150 python3 -m ringcomm.bench -n $n --vs mlx,gloo -b 8 -e 64M -f 4 --op all_sum,all_gather \
-      --output $OUT/gather-${n}ranks.jsonl >> $OUT/gather-${n}ranks.txt 2>>$OUT/ab.txt
-  echo "n=$n rc=$?" >> $OUT/ab.txt
-done
+bash docs/perf/16core/tables.sh gather $OUT/ab.txt
 uptime >> $OUT/ab.txt

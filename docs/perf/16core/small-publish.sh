@@ -21,11 +21,6 @@ here=$PWD
   done
 } > $OUT/notes.txt 2>&1
 export PYTHONPATH=/tmp/site:$here
-for n in 2 4 8; do
-  echo "python3 -m ringcomm.bench -n $n --vs mlx,gloo -b 8 -e 64M -f 4 --op all_sum,all_gather --output small-${n}ranks.jsonl" > $OUT/small-${n}ranks.txt
-  timeout 170 python3 -m ringcomm.bench -n $n --vs mlx,gloo -b 8 -e 64M -f 4 --op all_sum,all_gather \
-      --output $OUT/small-${n}ranks.jsonl >> $OUT/small-${n}ranks.txt 2>>$OUT/notes.txt
-  echo "n=$n rc=$?" >> $OUT/notes.txt
-done
+bash docs/perf/16core/tables.sh small $OUT/notes.txt
 uptime >> $OUT/notes.txt
 grep -v "pass on\|done in" $OUT/notes.txt | tail -30
