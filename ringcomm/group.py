@@ -9,7 +9,7 @@ import numpy as np
 
 from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport, settings
 
-from . import engine, plans, small, spread
+from . import engine, memcopy, plans, small, spread
 from .dtypes import Combine, reducer, wire_dtype
 from .lanes import Lanes, auto_threads
 from .header import OpHeader, check, describe, pack_header, vet_next
@@ -139,11 +139,11 @@ class Group:
         if _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
             self._run("all_gather", plan, flat, None, a.dtype, a.shape)
         elif np.may_share_memory(flat, mine):  # x is other bytes of out, which are received
-            own[...] = mine                      # into: copy it first
+            memcopy.copy(own, mine)              # into: copy it first
             self._run("all_gather", plan, flat, None, a.dtype, a.shape)
         else:  # the sends read x, and x is copied into out while the bytes move
             self._run("all_gather", plan, flat, None, a.dtype, a.shape, source=mine,
-                      source_at=r * nbytes, meanwhile=functools.partial(np.copyto, own, mine))
+                      source_at=r * nbytes, meanwhile=functools.partial(memcopy.copy, own, mine))
         return result
 
     @asynchronous
@@ -175,7 +175,7 @@ class Group:
                                                       self._connections()),
                   work, reducer("sum", a.dtype), a.dtype, a.shape, source=source)
         if work is not flat:
-            flat[...] = work[:flat.size]
+            memcopy.copy(flat, work[:flat.size])
         return result
 
     @asynchronous
@@ -270,7 +270,7 @@ class Group:
         elif n > 1 and _disjoint_or_same(flat, source):
             work = flat  # the engine reads the input where it is: no copy into the output
         else:  # one rank, or out= overlaps the input in some other way: work on a copy
-            np.copyto(flat, source)
+            memcopy.copy(flat, source)
             work, source = flat, None
         plan = plans.all_reduce(flat.size, a.itemsize, n, self.rank(), self._connections())
         self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape, source=source)

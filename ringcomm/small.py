@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import plans
+from . import memcopy, plans
 from .dtypes import reducer
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def gather_reduce(group: Group, name: str, op: str, source: np.ndarray,
                                  [(lo, hi, blocks[j, lo:hi], blocks[1 - j, lo:hi])  # x[j], x[1-j]
                                   for lo, hi, j in _segments(source.size)] if n == 2 else None)
     _, raw, rows, plan, combine, floating, segments = got
-    rows[r][...] = source
+    memcopy.copy(rows[r], source)
     group._run(name, plan, raw, None, source.dtype, shape)
     (_fold_quietly if floating else _fold)(combine, result, rows, segments)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .transports import ConfigError
 
-from . import plans
+from . import memcopy, plans
 from .mlx_arrays import is_mlx_array, new_array, to_numpy
 
 _CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> {key: function}
@@ -44,7 +44,7 @@ def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
     if r == root:
         mine = a.reshape(-1).view(np.uint8)
         if flat.size and not _same_buffer(flat, mine):
-            flat[...] = mine
+            memcopy.copy(flat, mine)
     group._run("broadcast", plans.broadcast(flat.size, n, r, int(root), group._connections()),
                flat, None, a.dtype, a.shape, root=int(root))
     return result
