@@ -25,4 +25,4 @@ def copy(dst: np.ndarray, src: np.ndarray) -> None:
     if SLOW_MIN <= dst.nbytes <= SLOW_MAX:
         np.positive(src.view(np.uint8), out=dst.view(np.uint8))
     else:
-        np.copyto(dst, src)
+        dst[...] = src
