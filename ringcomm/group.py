@@ -136,14 +136,14 @@ class Group:
         nbytes = a.nbytes
         own, mine = flat[r * nbytes:(r + 1) * nbytes], a.reshape(-1).view(np.uint8)
         plan = plans.all_gather(nbytes, n, r, self._connections())
-        if _same_buffer(own, mine):  # in place (x is this rank's block of out): no copy
-            self._run("all_gather", plan, flat, None, a.dtype, a.shape)
-        elif np.may_share_memory(flat, mine):  # x is other bytes of out, which are received
-            memcopy.copy(own, mine)              # into: copy it first
-            self._run("all_gather", plan, flat, None, a.dtype, a.shape)
-        else:  # the sends read x, and x is copied into out while the bytes move
-            self._run("all_gather", plan, flat, None, a.dtype, a.shape, source=mine,
-                      source_at=r * nbytes, meanwhile=functools.partial(memcopy.copy, own, mine))
+        if not np.may_share_memory(flat, mine):  # the sends read x, and x is copied into out
+            self._run("all_gather", plan, flat, None, a.dtype, a.shape,  # while the bytes move
+                      source=mine, source_at=r * nbytes,
+                      meanwhile=functools.partial(memcopy.copy, own, mine))
+            return result
+        if not _same_buffer(own, mine):  # x is other bytes of out, which are received into:
+            memcopy.copy(own, mine)       # copy it first (in place, x is this rank's block)
+        self._run("all_gather", plan, flat, None, a.dtype, a.shape)
         return result
 
     @asynchronous
