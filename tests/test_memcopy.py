@@ -1,6 +1,7 @@
 """memcopy.copy gives the bytes of np.copyto: for every gap between the arrays around
-memcpy's slow case (1-31 bytes after the source, mod a page), sizes on both sides of
-SLOW_MIN and SLOW_MAX, NaN payloads, bool and bfloat16, and overlapping arrays."""
+memcpy's slow case (1-31 bytes after the source, mod a page), sizes in each of its ranges
+(assignment, the ufunc, the ufunc at a slow gap only, assignment), NaN payloads, bool and
+bfloat16, and overlapping arrays."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -43,3 +44,10 @@ def test_copy_between_overlapping_views(shift: int) -> None:
     want = buf[:10000].copy()
     memcopy.copy(buf[shift:shift + 10000], buf[:10000])
     assert np.array_equal(buf[shift:shift + 10000], want)
+
+
+@pytest.mark.parametrize("gap, slow", [(0, False), (1, True), (16, True), (31, True),
+                                       (64, True), (65, False), (4095, False)])
+def test_the_slow_gaps_are_told_apart(gap: int, slow: bool) -> None:
+    src = np.zeros(memcopy.LOOK_MIN, np.uint8)
+    assert memcopy._slow_gap(_placed(src, gap), src) is slow
