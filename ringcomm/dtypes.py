@@ -28,7 +28,9 @@ import numpy as np
 DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                "uint64", "float16", "bfloat16", "float32", "float64", "complex64")
 BFLOAT16 = DTYPE_NAMES.index("bfloat16")
-_INDEX = {np.dtype(name): i for i, name in enumerate(DTYPE_NAMES) if i != BFLOAT16}
+# dtype -> its position in DTYPE_NAMES, for the dtypes that go on the wire as they are
+# (little-endian; bfloat16 joins once ml_dtypes is imported): read it, never write it
+WIRE_INDEX = {np.dtype(name): i for i, name in enumerate(DTYPE_NAMES) if i != BFLOAT16}
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,7 +38,7 @@ def bfloat16() -> np.dtype:
     """ml_dtypes' bfloat16, imported on the first call."""
     import ml_dtypes
     dtype = np.dtype(ml_dtypes.bfloat16)
-    _INDEX[dtype] = BFLOAT16
+    WIRE_INDEX[dtype] = BFLOAT16
     return dtype
 
 
@@ -45,10 +47,10 @@ def dtype_index(dtype: np.dtype) -> int | None:
 
     A bfloat16 dtype can exist only once ml_dtypes is imported (by ringcomm, MLX or the
     user), so until then a miss needs no import; after, bfloat16 joins the table."""
-    index = _INDEX.get(dtype)
-    if index is None and len(_INDEX) < len(DTYPE_NAMES) and "ml_dtypes" in sys.modules:
+    index = WIRE_INDEX.get(dtype)
+    if index is None and len(WIRE_INDEX) < len(DTYPE_NAMES) and "ml_dtypes" in sys.modules:
         bfloat16()
-        index = _INDEX.get(dtype)
+        index = WIRE_INDEX.get(dtype)
     return index
 
 
@@ -113,7 +115,7 @@ _FLOAT16 = np.dtype(np.float16)
 
 def wire_dtype(dtype: np.dtype) -> np.dtype:
     """The little-endian dtype that goes on the wire; TypeError for what MLX cannot carry."""
-    if isinstance(dtype, np.dtype) and dtype in _INDEX:  # supported, little-endian: itself
+    if isinstance(dtype, np.dtype) and dtype in WIRE_INDEX:  # supported, little-endian: itself
         return dtype
     dtype = np.dtype(dtype)
     le = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype

@@ -31,13 +31,14 @@ _NONE: tuple = ()
 class Alone:
     """The headers that wait, by side: ``out`` not yet sent, ``into`` not yet taken."""
 
-    __slots__ = ("out", "into", "sent", "taken")
+    __slots__ = ("out", "into", "sent", "taken", "idle")
 
     def __init__(self) -> None:
         self.out: tuple[list[bytes], list[bytes]] = ([], [])
         self.into: tuple[list[bytes], list[bytes]] = ([], [])
         self.sent = [0, 0]   # how many ever went alone to each side (both ends count alike)
         self.taken = [0, 0]  # ... came alone from each side
+        self.idle: Idle | None = None  # single.run's, made once (same transport and check)
 
     def begin(self, header: bytes, lone_out: tuple[Side, ...], lone_in: tuple[Side, ...],
               eager: bool) -> tuple[list[tuple[Side, bytes]], list[Side]]:

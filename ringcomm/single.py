@@ -46,7 +46,10 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         if lone_out or lone_in else _NOTHING
     idle = None
     if lone_in or (alone is not None and (alone.out[0] or alone.out[1])):
-        idle = Idle(transport, alone, (), None, check)  # its sends are counted in idle.sent
+        idle = alone.idle  # its sends are counted in idle.sent; kept from call to call
+        if idle is None or idle.transport is not transport or idle.check != check:
+            idle = alone.idle = Idle(transport, alone, (), None, check)
+        idle.sent = 0
         transport.vet_idle(lone_in if not take_now else tuple(dict.fromkeys(lone_in + tuple(
             take_now))), idle.judge, idle.stuck)
     try:
