@@ -397,7 +397,7 @@ class Group:
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     """True when ``a`` and ``b`` (1-D, contiguous, same size) start at the same address."""
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return memcopy.address(a) == memcopy.address(b)
 
 
 def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:

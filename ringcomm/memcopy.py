@@ -3,10 +3,9 @@
 glibc's memcpy (2.36 on AMD EPYC: this project's 2-core machine on 2026-12-06) copies 8-256
 KiB about ten times slower when the destination starts 1-31 bytes after the source, counted
 modulo a 4 KiB page: 256 KiB took 86-91 us instead of 7-8 us
-(``docs/perf/memcpy-gap-2core.txt``).  Two
-arrays allocated one after the other from the heap are usually 16 bytes apart in that sense
-(malloc's chunk header after a size that is a whole number of pages), so an
-``all_gather(x, out=out)`` of such arrays met it on every call.  numpy's identity ufunc on the
+(``docs/perf/memcpy-gap-2core.txt``).  Two arrays allocated one after the other from the heap
+are usually 16 bytes apart in that sense (malloc's chunk header after a size that is a whole
+number of pages), so an ``all_gather(x, out=out)`` of such arrays met it on every call.  numpy's identity ufunc on the
 bytes has no such case and copies near memcpy's usual speed (the 16-core Intel machine, glibc
 2.39, has no slow case, and there the ufunc is up to 1.5x slower from 256 KiB:
 ``docs/perf/16core/memcpy-gap.txt``).  So copies of ``SLOW_MIN`` to ``LOOK_MIN`` bytes take the
@@ -35,6 +34,10 @@ def copy(dst: np.ndarray, src: np.ndarray) -> None:
         dst[...] = src
 
 
+def address(a: np.ndarray) -> int:
+    """The address of ``a``'s first byte."""
+    return a.__array_interface__["data"][0]
+
+
 def _slow_gap(dst: np.ndarray, src: np.ndarray) -> bool:
-    gap = dst.__array_interface__["data"][0] - src.__array_interface__["data"][0]
-    return 0 < gap % PAGE <= SLOW_GAP
+    return 0 < (address(dst) - address(src)) % PAGE <= SLOW_GAP

@@ -12,14 +12,10 @@ PAGE = 4096
 GAPS = [0, 1, 8, 16, 31, 32, 63, 64, 65, 2048, 4095]
 
 
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
 def _placed(src: np.ndarray, gap: int) -> np.ndarray:
     """An empty array like ``src`` whose first byte is ``gap`` bytes (mod a page) after it."""
     room = np.zeros(src.nbytes + 2 * PAGE, np.uint8)
-    at = (_address(src) - _address(room) + gap) % PAGE
+    at = (memcopy.address(src) - memcopy.address(room) + gap) % PAGE
     return room[at:at + src.nbytes].view(src.dtype)
 
 
@@ -33,7 +29,7 @@ def test_copy_gives_the_bytes_of_copyto(gap: int, count: int, dtype) -> None:
         raw &= 1
     src = raw.view(dtype)
     dst = _placed(src, gap)
-    assert (_address(dst) - _address(src)) % PAGE == gap
+    assert (memcopy.address(dst) - memcopy.address(src)) % PAGE == gap
     memcopy.copy(dst, src)
     assert dst.view(np.uint8).tobytes() == raw.tobytes()  # NaN payloads and all
 
