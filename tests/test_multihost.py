@@ -408,13 +408,16 @@ def test_a_link_taken_down_mid_collective_gives_typed_errors_naming_the_peer(clu
 
 # -- other launchers -------------------------------------------------------------------------
 
+# The line goes out in one write: unbuffered (PYTHONUNBUFFERED), print writes the text and its
+# newline apart, and mpirun forwards the ranks' writes as they come ("...TrueRANK 1 ...").
 INIT_ONLY = """
-import os, socket
+import os, socket, sys
 import numpy as np, ringcomm
 g = ringcomm.init(strict=True)
 total = ringcomm.all_sum(np.full(1000, g.rank() + 1, np.int64))
 ok = bool(np.all(total == g.size() * (g.size() + 1) // 2))
-print(f"RANK {g.rank()} {g.size()} {socket.gethostname()} {ok}", flush=True)
+sys.stdout.write(f"RANK {g.rank()} {g.size()} {socket.gethostname()} {ok}\\n")
+sys.stdout.flush()
 """
 
 
