@@ -422,6 +422,7 @@ def emulated_ranks(tmp_path: Path, size: int, script: str, connections: int = 1,
     verbs emulation (device file and coordinator as ``ringcomm-launch --backend rdma``
     writes them); whatever still runs at the end is killed, and no socket may be left."""
     config = rdma_env(str(tmp_path), size, connections, "emulated")
+    before = _sockets()  # a killed rank of an earlier test leaves its own, and pids come again
     procs = start_ranks(tmp_path, size, PRELUDE + script, connections,
                         RANK_TIMEOUT=str(rank_timeout), **config, **extra)
     try:
@@ -431,9 +432,14 @@ def emulated_ranks(tmp_path: Path, size: int, script: str, connections: int = 1,
             if p.poll() is None:
                 p.kill()
             p.communicate()
-        left = [name for name in os.listdir(emulated_wire._SOCKET_DIR) for p in procs
-                if name.startswith(f"{p.pid:08x}")] if os.path.isdir(emulated_wire._SOCKET_DIR) else []
+        left = [name for name in _sockets() - before for p in procs
+                if name.startswith(f"{p.pid:08x}")]
         assert not left, f"queue-pair sockets left behind: {left}"
+
+
+def _sockets() -> set[str]:
+    folder = emulated_wire._SOCKET_DIR
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
 
 
 def results(procs, timeout: float = 60, expect_exit: int | None = 0) -> list[dict]:
