@@ -29,7 +29,7 @@ DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "ui
                "uint64", "float16", "bfloat16", "float32", "float64", "complex64")
 BFLOAT16 = DTYPE_NAMES.index("bfloat16")
 # dtype -> its position in DTYPE_NAMES, for the dtypes that go on the wire as they are
-# (little-endian; bfloat16 joins once ml_dtypes is imported): read it, never write it
+# (little-endian; bfloat16 joins once ml_dtypes is imported): other modules only read it
 WIRE_INDEX = {np.dtype(name): i for i, name in enumerate(DTYPE_NAMES) if i != BFLOAT16}
 
 

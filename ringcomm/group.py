@@ -396,8 +396,9 @@ class Group:
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` (1-D, contiguous, same size) start at the same address."""
-    return memcopy.address(a) == memcopy.address(b)
+    """True when ``a`` and ``b`` (1-D, contiguous, same size) start at the same address
+    (``may_share_memory`` first: it answers most calls in a fraction of the two addresses)."""
+    return np.may_share_memory(a, b) and memcopy.address(a) == memcopy.address(b)
 
 
 def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -408,7 +409,7 @@ def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:
 def _contiguous(x: Any) -> np.ndarray:
     """A C-contiguous little-endian view of ``x`` (a copy only when the layout needs one)."""
     if type(x) is np.ndarray and x.dtype in WIRE_INDEX and x.flags.c_contiguous:
-        return x  # the common case, without two asarray calls (1,900 instructions a call)
+        return x  # the common case, without two asarray calls
     a = np.asarray(x)
     return np.asarray(a, dtype=wire_dtype(a.dtype), order="C")  # keeps 0-d arrays 0-d
 

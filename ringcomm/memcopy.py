@@ -5,13 +5,13 @@ KiB about ten times slower when the destination starts 1-31 bytes after the sour
 modulo a 4 KiB page: 256 KiB took 86-91 us instead of 7-8 us
 (``docs/perf/memcpy-gap-2core.txt``).  Two arrays allocated one after the other from the heap
 are usually 16 bytes apart in that sense (malloc's chunk header after a size that is a whole
-number of pages), so an ``all_gather(x, out=out)`` of such arrays met it on every call.  numpy's identity ufunc on the
-bytes has no such case and copies near memcpy's usual speed (the 16-core Intel machine, glibc
-2.39, has no slow case, and there the ufunc is up to 1.5x slower from 256 KiB:
-``docs/perf/16core/memcpy-gap.txt``).  So copies of ``SLOW_MIN`` to ``LOOK_MIN`` bytes take the
-ufunc, and copies up to ``SLOW_MAX`` take it only at a gap memcpy is slow at (looking at the
-addresses costs 1-4 us, less than the ufunc's lag there).  Larger copies stay with memcpy,
-which streams them past the caches without a slow case.
+number of pages), so an ``all_gather(x, out=out)`` of such arrays met it on every call.
+numpy's identity ufunc on the bytes has no such case and copies near memcpy's usual speed
+(the 16-core Intel machine, glibc 2.39, has no slow case, and there the ufunc is up to 1.5x
+slower from 256 KiB: ``docs/perf/16core/memcpy-gap.txt``).  So copies of ``SLOW_MIN`` to
+``LOOK_MIN`` bytes take the ufunc, and copies up to ``SLOW_MAX`` take it only at a gap memcpy
+is slow at (looking at the two addresses costs less than the ufunc's lag there).  Larger
+copies stay with memcpy, which streams them past the caches without a slow case.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
     flat = result.reshape(-1).view(np.uint8)
     if r == root:
         mine = a.reshape(-1).view(np.uint8)
-        if flat.size and (not np.may_share_memory(flat, mine) or not _same_buffer(flat, mine)):
+        if flat.size and not _same_buffer(flat, mine):
             memcopy.copy(flat, mine)
     group._run("broadcast", plans.broadcast(flat.size, n, r, int(root), group._connections()),
                flat, None, a.dtype, a.shape, root=int(root))
