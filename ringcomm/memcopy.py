@@ -2,7 +2,7 @@
 
 glibc's memcpy (2.36 on AMD EPYC: this project's 2-core machine on 2026-12-06) copies 8-256
 KiB about ten times slower when the destination starts 1-31 bytes after the source, counted
-modulo a 4 KiB page: 256 KiB took 86-91 us instead of 7-8 us
+modulo a 4 KiB page: 256 KiB took 95-124 us instead of 9-20 us
 (``docs/perf/memcpy-gap-2core.txt``).  Two arrays allocated one after the other from the heap
 are usually 16 bytes apart in that sense (malloc's chunk header after a size that is a whole
 number of pages), so an ``all_gather(x, out=out)`` of such arrays met it on every call.
