@@ -2,6 +2,7 @@
 rendezvous at one well-known address (ringcomm.rendezvous), on real local processes."""
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -25,9 +26,20 @@ print(f"rank {g.rank()} of {g.size()} ok")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: one that bind(0) hands out can be taken
+    as some other connection's source port before rank 0 listens on it (then rank 0 cannot
+    listen, and the other ranks wait out their deadline: one failure in a full run)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def start(envs: list[dict[str, str]], script: str = WORK) -> list[subprocess.Popen]:
