@@ -113,6 +113,17 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
             return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
                               header, check, source, alone,
                               lone if header is not None else NO_HEADS, source_at, meanwhile)
+    _streams(transport, plan, work, combine, deadline, scratch, header, check, source, heads,
+             alone, vet, source_at, meanwhile)
+
+
+def _streams(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | None,
+             deadline: float, scratch: ScratchPool, header: bytes | None,
+             check: HeaderCheck | None, source: np.ndarray | None, heads: Heads,
+             alone: Alone | None, vet: NextVet | None, source_at: int,
+             meanwhile: Callable[[], None] | None) -> None:
+    """``run`` of any plan (apart, so that a small collective's call does not make the
+    closures' cells this needs)."""
     if header is None:
         alone = None
     lone_out, lone_in = _header_only(plan, heads) if header is not None else NO_HEADS

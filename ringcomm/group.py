@@ -100,22 +100,16 @@ class Group:
     def all_sum(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
         """Element-wise sum over all ranks; every rank gets the same bytes."""
-        if is_mlx_array(x):
-            return self._mlx_call("all_sum", x, out)
         return self._all_reduce("all_sum", "sum", x, out)
 
     @asynchronous
     def all_max(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
-        if is_mlx_array(x):
-            return self._mlx_call("all_max", x, out)
         return self._all_reduce("all_max", "max", x, out)
 
     @asynchronous
     def all_min(self, x: Any, *, out: np.ndarray | None = None,
                 stream: Any = None) -> np.ndarray:
-        if is_mlx_array(x):
-            return self._mlx_call("all_min", x, out)
         return self._all_reduce("all_min", "min", x, out)
 
     @asynchronous
@@ -255,11 +249,13 @@ class Group:
         return collective(self, op, x)  # the result written straight into a new mx.array
 
     def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
+        if type(x) is not np.ndarray and is_mlx_array(x):
+            return self._mlx_call(name, x, out)
         a = _contiguous(x)
         n = self.size()
         result = _output(out, a.shape, a.dtype, name)
-        flat = result.reshape(-1)
-        source = a.reshape(-1)
+        flat = result if result.ndim == 1 else result.reshape(-1)
+        source = a if a.ndim == 1 else a.reshape(-1)
         if self._headers and n > 1 and small.fits(flat.nbytes, n, a.dtype):
             small.gather_reduce(self, name, op, source, flat, a.shape)
             return result
@@ -418,11 +414,11 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
             name: str) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
-    flags = out.flags if isinstance(out, np.ndarray) else None
-    if flags is None or out.shape != tuple(shape) or out.dtype != dtype \
-            or not flags.c_contiguous or not flags.writeable:
-        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray)
-               else f"shape {out.shape}, dtype {out.dtype}")
-        raise ValueError(f"{name}: out= must be a writeable C-contiguous numpy array of shape "
-                         f"{tuple(shape)} and dtype {dtype}; got {got}")
-    return out
+    if isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype:
+        flags = out.flags
+        if flags.c_contiguous and flags.writeable:
+            return out
+    got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray)
+           else f"shape {out.shape}, dtype {out.dtype}")
+    raise ValueError(f"{name}: out= must be a writeable C-contiguous numpy array of shape "
+                     f"{tuple(shape)} and dtype {dtype}; got {got}")

@@ -29,6 +29,7 @@ from .transports import MismatchError
 from .dtypes import DTYPE_CODES, SUPPORTED_DTYPES
 
 HEADER = struct.Struct("!4sQBBHQII")
+_LEAD, _REST = struct.Struct("!4sQ"), struct.Struct("!BBHQII")  # HEADER: up to seq, and after
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier",
        "broadcast", "all_to_all")
@@ -60,13 +61,14 @@ class OpHeader(NamedTuple):
 def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int,
                 root: int = 0) -> bytes:
     """``OpHeader(seq, op, dtype, shape, job, root).pack()``, the per-shape work cached."""
-    code, dtype_code, count, crc = _fields(op, dtype, tuple(shape))
-    return HEADER.pack(MAGIC, seq, code, dtype_code, root & 0xFFFF, count, crc, job)
+    return _LEAD.pack(MAGIC, seq) + _rest(op, dtype, tuple(shape), job, root)
 
 
 @functools.lru_cache(maxsize=256)
-def _fields(op: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    return _OP_CODE[op], _DTYPE_CODE[dtype], math.prod(shape), _shape_crc(shape)
+def _rest(op: str, dtype: np.dtype, shape: tuple[int, ...], job: int, root: int) -> bytes:
+    """The header's bytes after ``seq``: the same for every call of one shape."""
+    return _REST.pack(_OP_CODE[op], _DTYPE_CODE[dtype], root & 0xFFFF, math.prod(shape),
+                      _shape_crc(shape), job)
 
 
 def check(expected: OpHeader, want: bytes, got: bytes, *, rank: int, peer: int,

@@ -20,7 +20,7 @@ import numpy as np
 from .transports import Kind, Side, Transport
 from .transports.arrivals import HEAD
 
-from .dtypes import Combine
+from .dtypes import Combine, quiet, restore
 from .lone import Alone, Idle, report
 from .plans import Step
 
@@ -61,14 +61,14 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
             sent = got = None
             if s is not None:
                 head = None
-                if not index and header is not None:  # (after the headers waiting there)
-                    head = alone.lead(s.side, s.conn, header)
+                if not index and header is not None:  # after the headers waiting there
+                    head = alone.lead(s.side, s.conn, header) if alone.out[s.side] else header
                 post_send(s.side, s.conn, raw[s.start:s.stop] if index else
                           first_raw[s.start - source_at:s.stop - source_at], head)
                 sent = (s.side, s.conn, _SEND)
             if r is not None:
                 if not index and header is not None:  # the peer's, checked as soon as it is in
-                    want = alone.expect(r.side, r.conn, header)
+                    want = alone.expect(r.side, r.conn, header) if alone.into[r.side] else header
                     head_in = bytearray(want)
                 folding = step.reduce and r.stop > r.start
                 post_recv(r.side, r.conn, memoryview(scratch)[:r.stop - r.start] if folding
@@ -90,8 +90,12 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
                             if head_in != want:
                                 report(check, want, head_in, r.side)
                             head_in = None
-                        if folding:
-                            _fold_quietly(combine, work, scratch, r, step.shift, source)
+                        if folding:  # inf - inf is a NaN like any other, as in MLX
+                            token = quiet()
+                            try:
+                                _fold(combine, work, scratch, r, step.shift, source)
+                            finally:
+                                restore(token)
                     elif ch.kind is HEAD:  # (only the stream's receive has a head yet)
                         if head_in is not None and head_in != want:
                             report(check, want, head_in, ch.side)
@@ -135,7 +139,3 @@ def _early(ch, checks: dict[tuple, tuple[bytes, bytearray]], check) -> None:
     if got is not None and got != want_alone:
         report(check, want_alone, got, ch.side)
 
-
-# inf - inf is a NaN like any other here, as in MLX: no warnings (errstate as a decorator
-# keeps its token per call, so threads may share it)
-_fold_quietly = np.errstate(all="ignore")(_fold)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import memcopy, plans
-from .dtypes import reducer
+from .dtypes import quiet, reducer, restore
 
 if TYPE_CHECKING:
     from .group import Group
@@ -41,40 +41,55 @@ def gather_reduce(group: Group, name: str, op: str, source: np.ndarray,
     key = (source.size, source.dtype, op)  # (the ring, rank and connections never change)
     got = group._gathered
     r = group._transport.rank
-    if got is None or got[0] != key:  # a steady loop reuses its buffer, plan and segments
+    if got is None or got[0] != key:  # a steady loop reuses its buffer, plan and operands
         n, k = group._transport.size, group._transport.connections
         blocks = np.empty((n, source.size), source.dtype)
         got = group._gathered = (key, blocks.reshape(-1).view(np.uint8), list(blocks),
                                  plans.all_gather(source.nbytes, n, r, k),
                                  reducer(op, source.dtype), source.dtype.kind in "fcV",
-                                 [(lo, hi, blocks[j, lo:hi], blocks[1 - j, lo:hi])  # x[j], x[1-j]
-                                  for lo, hi, j in _segments(source.size)] if n == 2 else None)
+                                 _segments(blocks) if n == 2 else None)
     _, raw, rows, plan, combine, floating, segments = got
     memcopy.copy(rows[r], source)
     group._run(name, plan, raw, None, source.dtype, shape)
-    (_fold_quietly if floating else _fold)(combine, result, rows, segments)
+    if not floating:
+        return _fold(combine, result, rows, segments)
+    token = quiet()  # inf - inf is a NaN like any other, as in MLX: no warnings
+    try:
+        _fold(combine, result, rows, segments)
+    finally:
+        restore(token)
 
 
-def _segments(count: int) -> list[tuple[int, int, int]]:
-    """MLX's 2-rank ring all-reduce of ``count`` elements, as (lo, hi, j): elements
-    ``[lo, hi)`` end as ``op(x[1 - j], x[j])`` (docs/wire-protocol.md: segment j of
-    ``ceil(count / 2)`` elements is received at rank ``1 - j`` last and folded there with its
-    own input first; one element, padded to two, is segment 0)."""
+Segment = tuple[int, int, "tuple[int, int] | None", np.ndarray, np.ndarray]
+
+
+def _segments(blocks: np.ndarray) -> list[Segment]:
+    """MLX's 2-rank ring all-reduce of the ``count`` elements of ``blocks[0]`` and
+    ``blocks[1]``, as (lo, hi, rows, arriving, local): ``result[lo:hi]`` (or, where ``rows``
+    is set, the whole result cut into that many rows) is ``op(local, arriving)``.
+
+    Segment j of ``ceil(count / 2)`` elements is received at rank ``1 - j`` last and folded
+    there with its own input first, so it ends as ``op(x[1 - j], x[j])``
+    (docs/wire-protocol.md; one element, padded to two, is segment 0).  When both segments
+    have the same length, they fold as one call on two rows: the arriving rows are x[0]'s
+    first half and x[1]'s second, the diagonal of ``blocks`` cut in halves, the local rows the
+    other diagonal."""
+    count = blocks.shape[1]
     seg = -(-count // 2)
-    return [(lo, hi, j) for j, (lo, hi) in enumerate(((0, seg), (seg, count))) if lo < hi]
+    if count > 1 and count == 2 * seg:
+        halves = blocks.reshape(2, 2, seg)  # [rank, segment]
+        return [(0, count, (2, seg), np.diagonal(halves, axis1=0, axis2=1).T,
+                 np.diagonal(halves[::-1], axis1=0, axis2=1).T)]
+    return [(lo, hi, None, blocks[j, lo:hi], blocks[1 - j, lo:hi])
+            for j, (lo, hi) in enumerate(((0, seg), (seg, count))) if lo < hi]
 
 
 def _fold(combine, result: np.ndarray, rows: list[np.ndarray],
-          segments: list[tuple[int, int, np.ndarray, np.ndarray]] | None) -> None:
+          segments: list[Segment] | None) -> None:
     if segments is not None:  # 2 ranks: each segment in the ring's operand order
-        for lo, hi, arriving, local in segments:  # op(local, arriving), as rank 1 - j does
-            combine(result[lo:hi], arriving, local)
+        for lo, hi, cut, arriving, local in segments:
+            combine(result[lo:hi] if cut is None else result.reshape(cut), arriving, local)
         return
     combine(result, rows[1], rows[0])  # integers and bools: exact in any order
     for row in rows[2:]:
         combine(result, row)
-
-
-# inf - inf is a NaN like any other, as in MLX: no warnings (as a decorator, errstate keeps its
-# token per call, so threads may share it; it costs half of a ``with`` block)
-_fold_quietly = np.errstate(all="ignore")(_fold)

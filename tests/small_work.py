@@ -59,13 +59,15 @@ def slow_neighbour(group: ringcomm.Group, calls: int, pause: float) -> list[floa
     return sums
 
 
-def quiet_infinities(group: ringcomm.Group) -> list[float]:
-    """Small float folds that overflow or meet inf - inf, with warnings as errors: the gathered
-    all_sum (2 ranks), the ring's (more), and sum_scatter, as MLX, say nothing."""
+def quiet_infinities(group: ringcomm.Group) -> tuple[list[float], dict]:
+    """Small float folds that overflow or meet inf - inf, with warnings as errors and numpy's
+    errors raised: the gathered all_sum (2 ranks), the ring's (more), and sum_scatter, as MLX,
+    say nothing; and the caller's numpy error state is as it was."""
     n, r = group.size(), group.rank()
     big = np.float32(3e38)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
         summed = group.all_sum(np.array([np.inf if r % 2 else -np.inf, big], np.float32))
         scattered = group.sum_scatter(np.full(n, big, np.float32))
-    return [float(v) for v in (*summed, *scattered)]
+        after = np.geterr()
+    return [float(v) for v in (*summed, *scattered)], after

@@ -52,5 +52,6 @@ def test_headers_alone_go_when_a_rank_sleeps_in_a_small_call(clusters):
 @pytest.mark.parametrize("size", [2, 3])
 def test_small_float_folds_raise_no_warnings(clusters, size):
     results = clusters.get(size, 1).run(small_work.quiet_infinities)
-    for got in results:
+    for got, state in results:
         assert np.isnan(got[0]) and np.isinf(got[1]) and np.isinf(got[2]), got
+        assert set(state.values()) == {"raise"}, state  # the caller's, kept
