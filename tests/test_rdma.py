@@ -343,6 +343,47 @@ def test_entering_err_while_a_message_arrives_drops_it_emulated():
     assert _own_sockets() == []
 
 
+# A process that makes one emulated queue pair (whose socket it prints), then waits for stdin.
+QUEUE_PAIR = """
+import os, sys
+from ringcomm.transports import emulated_verbs as EV, emulated_wire
+from ringcomm.transports.emulated_base import e as E
+ctx = EV.Context(name="emulated0")
+pd, cq = EV.PD(ctx), EV.CQ(ctx, 16)
+qp = EV.QP(pd, EV.QPInitAttr(qp_type=E.IBV_QPT_RC, scq=cq, rcq=cq, cap=EV.QPCap()))
+print(os.path.basename(qp._path), flush=True)
+sys.stdin.readline()
+for obj in (qp, cq, pd, ctx):
+    obj.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sockets_of_a_killed_process_are_swept_by_the_next_emulated():
+    """A SIGKILLed process cannot remove its queue pairs' sockets; the next process that makes
+    a queue pair removes them, and keeps those of a process that is still running."""
+    def start() -> tuple[subprocess.Popen, str]:
+        p = subprocess.Popen([sys.executable, "-c", QUEUE_PAIR], env=env(), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return p, os.path.join(emulated_wire._SOCKET_DIR, p.stdout.readline().strip())
+
+    running, running_socket = start()
+    try:
+        killed, killed_socket = start()
+        killed.kill()
+        killed.wait()
+        assert os.path.exists(killed_socket), "the killed process's socket should be left"
+        sweeper, sweeper_socket = start()
+        sweeper.communicate("\n", timeout=30)
+        assert sweeper.returncode == 0
+        assert not os.path.exists(killed_socket), "the killed process's socket is still there"
+        assert os.path.exists(running_socket), "a running process's socket was removed"
+        assert not os.path.exists(sweeper_socket)
+    finally:
+        running.communicate("\n", timeout=30)
+    assert not os.path.exists(running_socket)
+
+
 @pytest.mark.timeout(60)
 def test_in_order_delivery_of_many_messages_emulated():
     rng = np.random.default_rng(7)

@@ -37,6 +37,8 @@ class QPWire:
         """Listen on the Unix socket named after this queue pair's GID and number."""
         self._path = _socket_path(self._gid, self.qp_num)
         os.makedirs(_SOCKET_DIR, mode=0o700, exist_ok=True)
+        if not _swept:
+            _sweep()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.setblocking(False)
         try:
@@ -305,7 +307,38 @@ class QPWire:
 
 
 def _socket_path(gid: str, qpn: int) -> str:
+    """``<pid><device>-<qpn>`` in hex: the GID's last 8 bytes are its process id and device."""
     return os.path.join(_SOCKET_DIR, f"{gid.replace(':', '')[16:]}-{qpn:06x}")
+
+
+_swept = False
+
+
+def _sweep() -> None:
+    """Remove the sockets of processes that are gone, once per process.  A queue pair removes
+    its own when it connects or closes, but a killed process (SIGKILL) cannot, and nothing
+    else would: the folder grew by one file per queue pair of every killed rank.  A process
+    that is still there (``kill(pid, 0)`` finds it, or it is another user's) keeps its own, so
+    processes of one user sharing the folder must share a pid namespace, as the network
+    namespaces of ``tests/test_multihost.py`` do."""
+    global _swept
+    _swept = True
+    for name in os.listdir(_SOCKET_DIR):
+        try:
+            pid = int(name[:8], 16)
+        except ValueError:
+            continue  # not a queue pair's
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(_SOCKET_DIR, name))
+            except OSError:
+                pass  # another process swept it first
+        except OSError:
+            pass  # it exists (another user's): not ours to judge
 
 
 def _psn_le(a: int, b: int) -> bool:
