@@ -6,15 +6,7 @@
 # K=2, and the links run.  Everything goes to /tmp/res, packed into $OUT/all.tgz after each
 # phase (the device returns at most 8 files).  Runs of 2026-12-06: final-notes.txt (539ba6c,
 # BASE f85e5e6) and memcopy-notes.txt (226ccf3, VAR = 226ccf3 with lanes.py's spare = False).
-set -u
-: "${OUT:?OUT must name the folder the results go to}" "${BASE:?BASE must name a checkout}"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
-export PYTHONUNBUFFERED=1
-here=$PWD R=/tmp/res SECONDS=0
-mkdir -p $R
-pack() { tar czf "$OUT/all.tgz" -C $R . ; }
-trees="base new${VAR:+ var}"
-root_of() { case $1 in base) echo "$BASE" ;; var) echo "$VAR" ;; *) echo "$here" ;; esac; }
+. docs/perf/16core/ab-setup.sh
 {
   date -u; nproc; lscpu | grep "Model name"; uptime
   echo "== python3 docs/perf/memcpy_gap.py"; python3 docs/perf/memcpy_gap.py

@@ -1,0 +1,42 @@
+# Issue 17's latency round (a leaner Python path), on the device machine, from the repository
+# root, with MLX's wheels in .whl/ and iproute2 in .iproute/ (DEVELOPERS.md):
+#   BASE=<checkout of the tree before> [VAR=<checkout of a variant>] bash docs/perf/16core/diet-publish.sh
+# 1. latency.py and python_path.py per tree (base, new = this tree, VAR), three alternating
+#    rounds; 2. the A/B of large sizes (base and new, 2 and 4 ranks, 2 alternating rounds);
+# 3. this tree's tables (tables.sh); 4. the links run, when time is left.  Everything goes to
+# /tmp/res, packed into $OUT/all.tgz after each phase (the device returns at most 8 files).
+. docs/perf/16core/ab-setup.sh
+{
+  date -u; nproc; lscpu | grep "Model name"; uptime
+  for rep in 1 2 3; do for tree in $trees; do
+    root=$(root_of $tree)
+    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
+    if [ $rep = 1 ]; then
+      echo "== tree=$tree: python3 docs/perf/16core/python_path.py REPO"
+      PYTHONPATH=/tmp/site:$root timeout 60 python3 docs/perf/16core/python_path.py "$root"
+    fi
+  done; done
+  echo "== latency with a cProfile, tree=new"
+  timeout 30 python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py profile 2>&1 | tail -30
+  for rep in 1 2; do for tree in base new; do
+    root=$(root_of $tree)
+    for n in 2 4; do
+      echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
+      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
+    done
+  done; done
+  uptime
+} > $R/ab.txt 2>&1
+pack
+export PYTHONPATH=/tmp/site:$here
+OUT=$R bash docs/perf/16core/tables.sh diet $R/ab.txt
+pack
+echo "elapsed $SECONDS s before links" >> $R/ab.txt
+if [ $SECONDS -lt 380 ]; then  # (the call's limit is 600 s)
+  mkdir -p $R/links
+  OUT=$R/links MAXBYTES=64M RATES=none,10,25 timeout 180 bash docs/perf/links/device-links.sh > /dev/null 2>&1
+  echo "links rc=$?" >> $R/ab.txt
+fi
+uptime >> $R/ab.txt
+pack
