@@ -208,3 +208,19 @@ def test_both_hostfile_formats_parse(tmp_path):
     assert obj.backend == "jaccl" and obj.envs == ["A=1"]
     assert [h.rdma for h in obj.hosts] == [[None, "rdma_en2"], ["rdma_en2", None]]
     assert [h.ssh for h in hosts.repeat(listed.hosts, 2)] == ["m1", "m1", "m2", "m2"]
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    """Ports below the range bind(0) draws from, so no connection takes one as its source
+    port before a rank listens on it."""
+    import socket
+
+    from ringcomm.launch import _ephemeral_start, free_ports
+    ports = free_ports(16)
+    assert len(set(ports)) == 16
+    low = _ephemeral_start()
+    assert low, "this test needs /proc/sys/net/ipv4/ip_local_port_range"
+    assert all(1024 <= p < low for p in ports), (ports, low)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

@@ -2,8 +2,6 @@
 rendezvous at one well-known address (ringcomm.rendezvous), on real local processes."""
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +9,7 @@ import time
 
 import pytest
 
+from ringcomm.launch import free_ports
 from ringcomm.rendezvous import expand_nodelist, slurm_port
 from ringcomm.transports import ConfigError, settings
 from tests.procs import env
@@ -25,23 +24,6 @@ print(f"rank {g.rank()} of {g.size()} ok")
 """
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range: one that bind(0) hands out can be taken
-    as some other connection's source port before rank 0 listens on it (then rank 0 cannot
-    listen, and the other ranks wait out their deadline: one failure in a full run)."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        low = int(f.read().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 10000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 def start(envs: list[dict[str, str]], script: str = WORK) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
                              env=env(**{"RINGCOMM_TIMEOUT": "20", **e}), stdout=subprocess.PIPE,
@@ -54,7 +36,7 @@ def finish(procs: list[subprocess.Popen], timeout: float = 60) -> list[tuple[int
 
 
 def test_torchrun_variables():
-    port = free_port()
+    port = free_ports(1)[0]
     outs = finish(start([dict(RANK=str(r), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port)) for r in (2, 0, 1)]))
     assert sorted(o for _, o, _ in outs) == [f"rank {r} of 3 ok\n" for r in range(3)], outs
@@ -71,14 +53,14 @@ def test_slurm_variables_with_a_bracketed_node_list():
 
 
 def test_open_mpi_variables_with_a_rendezvous_address():
-    port = free_port()
+    port = free_ports(1)[0]
     outs = finish(start([dict(OMPI_COMM_WORLD_RANK=str(r), OMPI_COMM_WORLD_SIZE="2",
                               RINGCOMM_RENDEZVOUS=f"127.0.0.1:{port}") for r in range(2)]))
     assert all(code == 0 for code, _, _ in outs), outs
 
 
 def test_a_rank_that_never_arrives_is_named_by_every_waiting_rank():
-    port = free_port()
+    port = free_ports(1)[0]
     started = time.monotonic()
     outs = finish(start([dict(RANK=str(r), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port), RINGCOMM_TIMEOUT="3") for r in (0, 1)]))
@@ -88,7 +70,7 @@ def test_a_rank_that_never_arrives_is_named_by_every_waiting_rank():
 
 
 def test_a_wrong_token_is_refused_at_once_on_both_sides():
-    port = free_port()
+    port = free_ports(1)[0]
     started = time.monotonic()
     outs = finish(start([dict(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port), RINGCOMM_TOKEN=token)
@@ -99,7 +81,7 @@ def test_a_wrong_token_is_refused_at_once_on_both_sides():
 
 
 def test_a_token_on_both_sides_authenticates_the_rendezvous():
-    port = free_port()
+    port = free_ports(1)[0]
     outs = finish(start([dict(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(port), RINGCOMM_TOKEN="s3cret")
                          for r in range(2)]))
@@ -150,7 +132,7 @@ def test_under_real_torchrun_whose_agent_holds_master_port(tmp_path):
         pytest.skip("torch is not importable here (torchrun comes with torch)")
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(WORK))
-    port = free_port()
+    port = free_ports(1)[0]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
                              "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
                              str(script)], env=env(RINGCOMM_TIMEOUT="30"), capture_output=True,
