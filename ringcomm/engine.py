@@ -107,12 +107,14 @@ def run(transport: Transport, plan: Plan, work: np.ndarray, combine: Combine | N
     once the first sends and receives are posted, while their bytes move (all_gather: the copy
     of this rank's block into the output, which no send then reads).
     """
-    if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE):
+    if len(plan) == 1 and vet is None and (header is None or heads is COLLECTIVE or
+                                           heads is NO_HEADS):
         lone = _shape(plan)[2]
-        if lone is not None:  # a small collective: the same, with less Python
+        if lone is not None:  # a small collective, or a lane's one stream: less Python
             return single.run(transport, plan[0], work, combine, deadline, scratch.first(),
                               header, check, source, alone,
-                              lone if header is not None else NO_HEADS, source_at, meanwhile)
+                              lone if header is not None and heads is COLLECTIVE else NO_HEADS,
+                              source_at, meanwhile)
     _streams(transport, plan, work, combine, deadline, scratch, header, check, source, heads,
              alone, vet, source_at, meanwhile)
 

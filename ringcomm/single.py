@@ -1,4 +1,4 @@
-"""The engine's path for a collective of one small stream: the same protocol, less Python.
+"""The engine's path for a plan of one stream: the same protocol, less Python.
 
 A small collective (an 8-byte all_sum, a barrier, a small all_gather or sum_scatter) is one
 stream of steps whose receives each fit one scratch piece, and its time is the network's
@@ -10,6 +10,9 @@ the steps run in a plain loop: post the step's send and receive, wait for both, 
 Headers go and come exactly as ``engine.run`` sends and takes them (``docs/wire-protocol.md``):
 the first send and receive carry them, and headers alone go and are taken with ``lone``;
 ``tests/test_mismatch.py`` and ``tests/test_collectives.py`` run through both paths.
+A lane of a large collective (``lanes``) is often one stream too (a 2-rank all_gather's two
+directions, one per thread), and comes here with its header and no headers alone: a worker
+then holds the GIL for less time before its first send.
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         lone: tuple[tuple[Side, ...], tuple[Side, ...]], source_at: int = 0,
         meanwhile: Callable[[], None] | None = None) -> None:
     """``engine.run`` of a collective (headers both ways to both neighbours, ``engine.COLLECTIVE``,
-    or none) whose plan is the one stream ``steps``, every reducing receive of which fits
-    ``scratch``; ``lone``: the sides its header goes to and comes from alone."""
+    or none) or of a lane (``engine.NO_HEADS``, ``alone`` None) whose plan is the one stream
+    ``steps``, every reducing receive of which fits ``scratch``; ``lone``: the sides its
+    header goes to and comes from alone."""
     lone_out, lone_in = lone
     post_send, post_recv, wait = transport.post_send, transport.post_recv, transport.wait
     raw = memoryview(work if work.dtype is _BYTES else work.view(np.uint8))
@@ -62,13 +66,15 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
             if s is not None:
                 head = None
                 if not index and header is not None:  # after the headers waiting there
-                    head = alone.lead(s.side, s.conn, header) if alone.out[s.side] else header
+                    head = header if alone is None or not alone.out[s.side] else \
+                        alone.lead(s.side, s.conn, header)
                 post_send(s.side, s.conn, raw[s.start:s.stop] if index else
                           first_raw[s.start - source_at:s.stop - source_at], head)
                 sent = (s.side, s.conn, _SEND)
             if r is not None:
                 if not index and header is not None:  # the peer's, checked as soon as it is in
-                    want = alone.expect(r.side, r.conn, header) if alone.into[r.side] else header
+                    want = header if alone is None or not alone.into[r.side] else \
+                        alone.expect(r.side, r.conn, header)
                     head_in = bytearray(want)
                 folding = step.reduce and r.stop > r.start
                 post_recv(r.side, r.conn, memoryview(scratch)[:r.stop - r.start] if folding

@@ -235,3 +235,30 @@ def test_async_operations_run_on_lanes_too(monkeypatch):
             want = expected("all_sum", "float32", (1 << 20,), 7 + i, 2, False)[rank]
             assert np.allclose(result, want, rtol=0, atol=sum_tolerance(
                 "float32", (1 << 20,), 7 + i, 2, False).max()), (rank, i)
+
+
+def _mismatched_gather_on_lanes(group):
+    """Rank 0 gathers float32, rank 1 int32 of the same bytes: both on lanes."""
+    dtype = np.float32 if group.rank() == 0 else np.int32
+    x = np.ones(1 << 19, dtype)  # 2 MiB gathered: two streams, each on its own lane
+    try:
+        group.all_gather(x)
+    except ringcomm.RingcommError as e:
+        outcome = (type(e).__name__, str(e))
+    else:
+        outcome = ("no error", "")
+    return outcome, [t.name for t in threading.enumerate() if t.name.startswith(LANE)]
+
+
+def test_a_mismatch_between_lanes_is_the_typed_error_of_one_thread(monkeypatch):
+    """Each lane's one stream carries and checks the call's header, as on one thread."""
+    monkeypatch.setenv("RINGCOMM_THREADS", "4")
+    cluster = Cluster(2, 1)
+    try:
+        results = cluster.run(_mismatched_gather_on_lanes)
+    finally:
+        cluster.close()
+    for rank, ((name, message), names) in enumerate(results):
+        assert names, f"rank {rank} ran no lane thread"
+        assert name == "MismatchError", (rank, name, message)
+        assert "float32" in message and "int32" in message, (rank, message)
