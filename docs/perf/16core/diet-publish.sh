@@ -1,11 +1,14 @@
-# Issue 17's latency round (a leaner Python path), on the device machine, from the repository
-# root, with MLX's wheels in .whl/ and iproute2 in .iproute/ (DEVELOPERS.md):
-#   BASE=<checkout of the tree before> [VAR=<checkout of a variant>] bash docs/perf/16core/diet-publish.sh
-# 1. latency.py and python_path.py per tree (base, new = this tree, VAR), three alternating
-#    rounds; 2. the A/B of large sizes (base and new, 2 and 4 ranks, 2 alternating rounds);
-# 3. this tree's tables (tables.sh); 4. the links run, when time is left.  Everything goes to
-# /tmp/res, packed into $OUT/all.tgz after each phase (the device returns at most 8 files).
+# Issue 17's latency round (a leaner Python path) and lanes on single.run, on the device
+# machine, from the repository root, with MLX's wheels in .whl/ and iproute2 in .iproute/
+# (DEVELOPERS.md):
+#   BASE=<tree before> [PREV=<another tree>] [VAR=<a variant>] bash docs/perf/16core/diet-publish.sh
+# 1. latency.py and python_path.py per tree (base, prev, new = this tree, var), three
+#    alternating rounds; 2. the A/B of large sizes (base, prev and new, 2 and 4 ranks, 3
+#    alternating rounds) and allgather_timeline.py per tree; 3. this tree's tables (tables.sh);
+# 4. the links run, when time is left.  Everything goes to /tmp/res, packed into $OUT/all.tgz
+# after each phase (the device returns at most 8 files).
 . docs/perf/16core/ab-setup.sh
+ab_trees="base${PREV:+ prev} new"
 {
   date -u; nproc; lscpu | grep "Model name"; uptime
   for rep in 1 2 3; do for tree in $trees; do
@@ -19,13 +22,18 @@
   done; done
   echo "== latency with a cProfile, tree=new"
   timeout 30 python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py profile 2>&1 | tail -30
-  for rep in 1 2; do for tree in base new; do
+  for rep in 1 2 3; do for tree in $ab_trees; do
     root=$(root_of $tree)
     for n in 2 4; do
       echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
       (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
     done
   done; done
+  for tree in $ab_trees; do
+    root=$(root_of $tree)
+    echo "== timeline tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/allgather_timeline.py 2>&1)
+  done
   uptime
 } > $R/ab.txt 2>&1
 pack
@@ -35,7 +43,7 @@ pack
 echo "elapsed $SECONDS s before links" >> $R/ab.txt
 if [ $SECONDS -lt 380 ]; then  # (the call's limit is 600 s)
   mkdir -p $R/links
-  OUT=$R/links MAXBYTES=64M RATES=none,10,25 timeout 180 bash docs/perf/links/device-links.sh > /dev/null 2>&1
+  OUT=$R/links MAXBYTES=64M RATES=none,10,25,50 timeout 200 bash docs/perf/links/device-links.sh > /dev/null 2>&1
   echo "links rc=$?" >> $R/ab.txt
 fi
 uptime >> $R/ab.txt
