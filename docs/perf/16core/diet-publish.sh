@@ -39,6 +39,10 @@ ab_trees="base${PREV:+ prev} new"
 pack
 export PYTHONPATH=/tmp/site:$here
 OUT=$R bash docs/perf/16core/tables.sh diet $R/ab.txt
+{
+  echo "python3 -m ringcomm.bench -n 2 --connections-per-ip 2 --vs mlx -b 1M -e 64M -f 4 --op all_sum,all_gather"
+  timeout 120 python3 -m ringcomm.bench -n 2 --connections-per-ip 2 --vs mlx -b 1M -e 64M -f 4 --op all_sum,all_gather 2>&1 | grep -v "pass on\|^\[0\]"
+} > $R/k2-2ranks.txt 2>&1
 pack
 echo "elapsed $SECONDS s before links" >> $R/ab.txt
 if [ $SECONDS -lt 380 ]; then  # (the call's limit is 600 s)
