@@ -4,7 +4,8 @@
 #   BASE=<tree before> [PREV=<another tree>] [VAR=<a variant>] bash docs/perf/16core/diet-publish.sh
 # 1. latency.py and python_path.py per tree (base, prev, new = this tree, var), three
 #    alternating rounds; 2. the A/B of large sizes (base, prev and new, 2 and 4 ranks, 3
-#    alternating rounds) and allgather_timeline.py per tree; 3. this tree's tables (tables.sh);
+#    alternating rounds) and allgather_timeline.py per tree; 3. this tree's tables (tables.sh)
+#    and K=2;
 # 4. the links run, when time is left.  Everything goes to /tmp/res, packed into $OUT/all.tgz
 # after each phase (the device returns at most 8 files).
 . docs/perf/16core/ab-setup.sh
