@@ -37,6 +37,7 @@ from .transports import (Address, CommError, CommTimeoutError, ConfigError, pars
                          settings)
 from .transports.sockets import recv_exactly, resolve
 from .transports.interfaces import interface_ip, primary_ip
+from .ports import free_ports
 
 MAX_FRAME = 64 << 10
 HANDSHAKE_SECONDS = 5.0        # a connection must register within this, or is dropped
@@ -49,7 +50,7 @@ _LENGTH = struct.Struct("!I")
 def find_peers(rank: int, size: int, knobs: settings.Settings, deadline: float,
                token: bytes | None) -> tuple[list[list[Address]], str]:
     """The ring hostfile (one connection per neighbour) and the job id rank 0 chose."""
-    port = _free_port()
+    port = free_ports(1, "")[0]  # (on every interface, as the ring listens)
     host = interface_ip(knobs.ifname) if knobs.ifname else None
     where = rendezvous_address(knobs)
     if where is None:
@@ -401,9 +402,3 @@ def _complete_frame(buf: bytearray) -> object:
         return json.loads(bytes(buf[_LENGTH.size:]).decode())
     except (UnicodeDecodeError, ValueError, RecursionError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]

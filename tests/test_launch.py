@@ -215,7 +215,7 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
     port before a rank listens on it."""
     import socket
 
-    from ringcomm.launch import _ephemeral_start, free_ports
+    from ringcomm.ports import _ephemeral_start, free_ports
     ports = free_ports(16)
     assert len(set(ports)) == 16
     low = _ephemeral_start()
