@@ -299,9 +299,10 @@ class Group:
         deadline = time.monotonic() + self.timeout
         try:
             lanes = 1 if len(plan) < 2 else \
-                self._lanes.count(plan, heads, self._alone, header, vet is not None)
+                self._lanes.count(plan, heads, header, vet is not None)
             if lanes == 1 or not self._lanes.run(lanes, plan, work, combine, deadline, header,
-                                                 check_header, source, source_at, meanwhile):
+                                                 check_header, source, source_at, meanwhile,
+                                                 self._alone):
                 engine.run(self._transport, plan, work, combine, deadline, self._scratch,
                            header, check_header, source, heads, self._alone, vet, source_at,
                            meanwhile)

@@ -11,12 +11,16 @@ to make meanwhile: an all_gather's own block).  The plan, the bytes on the wire 
 headers are those of the one-thread path; only who moves them changes.
 
 Operations below ``MIN_BYTES``, a plan of one stream, and the cases with state that lives on
-the transport's own connections (headers waiting to travel alone, bytes read ahead, sends and
-receives, which vet the idle side) keep the one-thread path, and its latency.  A failure on
-any lane wakes the others (``LaneStopped``) and is raised on the calling thread as the same
-typed error; Ctrl-C on the calling thread stops every lane first; ``close()`` joins the
-workers, so no thread outlives the group.  Memory: one scratch of ``engine.SCRATCH_BYTES``
-per stream, as before.
+the transport's own connections (a side no stream starts on, so headers travel alone there,
+bytes read ahead, sends and receives, which vet the idle side) keep the one-thread path, and
+its latency.  Headers that earlier calls left waiting (on 2 ranks every small collective
+leaves one each way) ride with the lanes' first sends and receives on connection 0, as they
+would on one thread (``_waiting``).
+
+A failure on any lane wakes the others (``LaneStopped``) and is raised on the calling thread
+as the same typed error; Ctrl-C on the calling thread stops every lane first; ``close()``
+joins the workers, so no thread outlives the group.  Memory: one scratch of
+``engine.SCRATCH_BYTES`` per stream, as before.
 """
 from __future__ import annotations
 
@@ -83,8 +87,7 @@ class Lanes:
         self._splits: dict[tuple[int, int], tuple[Plan, list[Plan]]] = {}
         self._closed = False
 
-    def count(self, plan: Plan, heads: Heads, alone: Alone | None, header: bytes | None,
-              vetting: bool) -> int:
+    def count(self, plan: Plan, heads: Heads, header: bytes | None, vetting: bool) -> int:
         """How many lanes ``plan`` runs on (1: the caller's thread alone, as before)."""
         lanes = min(self._threads, len(plan))
         if lanes < 2 or vetting or self._closed:
@@ -92,19 +95,19 @@ class Lanes:
         sizes, _ = engine._layout(plan)
         if sum(sizes) < MIN_BYTES:
             return 1
-        if header is not None and (engine._header_only(plan, heads) != NO_HEADS or (
-                alone is not None and (any(alone.out) or any(alone.into)))):
+        if header is not None and engine._header_only(plan, heads) != NO_HEADS:
             return 1  # headers that travel alone use connection 0 outside the streams
         return lanes
 
     def run(self, lanes: int, plan: Plan, work: np.ndarray, combine: Combine | None,
             deadline: float, header: bytes | None, check: HeaderCheck | None,
             source: np.ndarray | None, source_at: int = 0,
-            meanwhile: Callable[[], None] | None = None) -> bool:
+            meanwhile: Callable[[], None] | None = None, alone: Alone | None = None) -> bool:
         """Run ``plan`` on ``lanes`` threads; False (nothing done) when the transport has no
         lanes to give now, so the caller runs it on one.  ``meanwhile`` (see ``engine.run``)
         runs on the calling thread while workers move every lane where the group has a
-        thread to spare, else on the caller's lane once its transfers are posted."""
+        thread to spare, else on the caller's lane once its transfers are posted; ``alone``:
+        the group's waiting headers, which go with the lanes' streams."""
         views = self._transport.lanes(lanes)
         if views is None:
             return False
@@ -115,9 +118,11 @@ class Lanes:
         on_workers = lanes if spare else lanes - 1
         self._start(on_workers)
         parts = self._split(plan, lanes)
+        waiting = _waiting(alone, parts) if header is not None else [None] * lanes
         jobs = [_job(view, part, work, combine, deadline, pool, header, check, source,
-                     source_at, None if spare or i else meanwhile)
-                for i, (view, part, pool) in enumerate(zip(views, parts, self._pools))]
+                     source_at, None if spare or i else meanwhile, lane_alone)
+                for i, (view, part, pool, lane_alone) in enumerate(
+                    zip(views, parts, self._pools, waiting))]
         call = _Call(on_workers)
         for view in views:
             view.rearm()
@@ -177,10 +182,35 @@ class Lanes:
 def _job(view: Transport, part: Plan, work: np.ndarray, combine: Combine | None,
          deadline: float, pool: ScratchPool, header: bytes | None, check: HeaderCheck | None,
          source: np.ndarray | None, source_at: int,
-         meanwhile: Callable[[], None] | None = None) -> Callable[[], None]:
-    """One lane's share: its streams, each carrying the header as on one thread."""
+         meanwhile: Callable[[], None] | None = None,
+         alone: Alone | None = None) -> Callable[[], None]:
+    """One lane's share: its streams, each carrying the header as on one thread (after the
+    waiting headers in ``alone``, this lane's own)."""
     return lambda: engine.run(view, part, work, combine, deadline, pool, header, check, source,
-                              source_at=source_at, meanwhile=meanwhile)
+                              alone=alone, source_at=source_at, meanwhile=meanwhile)
+
+
+def _waiting(alone: Alone | None, parts: list[Plan]) -> list[Alone | None]:
+    """Each lane's share of the headers waiting in ``alone``: those to (from) a side go to
+    the lane whose stream first sends (receives) on connection 0 there, whose first send
+    then leads with them (its first receive expects them), the bytes one thread would move.
+    ``count`` let the plan on lanes only where every side has such a stream; ``alone`` is
+    drained here, on the calling thread, so no two threads share it."""
+    if alone is None or not (any(alone.out) or any(alone.into)):
+        return [None] * len(parts)
+    shares: list[Alone | None] = []
+    for part in parts:
+        share = None
+        for steps in part:
+            s, r = steps[0].send, steps[0].recv
+            if s is not None and s.conn == 0 and alone.out[s.side]:
+                share = share or Alone()
+                share.out[s.side].append(alone.take_out(s.side))
+            if r is not None and r.conn == 0 and alone.into[r.side]:
+                share = share or Alone()
+                share.into[r.side].append(alone.take_in(r.side))
+        shares.append(share)
+    return shares
 
 
 def _serve(inbox: queue.SimpleQueue) -> None:

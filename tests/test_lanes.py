@@ -79,11 +79,11 @@ def test_small_operations_and_single_streams_stay_on_the_calling_thread():
     big = plans.all_reduce(1 << 20, 4, 2, 0, 1)        # 4 MiB, two streams
     small = plans.all_reduce(1 << 10, 4, 2, 0, 1)      # 4 KiB, two streams
     one = plans.all_reduce(1 << 20, 4, 2, 0, 1)[:1]    # one stream
-    assert group_lanes.count(big, engine.COLLECTIVE, None, None, False) == 2
-    assert group_lanes.count(small, engine.COLLECTIVE, None, None, False) == 1
-    assert group_lanes.count(one, engine.COLLECTIVE, None, None, False) == 1
-    assert group_lanes.count(big, engine.COLLECTIVE, None, None, True) == 1  # send/recv
-    assert lanes.Lanes(None, 1).count(big, engine.COLLECTIVE, None, None, False) == 1
+    assert group_lanes.count(big, engine.COLLECTIVE, None, False) == 2
+    assert group_lanes.count(small, engine.COLLECTIVE, None, False) == 1
+    assert group_lanes.count(one, engine.COLLECTIVE, None, False) == 1
+    assert group_lanes.count(big, engine.COLLECTIVE, None, True) == 1  # send/recv
+    assert lanes.Lanes(None, 1).count(big, engine.COLLECTIVE, None, False) == 1
 
 
 class _View:
@@ -262,3 +262,45 @@ def test_a_mismatch_between_lanes_is_the_typed_error_of_one_thread(monkeypatch):
         assert names, f"rank {rank} ran no lane thread"
         assert name == "MismatchError", (rank, name, message)
         assert "float32" in message and "int32" in message, (rank, message)
+
+
+def _small_then_large(group, seed, threads_per_rank):
+    """A small all_sum (on 2 ranks it leaves a header waiting each way), then a large all_sum
+    and all_gather: what they return, the headers waiting before them, and lanes used."""
+    group._lanes._threads = threads_per_rank[group.rank()]
+    on_lanes = []
+    run = group._lanes.run
+
+    def counted(*args, **kwargs):
+        on_lanes.append(run(*args, **kwargs))
+        return on_lanes[-1]
+    group._lanes.run = counted
+    got = []
+    for i in range(3):
+        group.all_sum(np.ones(2, np.float32))
+        waiting = sum(map(len, group._alone.out)) + sum(map(len, group._alone.into))
+        x = make_input(seed + i, group.rank(), "float32", (3 << 18,))
+        got.append((waiting, group.all_sum(x), group.all_gather(x)))
+    group.barrier()  # the headers of the last calls are checked too
+    return got, on_lanes
+
+
+@pytest.mark.parametrize("threads", [(4, 4), (4, 1)])
+def test_headers_left_waiting_by_small_calls_ride_with_the_lanes(monkeypatch, threads):
+    """The large calls after a small one still run on lanes, carrying the waiting headers
+    as one thread would: the same bytes on the wire, so a peer on one thread agrees."""
+    cluster = Cluster(2, 1)
+    try:
+        results = cluster.run(_small_then_large, 11, threads)
+    finally:
+        cluster.close()
+    for rank, (got, on_lanes) in enumerate(results):
+        assert on_lanes == ([True] * 6 if threads[rank] > 1 else []), (rank, on_lanes)
+        for i, (waiting, summed, gathered) in enumerate(got):
+            assert waiting > 0, (rank, i, waiting)
+            shape = (3 << 18,)
+            want = expected("all_sum", "float32", shape, 11 + i, 2, False)[rank]
+            assert np.all(np.abs(summed - want) <= sum_tolerance(
+                "float32", shape, 11 + i, 2, False)), (rank, i)
+            assert gathered.tobytes() == expected(
+                "all_gather", "float32", shape, 11 + i, 2, False)[rank].tobytes(), (rank, i)
