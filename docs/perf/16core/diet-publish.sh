@@ -4,7 +4,7 @@
 #   BASE=<tree before> [PREV=<another tree>] [VAR=<a variant>] bash docs/perf/16core/diet-publish.sh
 # 1. latency.py and python_path.py per tree (base, prev, new = this tree, var), three
 #    alternating rounds; 2. the A/B of large sizes (base, prev and new, 2 and 4 ranks, 3
-#    alternating rounds) and allgather_timeline.py per tree; 3. this tree's tables (tables.sh)
+#    alternating rounds), allgather_timeline.py and mixed_loop.py per tree; 3. this tree's tables (tables.sh)
 #    and K=2;
 # 4. the links run, when time is left.  Everything goes to /tmp/res, packed into $OUT/all.tgz
 # after each phase (the device returns at most 8 files).
@@ -34,6 +34,8 @@ ab_trees="base${PREV:+ prev} new"
     root=$(root_of $tree)
     echo "== timeline tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py"
     (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/allgather_timeline.py 2>&1)
+    echo "== small then large, tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/mixed_loop.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/mixed_loop.py 2>&1)
   done
   uptime
 } > $R/ab.txt 2>&1
