@@ -22,7 +22,7 @@ ab_trees="base${PREV:+ prev} new"
     fi
   done; done
   echo "== latency with a cProfile, tree=new"
-  timeout 30 python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py profile 2>&1 | tail -30
+  PYTHONPATH=/tmp/site:$here timeout 30 python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py profile 2>&1 | tail -30
   for rep in 1 2 3; do for tree in $ab_trees; do
     root=$(root_of $tree)
     for n in 2 4; do

@@ -1,0 +1,37 @@
+# A variant against this tree on the device machine (issue 17, the 2 MiB all_gather): from the
+# repository root, with MLX's wheels in .whl/ (DEVELOPERS.md):
+#   VAR=<checkout of the variant> bash docs/perf/16core/linger-ab.sh
+# latency.py per tree (three alternating rounds), the A/B of 512 KiB-32 MiB on 2, 4 and 8 ranks
+# (three alternating rounds), the 2 MiB cells against MLX per tree, allgather_timeline.py and
+# mixed_loop.py per tree.  Output: /tmp/res/ab.txt, packed into $OUT/all.tgz.
+BASE=. . docs/perf/16core/ab-setup.sh
+trees="new var"
+{
+  date -u; nproc; lscpu | grep "Model name"; uptime
+  for rep in 1 2 3; do for tree in $trees; do
+    root=$(root_of $tree)
+    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
+  done; done
+  pack
+  for rep in 1 2 3; do for tree in $trees; do
+    root=$(root_of $tree)
+    for n in 2 4 8; do
+      echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
+      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
+    done
+  done; pack; done
+  for tree in $trees; do
+    root=$(root_of $tree)
+    for n in 2 4 8; do
+      echo "== vs MLX tree=$tree: python3 -m ringcomm.bench -n $n --vs mlx -b 2M -e 2M --op all_gather,all_sum"
+      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n --vs mlx -b 2M -e 2M --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
+    done
+    echo "== timeline tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/allgather_timeline.py 2>&1)
+    echo "== small then large, tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/mixed_loop.py"
+    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/mixed_loop.py 2>&1)
+  done
+  uptime; echo "elapsed $SECONDS s"
+} > $R/ab.txt 2>&1
+pack
