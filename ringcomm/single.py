@@ -39,9 +39,10 @@ def run(transport: Transport, steps: tuple[Step, ...], work: np.ndarray,
         lone: tuple[tuple[Side, ...], tuple[Side, ...]], source_at: int = 0,
         meanwhile: Callable[[], None] | None = None) -> None:
     """``engine.run`` of a collective (headers both ways to both neighbours, ``engine.COLLECTIVE``,
-    or none) or of a lane (``engine.NO_HEADS``, ``alone`` None) whose plan is the one stream
-    ``steps``, every reducing receive of which fits ``scratch``; ``lone``: the sides its
-    header goes to and comes from alone."""
+    or none) or of a lane (``engine.NO_HEADS``; ``alone``: its share of the headers earlier
+    calls left waiting, or None) whose plan is the one stream ``steps``, every reducing
+    receive of which fits ``scratch``; ``lone``: the sides its header goes to and comes from
+    alone."""
     lone_out, lone_in = lone
     post_send, post_recv, wait = transport.post_send, transport.post_recv, transport.wait
     raw = memoryview(work if work.dtype is _BYTES else work.view(np.uint8))
