@@ -4,10 +4,10 @@
 #   BASE=<tree before> [PREV=<another tree>] [VAR=<a variant>] bash docs/perf/16core/diet-publish.sh
 # 1. latency.py and python_path.py per tree (base, prev, new = this tree, var), three
 #    alternating rounds; 2. the A/B of large sizes (base, prev and new, 2 and 4 ranks, 3
-#    alternating rounds), allgather_timeline.py and mixed_loop.py per tree; 3. this tree's tables (tables.sh)
-#    and K=2;
-# 4. the links run, when time is left.  Everything goes to /tmp/res, packed into $OUT/all.tgz
-# after each phase (the device returns at most 8 files).
+#    alternating rounds), allgather_timeline.py and mixed_loop.py per tree; 3. this tree's
+#    tables (tables.sh) and K=2; 4. the links run, when time is left.  Everything goes to
+#    /tmp/res, packed into $OUT/all.tgz after each phase (the device returns at most 8 files).
+# Run of 2026-12-07: diet-notes.txt (BASE f0c6cb5, PREV e8fca91, new 0c544aa).
 . docs/perf/16core/ab-setup.sh
 ab_trees="base${PREV:+ prev} new"
 {
