@@ -285,11 +285,12 @@ def _small_then_large(group, seed, threads_per_rank):
     return got, on_lanes
 
 
-@pytest.mark.parametrize("threads", [(4, 4), (4, 1)])
-def test_headers_left_waiting_by_small_calls_ride_with_the_lanes(monkeypatch, threads):
+@pytest.mark.parametrize("connections,threads", [(1, (4, 4)), (1, (4, 1)), (2, (2, 2))])
+def test_headers_left_waiting_by_small_calls_ride_with_the_lanes(connections, threads):
     """The large calls after a small one still run on lanes, carrying the waiting headers
-    as one thread would: the same bytes on the wire, so a peer on one thread agrees."""
-    cluster = Cluster(2, 1)
+    as one thread would: the same bytes on the wire, so a peer on one thread agrees (with 2
+    connections, 4 streams on 2 lanes: a lane of two streams)."""
+    cluster = Cluster(2, connections)
     try:
         results = cluster.run(_small_then_large, 11, threads)
     finally:
