@@ -13,29 +13,18 @@ ab_trees="base${PREV:+ prev} new"
 {
   date -u; nproc; lscpu | grep "Model name"; uptime
   for rep in 1 2 3; do for tree in $trees; do
-    root=$(root_of $tree)
-    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
-    if [ $rep = 1 ]; then
-      echo "== tree=$tree: python3 docs/perf/16core/python_path.py REPO"
-      PYTHONPATH=/tmp/site:$root timeout 60 python3 docs/perf/16core/python_path.py "$root"
-    fi
+    latency $tree $rep
+    if [ $rep = 1 ]; then python_path $tree; fi
   done; done
   echo "== latency with a cProfile, tree=new"
   PYTHONPATH=/tmp/site:$here timeout 30 python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py profile 2>&1 | tail -30
   for rep in 1 2 3; do for tree in $ab_trees; do
-    root=$(root_of $tree)
-    for n in 2 4; do
-      echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
-      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
-    done
+    for n in 2 4; do bench_ab $tree $rep $n; done
   done; done
   for tree in $ab_trees; do
-    root=$(root_of $tree)
-    echo "== timeline tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/allgather_timeline.py 2>&1)
-    echo "== small then large, tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/mixed_loop.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/mixed_loop.py 2>&1)
+    for script in allgather_timeline.py mixed_loop.py; do
+      in_tree $tree "$script tree=$tree" python3 -m ringcomm.launch -n 2 "$here/docs/perf/16core/$script"
+    done
   done
   uptime
 } > $R/ab.txt 2>&1

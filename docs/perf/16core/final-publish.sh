@@ -11,15 +11,9 @@
   date -u; nproc; lscpu | grep "Model name"; uptime
   echo "== python3 docs/perf/memcpy_gap.py"; python3 docs/perf/memcpy_gap.py
   for rep in 1 2; do for tree in $trees; do
-    root=$(root_of $tree)
-    for n in 2 4; do
-      echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
-      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
-    done
-    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
-    echo "== tree=$tree: python3 docs/perf/16core/python_path.py REPO"
-    PYTHONPATH=/tmp/site:$root timeout 60 python3 docs/perf/16core/python_path.py "$root"
+    for n in 2 4; do bench_ab $tree $rep $n; done
+    latency $tree $rep
+    python_path $tree
   done; done
   uptime
 } > $R/ab.txt 2>&1

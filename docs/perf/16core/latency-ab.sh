@@ -6,11 +6,7 @@
 . docs/perf/16core/ab-setup.sh
 {
   date -u; nproc; lscpu | grep "Model name"; uptime
-  for rep in $(seq "${ROUNDS:-5}"); do for tree in $trees; do
-    root=$(root_of $tree)
-    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
-  done; done
+  for rep in $(seq "${ROUNDS:-5}"); do for tree in $trees; do latency $tree $rep; done; done
   uptime; echo "elapsed $SECONDS s"
 } > $R/latency.txt 2>&1
 pack

@@ -8,29 +8,19 @@ BASE=. . docs/perf/16core/ab-setup.sh
 trees="new var"
 {
   date -u; nproc; lscpu | grep "Model name"; uptime
-  for rep in 1 2 3; do for tree in $trees; do
-    root=$(root_of $tree)
-    echo "== latency tree=$tree rep=$rep: python3 -m ringcomm.launch -n 2 docs/perf/16core/latency.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 30 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/latency.py 2>&1 | tail -1)
-  done; done
+  for rep in 1 2 3; do for tree in $trees; do latency $tree $rep; done; done
   pack
   for rep in 1 2 3; do for tree in $trees; do
-    root=$(root_of $tree)
-    for n in 2 4 8; do
-      echo "== A/B tree=$tree rep=$rep: python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum"
-      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n -b 512K -e 32M -f 2 --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
-    done
+    for n in 2 4 8; do bench_ab $tree $rep $n; done
   done; pack; done
   for tree in $trees; do
-    root=$(root_of $tree)
     for n in 2 4 8; do
-      echo "== vs MLX tree=$tree: python3 -m ringcomm.bench -n $n --vs mlx -b 2M -e 2M --op all_gather,all_sum"
-      (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.bench -n $n --vs mlx -b 2M -e 2M --op all_gather,all_sum 2>&1 | grep -v "^#  \|pass on\|^#$")
+      in_tree $tree "vs MLX tree=$tree" python3 -m ringcomm.bench -n $n --vs mlx -b 2M -e 2M \
+        --op all_gather,all_sum | grep -v "^#  \|pass on\|^#$"
     done
-    echo "== timeline tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/allgather_timeline.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/allgather_timeline.py 2>&1)
-    echo "== small then large, tree=$tree: python3 -m ringcomm.launch -n 2 docs/perf/16core/mixed_loop.py"
-    (cd "$root" && PYTHONPATH=/tmp/site:$root timeout 60 python3 -m ringcomm.launch -n 2 $here/docs/perf/16core/mixed_loop.py 2>&1)
+    for script in allgather_timeline.py mixed_loop.py; do
+      in_tree $tree "$script tree=$tree" python3 -m ringcomm.launch -n 2 "$here/docs/perf/16core/$script"
+    done
   done
   uptime; echo "elapsed $SECONDS s"
 } > $R/ab.txt 2>&1
