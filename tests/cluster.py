@@ -18,7 +18,8 @@ import tempfile
 import traceback
 from typing import Any, Callable
 
-from ringcomm.launch import free_ports, localhost_devices, localhost_hostfile
+from ringcomm.launch import localhost_devices, localhost_hostfile
+from ringcomm.ports import free_ports
 from ringcomm.transports.hostfile import write_hostfile
 
 RANK_TIMEOUT = 60.0   # the ranks' group timeout: a hang inside a collective fails here

@@ -32,7 +32,7 @@ def test_runs_every_rank_with_prefixed_output(tmp_path):
 
 
 def test_command_after_double_dash_env_and_starting_port(tmp_path):
-    from ringcomm.launch import free_ports
+    from ringcomm.ports import free_ports
     port = free_ports(1)[0]
     result = launch("-n", "2", "-p", str(port), "--env", "GREETING=hi", "--",
                     sys.executable, "-c",

@@ -14,7 +14,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
-from ringcomm.launch import free_ports, localhost_devices, localhost_hostfile
+from ringcomm.launch import localhost_devices, localhost_hostfile
+from ringcomm.ports import free_ports
 from tests import mismatch_work as work
 from tests.cluster import Cluster
 

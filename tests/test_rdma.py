@@ -30,7 +30,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ringcomm.launch import free_ports, rdma_env
+from ringcomm.launch import rdma_env
+from ringcomm.ports import free_ports
 from tests.procs import ROOT, env, launch, start_ranks
 from ringcomm.transports import emulated_verbs, emulated_wire
 from ringcomm.transports.rdma import SLOT_BYTES, SLOTS

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ringcomm.launch import free_ports
+from ringcomm.ports import free_ports
 from ringcomm.rendezvous import expand_nodelist, slurm_port
 from ringcomm.transports import ConfigError, settings
 from tests.procs import env
