@@ -50,13 +50,13 @@ CONNECT_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0, 16.0)  # MLX's waits between connect 
 FIRST_RETRY_WAIT = 0.02   # ringcomm protocol: retry refused connects quickly, doubling ...
 MAX_RETRY_WAIT = 1.0      # ... up to this, until the deadline
 
-Formed = tuple[socket.socket, Address]  # a connected, verified socket and the address it used
+Formed = tuple[socket.socket, Address]  # a connected, verified socket and the peer's address
 
 
 class TcpSetup:
     """One rank's set-up: after ``form()``, ``conns[side]`` holds the K data connections to
     that neighbour and ``control[side]`` its control connection (ringcomm protocol), each as
-    (blocking socket, address)."""
+    (blocking socket, the neighbour's hostfile address for that connection)."""
 
     def __init__(self, rank: int, hostfile: Sequence[Sequence[Address]], *, protocol: str,
                  job_id: str, token: bytes | None, warm_up: bool,
@@ -110,19 +110,22 @@ class TcpSetup:
     # -- set-up: accepting ------------------------------------------------------------------
 
     def _accept_all(self, own: Sequence[Address], deadline: float) -> None:
+        """Accept the left neighbour's connections.  Each is recorded with the neighbour's
+        hostfile address (where it listens: what a user knows it by), never with this
+        rank's own address it arrived on, so that a lost connection names the right host."""
         left = self.peer(Side.LEFT)
+        theirs = self._hostfile[left]
         if not self.secure:  # MLX: one address at a time, the first connection wins
-            for addr, listener in zip(own, self.listeners):
+            for i, (addr, listener) in enumerate(zip(own, self.listeners)):
                 sock = self._accept_one(listener, addr, left, deadline)
-                self.conns[Side.LEFT].append((sock, addr))
+                self.conns[Side.LEFT].append((sock, theirs[i]))
             return
         got = Acceptor(self.rank, self.size, left, self.connections, job=self._job,
                        token=self._token, warm_up=self._warm,
-                       left_address=str(self._hostfile[left][0])).run(self.listeners, own,
-                                                                      deadline)
+                       left_address=str(theirs[0])).run(self.listeners, own, deadline)
         k = self.connections
-        self.conns[Side.LEFT].extend((got[i], own[i]) for i in range(k))
-        self.control[Side.LEFT] = (got[k], own[0])
+        self.conns[Side.LEFT].extend((got[i], theirs[i]) for i in range(k))
+        self.control[Side.LEFT] = (got[k], theirs[0])
 
     def _listen(self, addr: Address) -> socket.socket:
         family, _, _, _, sockaddr = resolve(addr, self.rank, passive=True)
