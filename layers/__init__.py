@@ -3,12 +3,13 @@
     from ringcomm.layers import shard_linear          # instead of mlx.nn.layers.distributed
     layer = shard_linear(nn.Linear(64, 128), "all-to-sharded", group=ringcomm.init())
 
-Needs MLX (``pip install "ringcomm[mlx]"``).  The collectives run eagerly (see README).
+Needs MLX: ``pip install ".[mlx]"`` in a clone of ringcomm (there is no release on PyPI yet,
+so ``pip install "ringcomm[mlx]"`` works only once one exists).  The collectives run eagerly
+(docs/mlx-programs.md).
 """
-try:
-    import mlx.core  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the installation
-    raise ImportError("layers needs MLX: pip install 'ringcomm[mlx]' (mlx[cpu] on Linux)") from e
+from ringcomm.mlx_arrays import require_mlx
+
+require_mlx("ringcomm.layers")
 
 from .gradients import average_gradients, sum_gradients
 from .linear import (AllToShardedLinear, QuantizedAllToShardedLinear,

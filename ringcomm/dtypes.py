@@ -117,6 +117,8 @@ def wire_dtype(dtype: np.dtype) -> np.dtype:
     """The little-endian dtype that goes on the wire; TypeError for what MLX cannot carry."""
     if isinstance(dtype, np.dtype) and dtype in WIRE_INDEX:  # supported, little-endian: itself
         return dtype
+    if isinstance(dtype, str) and dtype.strip().lower() == "bfloat16":  # numpy knows the name
+        return bfloat16()                                                # only after ml_dtypes
     dtype = np.dtype(dtype)
     le = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
     if dtype_index(le) is None:

@@ -40,6 +40,20 @@ class EagerCollectiveError(RingcommError, TypeError):
     """A collective was called inside mx.compile or mx.vmap."""
 
 
+INSTALL_HINT = ("pip install '.[mlx]' in a clone of ringcomm (no release on PyPI yet), or "
+                "pip install 'mlx[cpu]' on Linux, 'mlx' on macOS")
+
+
+def require_mlx(what: str) -> Any:
+    """``mlx.core``, or an ImportError that says what needs it and how to install it."""
+    try:
+        import mlx.core as mx
+    except ImportError as e:
+        raise ImportError(f"{what} needs MLX, which is not importable here ({e}): "
+                          f"{INSTALL_HINT}") from e
+    return mx
+
+
 def is_mlx_array(x: Any) -> bool:
     t = type(x)
     return t.__name__ == "array" and t.__module__.startswith("mlx")

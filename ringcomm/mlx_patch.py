@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from .group import Group
-from .mlx_arrays import collective as mlx_collective
+from .mlx_arrays import collective as mlx_collective, require_mlx
 
 NAMES = ("init", "is_available", "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
          "send", "recv", "recv_like")
@@ -35,7 +35,7 @@ def patch_mlx(group: Group | None = None) -> Group:
     Calling it again only changes the group; ``unpatch_mlx()`` puts MLX's functions back.
     """
     global _originals, _group
-    import mlx.core as mx
+    mx = require_mlx("patch_mlx")
     from .init import default_group
     if group is not None and not isinstance(group, Group):
         raise TypeError(f"patch_mlx: group must be a ringcomm.Group, not {type(group).__name__}")
