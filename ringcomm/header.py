@@ -32,7 +32,7 @@ HEADER = struct.Struct("!4sQBBHQII")
 _LEAD, _REST = struct.Struct("!4sQ"), struct.Struct("!BBHQII")  # HEADER: up to seq, and after
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier",
-       "broadcast", "all_to_all")
+       "broadcast", "all_to_all", "split")  # split: its exchange (``split``), told apart
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
 _DTYPE_CODE = DTYPE_CODES  # reads no bfloat16 entry: ml_dtypes is imported when one is met
 _SEND_CODE = frozenset({_OP_CODE["send"]})

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .transports import CommError, GroupBrokenError, MismatchError, Side
+from .transports import CommError, GroupBrokenError, MismatchError, PeerLostError, Side
 from .transports.direct import DirectLinks
 
+from . import first_failure
 from .header import HEADER, OpHeader, describe, pack_header
 
 MIN_SIZE = 4  # below this every rank is a neighbour of every other
@@ -71,9 +72,11 @@ class Direct:
         try:
             self.links.exchange(outgoing, incoming, time.monotonic() + group.timeout, name)
         except CommError as e:
+            if isinstance(e, PeerLostError):  # often the echo of a failure the ring reports
+                e = first_failure.reported(group._transport) or e
             e.op = e.op or name
             group._fail(e)
-            raise
+            raise e
         except BaseException as e:
             group._fail(e)
             raise

@@ -26,10 +26,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .transports import Address, ConfigError, settings
+
+from . import plans
 from .transports.base import LoneTransport
 from .transports.errors import CommError, GroupBrokenError
 from .transports.handshake import job_digest
 from .transports.sockets import resolve
+from .ranks import integer_argument
 
 if TYPE_CHECKING:
     from .group import Group
@@ -99,13 +102,7 @@ def split(parent: Group, color: int, key: int = -1) -> Group | None:
 
 
 def _integer(value: object, name: str, parent: Group) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"rank {parent.rank()}: Group.split: {name} must be an integer; got "
-                          f"{value!r}")
-    if not -(1 << 63) <= int(value) < 1 << 63:
-        raise ConfigError(f"rank {parent.rank()}: Group.split: {name}={value} does not fit in "
-                          "64 bits")
-    return int(value)
+    return integer_argument(value, name, f"rank {parent.rank()}: Group.split")
 
 
 def _lone(parent: Group, origin: Origin | None, color: int, job_id: str | None = None) -> Group:
@@ -159,8 +156,22 @@ def _exchange(parent: Group, origin: Origin, color: int, key: int,
     else:
         host, coordinator, data_ports = mine[0].getsockname()[0].encode(), ports[0], [0] * k
     raw = np.frombuffer(record.pack(color, key, host, coordinator, *data_ports), np.uint8)
-    gathered = parent.all_gather(raw.reshape(1, -1))
-    return [record.unpack(row.tobytes()) for row in gathered]
+    return [record.unpack(row.tobytes()) for row in _gather(parent, raw)]
+
+
+def _gather(parent: Group, raw: np.ndarray) -> np.ndarray:
+    """Every rank's ``raw`` record, one row per parent rank: an all_gather whose operation
+    header says ``split``, so that a rank in any other call (an all_gather of the same shape
+    included) gets a ``MismatchError`` naming both calls, never the other's bytes."""
+    progress = parent._progress
+    if progress is not None and not progress.idle():
+        progress.drain()  # behind the async work issued before, as a blocking call waits
+    n, r, size = parent.size(), parent.rank(), raw.size
+    rows = np.empty((n, size), np.uint8)
+    rows[r] = raw
+    parent._run("split", plans.all_gather(size, n, r, parent._connections()),
+                rows.reshape(-1), None, raw.dtype, (1, size))
+    return rows
 
 
 # -- the subgroup's transport ----------------------------------------------------------------

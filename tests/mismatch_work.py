@@ -1,8 +1,10 @@
 """Rank side of tests/test_mismatch.py: join a fresh ring, make calls, say how each ended.
 
 A call is ``[op, dtype, count]`` (``op`` one of all_sum, all_max, all_gather, sum_scatter,
-barrier, send, recv; send goes to the right neighbour and recv comes from the left, which on
-two ranks are both the other rank).  Every rank's input is a function of its rank and the
+all_to_all, barrier, send, recv; send goes to the right neighbour and recv comes from the left,
+which on two ranks are both the other rank), or ``["split", "uint8", 0]`` (``split(0)``, every
+rank one color) or ``["all_gather_split_record", "uint8", 0]``: an all_gather of an array
+shaped and typed as split's own record (one row of uint8), whose bytes it must not take.  Every rank's input is a function of its rank and the
 call, so a call that returns can be checked against what the same call on every rank gives.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import ringcomm
+from ringcomm import split
 from ringcomm.header import pack_header
 from ringcomm.transports import Side
 
@@ -36,7 +39,7 @@ def join(ring: dict, rank: int, timeout: float) -> ringcomm.Group:
 
 
 def data(op: str, dtype: str, count: int, rank: int, size: int) -> np.ndarray:
-    if op == "sum_scatter":
+    if op in ("sum_scatter", "all_to_all"):
         count *= size
     return ((np.arange(count) * 7 + 3 * rank + 1) % 50).astype(dtype)
 
@@ -51,6 +54,8 @@ def expect(op: str, dtype: str, count: int, size: int, rank: int) -> np.ndarray 
         return np.maximum.reduce(inputs)
     if op == "all_gather":
         return np.concatenate(inputs)
+    if op == "all_to_all":  # block j came from rank j, which cut it from its own block ``rank``
+        return np.concatenate([a[rank * count:(rank + 1) * count] for a in inputs])
     if op == "recv":
         return inputs[(rank - 1) % size]
     return None
@@ -63,6 +68,15 @@ def perform(group: ringcomm.Group, call: Call) -> bool:
     if op == "barrier":
         group.barrier()
         return True
+    if op == "split":
+        sub = group.split(0)
+        right = sub.size() == n and sub.rank() == r
+        sub.close()
+        return right
+    if op == "all_gather_split_record":
+        row = split._record(group._connections()).size
+        got = group.all_gather(np.full((1, row), r, np.uint8))
+        return np.array_equal(got, np.repeat(np.arange(n, dtype=np.uint8), row).reshape(n, row))
     x = data(op, dtype, count, r, n)
     if op == "send":
         group.send(x, (r + 1) % n)

@@ -213,6 +213,40 @@ def test_four_ranks_where_neither_neighbour_sends_to_the_other(ranks):
         assert "all_sum(" in got[rank][-1][2] and "barrier(" in got[rank][-1][2], got[rank]
 
 
+SPLIT = ("split", "uint8", 0)
+LIKE_SPLIT = ("all_gather_split_record", "uint8", 0)  # split's record: shape, dtype and all
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_against_an_all_gather_shaped_like_its_record(ranks, backend, size):
+    # split's exchange is an operation of its own: the all_gather rank must not take the
+    # others' records as its result (it returned them, exit 0), nor may the others form
+    # subgroups from its bytes (they timed out "connecting to 127.0.0.1:0")
+    got = play(ranks, [calls(LIKE_SPLIT if r == 1 else SPLIT) for r in range(size)], backend)
+    assert_mismatch(got, "split(uint8", "all_gather(uint8")
+
+
+A2A = ("all_to_all", "float32", 6)  # 6 elements a block
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("theirs,names", [
+    (("all_to_all", "int32", 6), ("all_to_all(float32", "all_to_all(int32")),
+    (("all_to_all", "float32", 12), (("shape (12,)", "12 elements", "shape (18,)",
+                                      "18 elements", "shape (24,)", "24 elements"),
+                                     ("shape (24,)", "24 elements", "shape (36,)",
+                                      "36 elements", "shape (48,)", "48 elements")))])
+def test_all_to_all_with_another_dtype_or_size_on_one_rank(ranks, backend, size, theirs,
+                                                         names):
+    # on 4 ranks, rank 3 (no neighbour of rank 1) completes its ring steps and goes on to its
+    # direct step with rank 1, which has failed: it must still get the MismatchError, not a
+    # PeerLostError for the closed direct link
+    got = play(ranks, [calls(theirs if r == 1 else A2A) for r in range(size)], backend)
+    assert_mismatch(got, "operations differ", *names)
+
+
 # -- random mismatched pairs -------------------------------------------------------------------
 
 OPS = ["all_sum", "all_max", "all_gather", "sum_scatter", "barrier", "send", "recv"]
