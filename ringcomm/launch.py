@@ -21,10 +21,13 @@ import uuid
 from typing import Sequence
 
 from . import hosts as hostspec
+from .launch_limits import (MAX_PORT, check_connect_timeout, check_port_range,
+                            ensure_open_files)
 from .ports import free_ports
 from .remote import STARTUP_SECONDS, RemoteRank, ssh_argv
 from .supervise import START_LIMIT, STOP_GRACE_SECONDS, LocalRank, Printer, Supervisor, say
 from .transports import settings, verbs
+from .transports.devicefile import parse_devices
 from .transports.errors import ConfigError
 from .transports.hostfile import Address, write_hostfile
 
@@ -93,13 +96,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("give a script or command to run")
     if args.nproc < 1 or args.connections_per_ip < 1:
         p.error("-n and --connections-per-ip must be at least 1")
-    if args.connect_timeout <= 0:
-        p.error("--connect-timeout must be a positive number of seconds")
+    if problem := check_connect_timeout(args.connect_timeout):
+        p.error(problem)
+    if args.starting_port is not None and not 0 < args.starting_port <= MAX_PORT:
+        p.error(f"-p must be a port from 1 to {MAX_PORT}; got {args.starting_port}")
     if args.hosts is not None and args.hostfile is not None:
         p.error("give --hosts or --hostfile, not both")
     for item in args.env:
-        if "=" not in item or not item.split("=", 1)[0].replace("_", "a").isalnum():
-            p.error(f"--env takes KEY=VALUE with a name of letters, digits and _; got {item!r}")
+        try:
+            hostspec.check_env_pair(item, "--env")
+        except ConfigError as e:
+            p.error(str(e))
     return args
 
 
@@ -127,6 +134,9 @@ def launch(args: argparse.Namespace) -> int:
             extra_ssh = [a for item in args.ssh_arg for a in shlex.split(item)]
         except ValueError as e:
             raise ConfigError(f"--ssh-arg {args.ssh_arg}: {e}") from None
+        # before resolving: that may ask ssh -G about every host (counts are checked first)
+        ensure_open_files(args.nproc * (len(spec.hosts) if spec else 1),
+                          args.connections_per_ip, spec is None or spec.surely_local)
         if spec is not None:
             hostspec.resolve(spec, ["ssh", *extra_ssh])
         backend = args.backend or (spec.backend if spec else "") or "ring"
@@ -151,6 +161,7 @@ def launch(args: argparse.Namespace) -> int:
 def launch_local(args: argparse.Namespace, ranks: int, pairs: list[str], rdma: bool) -> int:
     """Every rank on this machine, on 127.0.0.1."""
     command, _ = rank_command(args)
+    check_port_range(args.starting_port, ranks * args.connections_per_ip)
     workdir = tempfile.mkdtemp(prefix="ringcomm-launch-")
     try:
         hostfile = os.path.join(workdir, "hostfile.json")
@@ -207,6 +218,7 @@ def launch_remote(args: argparse.Namespace, spec: hostspec.HostSpec, pairs: list
     n, k = len(hosts), args.connections_per_ip
     if rdma:
         check_rdma(spec, hosts, args.nproc)
+    check_port_range(args.starting_port, 1 if rdma else sum(k * len(h.ips) for h in hosts))
     env = remote_env(pairs)
     if rdma and args.verbs:
         env["RINGCOMM_VERBS"] = args.verbs
@@ -227,7 +239,7 @@ def launch_remote(args: argparse.Namespace, spec: hostspec.HostSpec, pairs: list
                       "connections": 1 if rdma else k, "ports": ports,
                       "extra_ports": 1 if rdma and rank == 0 and not port else 0,
                       "env": dict(env, MLX_RANK=str(rank)),
-                      "go_seconds": wait * (n // START_LIMIT + 2),
+                      "go_seconds": wait * (n // START_LIMIT + 2), "boot_seconds": wait,
                       "grace_seconds": STOP_GRACE_SECONDS}
             ranks.append(RemoteRank(rank, h, config, ssh_argv(args.connect_timeout, extra_ssh),
                                     printer.write, sup.post))
@@ -281,6 +293,7 @@ def check_rdma(spec: hostspec.HostSpec, hosts: Sequence[hostspec.Host], repeats:
             raise ConfigError(f"{spec.source}: host {i} ({h.ssh}) needs \"rdma\": a list of "
                               f"{n} devices (one per host, the device linking it to that "
                               f"host), null at its own place {i}")
+    parse_devices([h.rdma for h in hosts], f"{spec.source}: the hosts' \"rdma\" lists")
 
 
 def localhost_devices(ranks: int, connections: int, device: str) -> list[list]:

@@ -20,12 +20,18 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from typing import IO, Callable, Sequence
 
 from .hosts import Host, describe
 from .remote_agent import MARKER
+from .supervise import LINE_BYTES
 
-BOOT = ('import sys,json;m=json.loads(sys.stdin.buffer.readline());g={};'
+# SIGALRM ends the agent unless its first line (source and configuration) arrives within
+# the seconds given, as a whole, however slowly its bytes come: by then the launcher has given
+# up on this host (the connect time-out plus STARTUP_SECONDS)
+BOOT = ('import sys,json,signal;signal.alarm({seconds});'
+        'm=json.loads(sys.stdin.buffer.readline());signal.alarm(0);g={{}};'
         'exec(compile(m["agent"],"ringcomm-agent","exec"),g);g["run"](m["config"])')
 STARTUP_SECONDS = 20.0     # after the connect time-out: the login shell and the agent's checks
 JOIN_SECONDS = 5.0
@@ -48,9 +54,17 @@ def ssh_argv(connect_timeout: float, extra: Sequence[str] = ()) -> list[str]:
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", *extra]
 
 
-def remote_command(python: str) -> str:
-    """What ssh asks the host's login shell to run."""
-    return f"exec {shlex.quote(python)} -u -c {shlex.quote(BOOT)}"
+def remote_command(python: str, boot_seconds: float) -> str:
+    """What ssh asks the host's login shell to run: the agent's boot, which waits at most
+    ``boot_seconds`` for the launcher's first line."""
+    boot = BOOT.format(seconds=max(1, math.ceil(boot_seconds)))
+    return f"exec {shlex.quote(python)} -u -c {shlex.quote(boot)}"
+
+
+def shell_hint(*argv: str) -> str:
+    """A command for the user to try, quoted as a shell reads it (the host names in it were
+    checked by ``hosts.check_ssh_name``: none begins with "-")."""
+    return shlex.join(argv)
 
 
 def explain_ssh_failure(host: Host, code: int, stderr: str, python: str) -> str:
@@ -61,16 +75,17 @@ def explain_ssh_failure(host: Host, code: int, stderr: str, python: str) -> str:
         low = err.lower()
         if "permission denied" in low:
             return (f"host {name}: ssh refused the login ({tail}); BatchMode allows no "
-                    f"password prompt: install a key (ssh-copy-id {host.ssh}) or name one in "
-                    "~/.ssh/config, then check that `ssh -o BatchMode=yes "
-                    f"{host.ssh} true` works")
+                    f"password prompt: install a key ({shell_hint('ssh-copy-id', host.ssh)}) "
+                    "or name one in ~/.ssh/config, then check that "
+                    f"`{shell_hint('ssh', '-o', 'BatchMode=yes', host.ssh, 'true')}` works")
         if "host key verification failed" in low or "host key" in low:
             return (f"host {name}: its host key is unknown or has changed ({tail}); connect "
-                    f"once with `ssh {host.ssh}` to accept it")
+                    f"once with `{shell_hint('ssh', host.ssh)}` to accept it")
         if "could not resolve" in low:
             return f"host {name}: ssh cannot resolve the name ({tail}); give its IP"
         return (f"host {name}: cannot reach it over ssh ({tail}); check the name or IP, that "
-                f"the machine is up and runs sshd, and that `ssh {host.ssh} true` works here")
+                f"the machine is up and runs sshd, and that "
+                f"`{shell_hint('ssh', host.ssh, 'true')}` works here")
     if code in (126, 127):
         return (f"host {name}: cannot run the Python {python} there ({tail}); give --python "
                 "with the path of a Python on that host")
@@ -84,7 +99,9 @@ class RemoteRank:
                  write: Callable[[int, bytes, bool], None],
                  post: Callable[[tuple], None]) -> None:
         self.rank, self.host, self.config = rank, host, config
-        self.argv = [*ssh, host.ssh, remote_command(config["python_for_agent"])]
+        # "--" ends ssh's options: the destination can never be read as one
+        self.argv = [*ssh, "--", host.ssh, remote_command(config["python_for_agent"],
+                                                          config["boot_seconds"])]
         self._write, self._post = write, post
         self._lock = threading.Lock()
         self._early: list[bytes] = []     # stderr before the agent reported (ssh's errors)
@@ -100,13 +117,12 @@ class RemoteRank:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self._send({"agent": agent_source(), "config": self.config})
-        out = self._thread(self._read_stdout, self.proc.stdout)
-        err = self._thread(self._read_stderr, self.proc.stderr)
+        self._thread(self._read_stdout, self.proc.stdout)
+        self._thread(self._read_stderr, self.proc.stderr)
 
         def wait() -> None:
             code = self.proc.wait()
-            out.join(JOIN_SECONDS)   # the report, if any, is posted before the exit
-            err.join(JOIN_SECONDS)
+            self.join(time.monotonic() + JOIN_SECONDS)   # a report is posted before the exit
             self._post(("exit", self, code))
         threading.Thread(target=wait, daemon=True).start()
 
@@ -118,12 +134,9 @@ class RemoteRank:
 
     def _read_stdout(self, source: IO[bytes]) -> None:
         marker = MARKER.encode() + b" "
-        for line in iter(source.readline, b""):
+        for line in iter(lambda: source.readline(LINE_BYTES), b""):
             if self.report is None and line.startswith(marker):
-                try:
-                    report = json.loads(line[len(marker):])
-                except ValueError:
-                    report = {"ok": False, "error": f"garbled start-up report {line!r}"}
+                report = self._check_report(line[len(marker):])
                 with self._lock:
                     self.report = report
                     early, self._early = self._early, []
@@ -135,13 +148,33 @@ class RemoteRank:
         source.close()
 
     def _read_stderr(self, source: IO[bytes]) -> None:
-        for line in iter(source.readline, b""):
+        for line in iter(lambda: source.readline(LINE_BYTES), b""):
             with self._lock:
                 if self.report is None:
                     self._early.append(line)
                     continue
             self._write(self.rank, line, True)
         source.close()
+
+    def _check_report(self, text: bytes) -> dict:
+        """The agent's report, checked: ``{"ok": true, "ports": [...]}`` with as many ports as
+        were asked for, or ``{"ok": false, "error": "..."}``."""
+        cfg = self.config
+        want = len(cfg["ips"]) * cfg["connections"] + cfg["extra_ports"]
+        try:
+            report = json.loads(text)
+        except (ValueError, RecursionError):
+            report = None
+        if not isinstance(report, dict):
+            report = {}
+        if report.get("ok") is False:
+            return {"ok": False, "error": str(report.get("error"))[:2000]}
+        ports = report.get("ports")
+        if (report.get("ok") is not True or not isinstance(ports, list) or len(ports) != want
+                or not all(type(p) is int and 0 < p < 65536 for p in ports)):
+            return {"ok": False, "error": f"garbled start-up report {text[:200]!r} (a "
+                    "different ringcomm agent, or something in the login shell's output?)"}
+        return report
 
     def early_stderr(self) -> str:
         with self._lock:
@@ -156,7 +189,7 @@ class RemoteRank:
             return (f"host {self.describe()}: no word from it within {waited:.0f} s of "
                     "starting ssh (a login shell "
                     "that waits for input? a stuck ~/.bashrc?); check that "
-                    f"`ssh {self.host.ssh} true` returns at once")
+                    f"`{shell_hint('ssh', self.host.ssh, 'true')}` returns at once")
         return explain_ssh_failure(self.host, code, self.early_stderr(),
                                    self.config["python_for_agent"])
 
@@ -199,6 +232,8 @@ class RemoteRank:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
 
-    def join(self, timeout: float) -> None:
+    def join(self, deadline: float) -> None:
+        """Wait for ssh's output to be read, until ``deadline`` (time.monotonic())."""
         for t in self._threads:
-            t.join(timeout)
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))

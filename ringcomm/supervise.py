@@ -28,7 +28,8 @@ STOP_GRACE_SECONDS = 5.0     # after SIGTERM (or a forwarded signal), before SIG
 ABANDON_SECONDS = 5.0    # after SIGKILL: how long a remote host may take to confirm it
 START_LIMIT = 8          # ssh sessions starting at once (sshd's MaxStartups begins at 10)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-JOIN_SECONDS = 5.0
+JOIN_SECONDS = 5.0       # for the output of every rank together, once all have exited
+LINE_BYTES = 1 << 20     # a longer line of output is passed on in pieces of this size
 
 
 def say(message: str) -> None:
@@ -57,7 +58,7 @@ class Printer:
 
     def pump(self, rank: int, source: IO[bytes], err: bool) -> threading.Thread:
         def run() -> None:
-            for line in iter(source.readline, b""):
+            for line in iter(lambda: source.readline(LINE_BYTES), b""):
                 self.write(rank, line, err)
             source.close()
         t = threading.Thread(target=run, daemon=True)
@@ -105,9 +106,10 @@ class LocalRank:
     def abandon(self) -> None:
         pass
 
-    def join(self, timeout: float) -> None:
+    def join(self, deadline: float) -> None:
+        """Wait for the rank's output to be copied, until ``deadline`` (time.monotonic())."""
         for t in self._pumps:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def exit_code(code: int) -> int:
@@ -172,7 +174,7 @@ class Supervisor:
                 r = pending.pop(0)
                 try:
                     r.start()
-                except OSError as e:
+                except (OSError, RuntimeError) as e:   # RuntimeError: no thread to spare
                     failures.append(f"cannot run ssh for host {r.describe()}: {e}; install "
                                     "OpenSSH's client, or put its ssh first on PATH")
                     failed.add(r)
@@ -181,12 +183,13 @@ class Supervisor:
             if not starting:
                 break
             event = self._next(min(starting.values()))
-            now = time.monotonic()
+            now = time.monotonic()   # each host's deadline holds however many events come
+            for r in [r for r, t in starting.items() if now >= t]:
+                failures.append(r.failure(None, wait_seconds))
+                failed.add(r)
+                del starting[r]
             if event is None:
-                for r in [r for r, t in starting.items() if now >= t]:
-                    failures.append(r.failure(None, wait_seconds))
-                    failed.add(r)
-                    del starting[r]
+                pass
             elif event[0] == "signal":
                 if self._on_signal(event[1]):
                     say(f"got {signal.Signals(event[1]).name} while starting; stopping")
@@ -273,8 +276,9 @@ class Supervisor:
                 give_up_at = now + ABANDON_SECONDS
             if give_up_at is not None and now >= give_up_at:
                 break
+        joined = time.monotonic() + JOIN_SECONDS
         for r in ranks:
-            r.join(JOIN_SECONDS)
+            r.join(joined)
         if status or self.signalled is not None:
             say("exit codes: " + ", ".join(
                 f"rank {r.rank} on host {r.describe()}: {describe_code(codes.get(r))}"

@@ -7,6 +7,7 @@ whatever the file holds (bytes that are not UTF-8, JSON nested a million deep, a
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import reprlib
@@ -136,7 +137,33 @@ def _parse_address(i: int, text: object, source: str) -> Address:
         raise ConfigError(f"{source}: entry {i}: {short_repr(host)} is not a valid host name "
                           "(empty or over-long labels, or characters a host name cannot "
                           "have)") from None
+    reason = unusable_ip(host)
+    if reason:
+        raise ConfigError(f"{source}: entry {i}: {short_repr(host)} is {reason}; give the "
+                          "address of the host this rank runs on, one its peers can reach")
     return Address(host, int(port))
+
+
+def unusable_ip(host: str) -> str | None:
+    """Why the IP literal ``host`` can be no rank's address (None when it can, or is a name).
+
+    A rank listens on its address and its peers connect to it: the unspecified address
+    (0.0.0.0, ::) means "any" to a listener but nothing, or this machine, to a peer, and
+    multicast and broadcast addresses take no TCP connection, so each would pass a check that
+    a host owns it and fail only at the deadline."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    ip = mapped or ip
+    if ip.is_unspecified:
+        return "the unspecified address (\"any\" to a listener, not an address to connect to)"
+    if ip.is_multicast:
+        return "a multicast address (TCP connects to one host)"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address (TCP connects to one host)"
+    return None
 
 
 def write_hostfile(path: str | os.PathLike, ranks: Sequence[Sequence[Address]]) -> None:
