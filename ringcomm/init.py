@@ -88,9 +88,11 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     if rank_text is None and hostfile is None and knobs.world is not None \
             and knobs.world[2] > 1:  # mpirun, srun or torchrun: find the others (rendezvous)
         _, rank_text, size = knobs.world
-        hostfile, found_job = rendezvous.find_peers(
-            rank_text, size, knobs, deadline, token.encode() if token is not None else None)
+        secret = _rendezvous_secret(token, knobs)
+        hostfile, found_job = rendezvous.find_peers(rank_text, size, knobs, deadline, secret)
         job_id = job_id or knobs.job_id or found_job
+        if token is None and secret is not None and protocol == "ringcomm":
+            token = secret.decode()  # the launcher's secret guards the ring's handshake too
     if rank_text is None and hostfile is None:
         if strict and knobs.world is None:
             raise ConfigError("ringcomm.init(strict=True): no ring is configured; set MLX_RANK "
@@ -156,6 +158,14 @@ def _rdma(knobs: settings.Settings, rank_text: object, devices: object,
                               token=token.encode() if token is not None else None)
     return transport, Origin("rdma", job_id, token.encode() if token is not None else None,
                              devices=table, verbs=verbs)
+
+
+def _rendezvous_secret(token: str | None, knobs: settings.Settings) -> bytes | None:
+    """The rendezvous' token: ``token`` (RINGCOMM_TOKEN), else one derived from a per-job
+    secret the launcher gave every rank (``settings.LAUNCHER_SECRETS``), else None."""
+    if token is not None:
+        return token.encode()
+    return knobs.launcher_token[0] if knobs.launcher_token is not None else None
 
 
 def default_group() -> Group:

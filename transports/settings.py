@@ -3,14 +3,19 @@
 ``load()`` turns the environment into a frozen ``Settings``; init, the transports, the
 launcher and the benchmark take their knobs from it, never from ``os.environ``.  A value that
 cannot be used raises ``ConfigError`` naming the variable and what to write instead, before any
-socket opens.  ``KNOWN`` lists every variable, and README's knob table lists exactly these (a
+socket opens.  ``KNOWN`` lists every variable, and docs/settings.md's knob table lists exactly these (a
 test checks).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import ipaddress
 import math
 import os
+import re
+import uuid
 from typing import Mapping
 
 from .errors import ConfigError
@@ -19,11 +24,16 @@ DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 10 * 365 * 86400.0  # ten years: longer is a typo, and overflows poll()
 MAX_SPIN_US = 1_000_000.0         # a wait spins at most a second before it sleeps
 MAX_THREADS = 256                 # threads moving one operation (a plan has 2K streams)
+# The most ranks a launcher's size variable may name.  Rank 0's rendezvous holds a socket and a
+# table entry per rank and sends every rank the whole table (~30 bytes a rank), and a ring's
+# every collective takes 2 (size - 1) steps: past 65536 ranks the table alone is 2 MiB per rank,
+# 128 GiB in all, and one all_sum of a few bytes takes seconds.  Nothing larger was designed for.
+MAX_WORLD_SIZE = 1 << 16
 PROTOCOLS = ("ringcomm", "mlx")
 BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
 VERBS_PROVIDERS = ("pyverbs", "emulated")
 
-# variable -> what it sets (the order of README's knob table)
+# variable -> what it sets (the order of docs/settings.md's knob table)
 KNOWN = {
     "RINGCOMM_TIMEOUT": "deadline of init and of every call, seconds",
     "RINGCOMM_PROTOCOL": "ringcomm or mlx",
@@ -54,6 +64,25 @@ KNOWN = {
     "RINGCOMM_IFNAME": "the network interface whose address a rank listens on",
     "TORCHELASTIC_RUN_ID": "set by torchrun, whose own store holds MASTER_PORT",
 }
+# Per-job random values that a launcher gives every rank it starts and that an outsider on
+# another host cannot read (a process's environment is readable only by its user and root):
+# without RINGCOMM_TOKEN, the rendezvous' token (and the ring's) derives from the first one
+# present that looks random (``_launcher_token``).  Not KNOWN settings: nobody sets them by hand.
+#   TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh uuid4 under --standalone (else "none" or
+#     the user's own id: used only when it is a version-4 UUID);
+#   OMPI_MCA_orte_precondition_transports: 16 bytes of /dev/urandom mpirun (Open MPI up to 4.x)
+#     hands every process for PSM's job key (a direct srun launch derives it from the job id
+#     instead: refused, as are keys with a word below 2^16);
+#   PMI_SHARED_SECRET: 64 random bits srun's cray_shasta plugin (and Flux's cray-pals) sets
+#     for Cray PMI.
+# Not used, as guessable or not shared by every rank: SLURM_JOB_ID/SLURM_STEP_ID (sequential),
+# OMPI_MCA_ess_base_jobid and PMIX_NAMESPACE (a hash of host and pid, or the Slurm job id),
+# OMPI_MCA_orte_hnp_uri and PMIX_SERVER_URI* (a job id and a TCP address anyone can see; the
+# PMIx server differs per node), PMI_KVSNAME (MPICH's "kvs_<pid>_0").
+LAUNCHER_SECRETS = ("TORCHELASTIC_RUN_ID", "OMPI_MCA_orte_precondition_transports",
+                    "PMI_SHARED_SECRET")
+TOKEN_DOMAIN = b"ringcomm rendezvous token from the launcher v1"
+
 # (launcher, rank variable, size variable), first match wins: torchrun and MPI run inside
 # Slurm allocations, where SLURM_PROCID counts srun's tasks, not their ranks
 LAUNCHERS = (("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -90,12 +119,14 @@ class Settings:
     slurm_step: tuple[int, int] | None = None  # (job id, step id)
     ifname: str | None = None
     under_torchrun: bool = False  # torchrun's agent holds MASTER_PORT: rendezvous one above
+    # (token, the variable it derives from) where a launcher hands every rank a per-job secret
+    launcher_token: tuple[bytes, str] | None = dataclasses.field(default=None, repr=False)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """The settings of ``env`` (default ``os.environ``), parsed once per distinct environment."""
     env = os.environ if env is None else env
-    key = tuple(env.get(name) for name in (*KNOWN, *ALIASES))
+    key = tuple(env.get(name) for name in (*KNOWN, *ALIASES, *LAUNCHER_SECRETS))
     cached = _cache.get(key)
     if cached is None:
         _cache.clear()
@@ -133,12 +164,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         tuple(n.strip() for n in devices.split(",") if n.strip()),
         rank=get("MLX_RANK"), hostfile=get("MLX_HOSTFILE"),
         ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"),
-        world=_world(env), master_addr=get("MASTER_ADDR") or None,
+        world=_world(env), master_addr=host_name(get("MASTER_ADDR"), "MASTER_ADDR"),
         master_port=_port(get("MASTER_PORT"), "MASTER_PORT"),
         rendezvous=get("RINGCOMM_RENDEZVOUS") or None,
         slurm_nodelist=get("SLURM_STEP_NODELIST") or None,
         slurm_step=_slurm_step(env), ifname=get("RINGCOMM_IFNAME") or None,
-        under_torchrun=bool(get("TORCHELASTIC_RUN_ID")))
+        under_torchrun=bool(get("TORCHELASTIC_RUN_ID")), launcher_token=_launcher_token(env))
 
 
 def choice(text: str | None, name: str, allowed: tuple[str, ...], default: str,
@@ -182,7 +213,7 @@ def _spin(text: str | None) -> float:
 def _threads(text: str | None) -> int | None:
     if text is None or not text.strip() or text.strip() == "auto":
         return None
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+    if not _digits(text) or not 1 <= int(text) <= MAX_THREADS:
         raise ConfigError(f"RINGCOMM_THREADS must be 'auto' or a whole number from 1 (the "
                           f"calling thread alone) to {MAX_THREADS}; got {text!r}")
     return int(text)
@@ -210,11 +241,14 @@ def _world(env: Mapping[str, str]) -> tuple[str, int, int] | None:
         rank, size = env.get(rank_name), env.get(size_name)
         if rank is None or size is None:
             continue
-        try:
-            r, n = int(rank), int(size)
-        except ValueError:
+        if not (_digits(rank, 20) and _digits(size, 20)):
             raise ConfigError(f"{rank_name}={rank!r} and {size_name}={size!r} (set by "
-                              f"{launcher}) must be integers") from None
+                              f"{launcher}) must be integers")
+        r, n = int(rank), int(size)
+        if not 0 < n <= MAX_WORLD_SIZE:
+            raise ConfigError(f"{size_name}={size.strip()} (set by {launcher}) is not a number "
+                              f"of ranks from 1 to {MAX_WORLD_SIZE}, the most ringcomm forms a "
+                              "ring of")
         if not 0 <= r < n:
             raise ConfigError(f"{rank_name}={r} is not a rank of {size_name}={n} (set by "
                               f"{launcher})")
@@ -222,10 +256,16 @@ def _world(env: Mapping[str, str]) -> tuple[str, int, int] | None:
     return None
 
 
+def _digits(text: str, most: int = 12) -> bool:
+    """ASCII decimal digits (``isdigit`` alone takes "²", which ``int`` refuses), not too many."""
+    text = text.strip()
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
 def _port(text: str | None, name: str) -> int | None:
     if text is None or not text.strip():
         return None
-    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+    if not _digits(text) or not 0 < int(text) < 65536:
         raise ConfigError(f"{name} must be a port from 1 to 65535; got {text!r}")
     return int(text)
 
@@ -234,7 +274,58 @@ def _slurm_step(env: Mapping[str, str]) -> tuple[int, int] | None:
     job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID", "0")
     if not job:
         return None
+    if not _digits(job, 20):
+        raise ConfigError(f"SLURM_JOB_ID must be an integer; got {job!r}")
+    return int(job), int(step) if _digits(step, 20) else 0
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})")
+
+
+def host_name(text: str | None, name: str) -> str | None:
+    """A host name or IP address (brackets around IPv6 allowed), else ConfigError."""
+    if text is None or not text.strip():
+        return None
+    host = text.strip()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        return int(job), int(step) if step.isdigit() else 0
+        ipaddress.ip_address(bare)
+        return bare
     except ValueError:
-        raise ConfigError(f"SLURM_JOB_ID must be an integer; got {job!r}") from None
+        pass
+    if not _HOST_NAME.fullmatch(bare):
+        raise ConfigError(f"{name}={text!r} is not a host name or IP address (ASCII letters, "
+                          "digits, '.', '-', '_'; at most 253 characters)")
+    return bare
+
+
+def _launcher_token(env: Mapping[str, str]) -> tuple[bytes, str] | None:
+    """The token every rank derives alike from its launcher's per-job secret, and the variable
+    it came from (``LAUNCHER_SECRETS``); None where no launcher gave one that looks random."""
+    for name, looks_random in zip(LAUNCHER_SECRETS, (_is_uuid4, _is_ompi_key, _is_u64_secret)):
+        value = env.get(name)
+        if value is not None and looks_random(value.strip()):
+            digest = hmac.new(TOKEN_DOMAIN, f"{name}={value.strip()}".encode(), hashlib.sha256)
+            return digest.hexdigest().encode(), name
+    return None
+
+
+def _is_uuid4(text: str) -> bool:
+    try:
+        return uuid.UUID(text).version == 4
+    except ValueError:
+        return False
+
+
+def _is_ompi_key(text: str) -> bool:
+    """mpirun's "%016lx-%016lx" of 16 random bytes: none of its four 32-bit words below 2^16
+    (the keys Open MPI derives from a job id or step id, and zero words, all have one)."""
+    if not re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{16}", text):
+        return False
+    words = text[:16] + text[17:]
+    return all(int(words[i:i + 8], 16) >= 1 << 16 for i in range(0, 32, 8))
+
+
+def _is_u64_secret(text: str) -> bool:
+    """Cray PMI's secret: a decimal 64-bit random number (at least 2^32: not one set by hand)."""
+    return _digits(text, 20) and 1 << 32 <= int(text) < 1 << 64
