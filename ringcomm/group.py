@@ -9,13 +9,15 @@ import numpy as np
 
 from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport, settings
 
-from . import engine, memcopy, plans, small, spread
-from .dtypes import WIRE_INDEX, Combine, reducer, wire_dtype
+from . import dropped, engine, memcopy, plans, small, spread
+from .buffers import contiguous, disjoint_or_same, output, same_buffer
+from .dtypes import Combine, reducer, wire_dtype
 from .lanes import Lanes, auto_threads
 from .header import OpHeader, check, describe, pack_header, vet_next
 from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 from .p2p import Direct
+from .ranks import neighbour_side, rank_argument
 from .work import Progress, asynchronous
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ class Group:
         self._lanes = Lanes(transport, threads or auto_threads(transport.local_ranks()))
         self._progress: Progress | None = None  # async_op=True's queue and thread (``work``)
         self._gathered: tuple | None = None  # small all-reduces' buffer and plan (``small``)
+        self._dropped = dropped.watch(self, self._direct, self._lanes, transport)  # no close()
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -76,6 +79,7 @@ class Group:
         """Close every connection.  Later calls raise ``GroupBrokenError``.  Pending async work
         that has not started fails with ``GroupBrokenError``; the running operation ends first
         (done, failed, or at the group's deadline), so no thread outlives the group."""
+        self._dropped.detach()
         if self._progress is not None:
             self._progress.close()
         if self._broken is None:
@@ -122,10 +126,10 @@ class Group:
         """
         if is_mlx_array(x):
             return self._mlx_call("all_gather", x, out)
-        a = _contiguous(x)
+        a = contiguous(x)
         n, r = self.size(), self.rank()
         shape = (n,) if a.ndim == 0 else (n * a.shape[0], *a.shape[1:])
-        result = _output(out, shape, a.dtype, "all_gather")
+        result = output(out, shape, a.dtype, "all_gather")
         flat = result.reshape(-1).view(np.uint8)
         nbytes = a.nbytes
         own, mine = flat[r * nbytes:(r + 1) * nbytes], a.reshape(-1).view(np.uint8)
@@ -135,8 +139,8 @@ class Group:
                       source=mine, source_at=r * nbytes,
                       meanwhile=functools.partial(memcopy.copy, own, mine))
             return result
-        if not _same_buffer(own, mine):  # x is other bytes of out, which are received into:
-            memcopy.copy(own, mine)       # copy it first (in place, x is this rank's block)
+        if not same_buffer(own, mine):  # x is other bytes of out, which are received into:
+            memcopy.copy(own, mine)      # copy it first (in place, x is this rank's block)
         self._run("all_gather", plan, flat, None, a.dtype, a.shape)
         return result
 
@@ -146,13 +150,13 @@ class Group:
         """Sum over all ranks, then return this rank's slice of axis 0 (which must divide by size)."""
         if is_mlx_array(x):
             return self._mlx_call("sum_scatter", x, out)
-        a = _contiguous(x)
+        a = contiguous(x)
         n, r = self.size(), self.rank()
         if a.ndim == 0 or a.shape[0] % n:
             raise ValueError(f"sum_scatter: axis 0 of an array of shape {a.shape} must divide by "
                              f"the group size {n}")
         rows = a.shape[0] // n
-        result = _output(out, (rows, *a.shape[1:]), a.dtype, "sum_scatter")
+        result = output(out, (rows, *a.shape[1:]), a.dtype, "sum_scatter")
         source, flat = a.reshape(-1), result.reshape(-1)
         if n == 1:
             flat[...] = source
@@ -161,7 +165,7 @@ class Group:
         # the last fold lands in block 0.  With 2 ranks there is one fold, straight into the
         # output, unless out= overlaps the input other than as this rank's own block.
         if n == 2 and (not np.may_share_memory(flat, source)
-                       or _same_buffer(flat, source[r * flat.size:])):
+                       or same_buffer(flat, source[r * flat.size:])):
             work = flat
         else:
             work = np.empty(2 * flat.size, a.dtype)
@@ -175,11 +179,12 @@ class Group:
     @asynchronous
     def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
         """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
-        a = _contiguous(to_numpy(x) if is_mlx_array(x) else x)
+        dst = rank_argument(dst, "dst", "send", self.rank(), self.size())
+        a = contiguous(to_numpy(x) if is_mlx_array(x) else x)
         if self._direct is not None and self._direct.reaches(self._transport, dst):
-            self._direct.exchange(self, "send", "send", a.dtype, a.shape, (int(dst), a), None)
+            self._direct.exchange(self, "send", "send", a.dtype, a.shape, (dst, a), None)
             return x if is_mlx_array(x) else a
-        side = self._neighbour_side(dst, "send", "dst", (Side.RIGHT, Side.LEFT))
+        side = neighbour_side(self._transport, dst, "send", (Side.RIGHT, Side.LEFT))
         plan = plans.point_to_point(a.nbytes, side, self._connections(), sending=True)
         self._run("send", plan, a.reshape(-1).view(np.uint8), None, a.dtype, a.shape,
                   message=(side, True))
@@ -192,6 +197,7 @@ class Group:
 
         An ``mx.Dtype`` gives an ``mx.array`` (numpy's dtypes give numpy arrays).
         """
+        src = rank_argument(src, "src", "recv", self.rank(), self.size())
         if type(dtype).__module__.startswith("mlx"):
             if out is not None:
                 raise ValueError("recv: out= takes numpy arrays; with an mx.Dtype the result "
@@ -200,11 +206,11 @@ class Group:
                             else tuple(shape), dtype, src)
         dtype = wire_dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        result = _output(out, shape, dtype, "recv")
+        result = output(out, shape, dtype, "recv")
         if self._direct is not None and self._direct.reaches(self._transport, src):
-            self._direct.exchange(self, "recv", "send", dtype, shape, None, (int(src), result))
+            self._direct.exchange(self, "recv", "send", dtype, shape, None, (src, result))
             return result
-        side = self._neighbour_side(src, "recv", "src", (Side.LEFT, Side.RIGHT))
+        side = neighbour_side(self._transport, src, "recv", (Side.LEFT, Side.RIGHT))
         raw = result.reshape(-1).view(np.uint8)
         self._run("recv", plans.point_to_point(raw.size, side, self._connections(),
                                                sending=False), raw, None, dtype, shape,
@@ -251,9 +257,9 @@ class Group:
     def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
         if type(x) is not np.ndarray and is_mlx_array(x):
             return self._mlx_call(name, x, out)
-        a = _contiguous(x)
+        a = contiguous(x)
         n = self.size()
-        result = _output(out, a.shape, a.dtype, name)
+        result = output(out, a.shape, a.dtype, name)
         flat = result if result.ndim == 1 else result.reshape(-1)
         source = a if a.ndim == 1 else a.reshape(-1)
         if self._headers and n > 1 and small.fits(flat.nbytes, n, a.dtype):
@@ -263,7 +269,7 @@ class Group:
             work = np.zeros(n, a.dtype)
             work[:a.size] = source
             source = None
-        elif n > 1 and _disjoint_or_same(flat, source):
+        elif n > 1 and disjoint_or_same(flat, source):
             work = flat  # the engine reads the input where it is: no copy into the output
         else:  # one rank, or out= overlaps the input in some other way: work on a copy
             memcopy.copy(flat, source)
@@ -278,10 +284,12 @@ class Group:
              dtype: np.dtype, shape: tuple[int, ...],
              message: tuple[Side, bool] | None = None, source: np.ndarray | None = None,
              root: int = 0, source_at: int = 0,
-             meanwhile: Callable[[], None] | None = None) -> None:
+             meanwhile: Callable[[], None] | None = None,
+             deadline: float | None = None) -> None:
         """Run one operation's plan; ``message`` is (side, sending) for send and recv;
         ``source``, ``source_at`` and ``meanwhile`` as in ``engine.run``; ``root`` a
-        broadcast's, carried in its header."""
+        broadcast's, carried in its header; ``deadline`` a call's made of several runs
+        (``split``), else ``timeout`` from now."""
         if self._broken is not None:
             raise GroupBrokenError(f"rank {self.rank()}: {name} on a broken group: "
                                    f"{self._broken}") from self._broken
@@ -296,7 +304,8 @@ class Group:
         else:  # to or from that neighbour; what comes from the other side is vetted
             heads = ((message[0],), ()) if message[1] else ((), (message[0],))
             vet = self._vet if header is not None else None
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         try:
             lanes = 1 if len(plan) < 2 else \
                 self._lanes.count(plan, heads, header, vet is not None)
@@ -378,48 +387,3 @@ class Group:
     def _connections(self) -> int:
         return self._transport.connections
 
-    def _neighbour_side(self, peer: int, name: str, arg: str, order: tuple[Side, Side]) -> Side:
-        n, r = self.size(), self.rank()
-        if not isinstance(peer, (int, np.integer)) or not 0 <= peer < n:
-            raise ValueError(f"{name}: {arg}={peer!r} is not a rank of this group of size {n}")
-        if peer == r:
-            raise ValueError(f"{name}: rank {r} cannot {name} to itself")
-        for side in order:  # MLX checks right first for send, left first for recv
-            if self._transport.peer(side) == peer:
-                return side
-        raise ValueError(f"{name}: rank {peer} is not a ring neighbour of rank {r} (neighbours: "
-                         f"{self._transport.peer(Side.LEFT)} and {self._transport.peer(Side.RIGHT)}"
-                         "); the ring backend only sends between neighbours")
-
-
-def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` (1-D, contiguous, same size) start at the same address
-    (``may_share_memory`` first: it answers most calls in a fraction of the two addresses)."""
-    return np.may_share_memory(a, b) and memcopy.address(a) == memcopy.address(b)
-
-
-def _disjoint_or_same(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` (1-D, contiguous, same size) are one buffer or do not overlap."""
-    return not np.may_share_memory(a, b) or _same_buffer(a, b)
-
-
-def _contiguous(x: Any) -> np.ndarray:
-    """A C-contiguous little-endian view of ``x`` (a copy only when the layout needs one)."""
-    if type(x) is np.ndarray and x.dtype in WIRE_INDEX and x.flags.c_contiguous:
-        return x  # the common case, without two asarray calls
-    a = np.asarray(x)
-    return np.asarray(a, dtype=wire_dtype(a.dtype), order="C")  # keeps 0-d arrays 0-d
-
-
-def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
-            name: str) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype)
-    if isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype:
-        flags = out.flags
-        if flags.c_contiguous and flags.writeable:
-            return out
-    got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray)
-           else f"shape {out.shape}, dtype {out.dtype}")
-    raise ValueError(f"{name}: out= must be a writeable C-contiguous numpy array of shape "
-                     f"{tuple(shape)} and dtype {dtype}; got {got}")

@@ -227,6 +227,7 @@ def _serve(inbox: queue.SimpleQueue) -> None:
             error = e
             _wake(views)
         call.done(error)
+        del item, job, call, views, error  # a finished lane keeps nothing (the group) alive
 
 
 def _wake(views: list[Transport]) -> None:

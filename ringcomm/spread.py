@@ -19,7 +19,9 @@ import numpy as np
 from .transports import ConfigError
 
 from . import memcopy, plans
+from .buffers import contiguous, output, same_buffer
 from .mlx_arrays import is_mlx_array, new_array, to_numpy
+from .ranks import rank_argument
 
 _CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> {key: function}
 
@@ -27,23 +29,21 @@ _CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> {key
 def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
     """Root's ``x`` on every rank.  A non-root's ``x`` gives the shape and dtype, and is the
     buffer filled when it is a writeable C-contiguous numpy array (and no ``out=``)."""
-    from .group import _contiguous, _output, _same_buffer
     n, r = group.size(), group.rank()
-    if not isinstance(root, (int, np.integer)) or not 0 <= root < n:
-        raise ValueError(f"broadcast: root={root!r} is not a rank of this group of size {n}")
+    root = rank_argument(root, "root", "broadcast", r, n)
     if is_mlx_array(x):
         if out is not None:
             raise ValueError("broadcast: out= takes numpy arrays; for an mx.array the result "
                              "is a new mx.array")
         return _mlx(group, ("broadcast", int(root)), x)
-    a = _contiguous(x)
+    a = contiguous(x)
     if out is None and r != root and a is x and a.flags.writeable:
         out = a  # the caller's buffer, filled in place
-    result = _output(out, a.shape, a.dtype, "broadcast")
+    result = output(out, a.shape, a.dtype, "broadcast")
     flat = result.reshape(-1).view(np.uint8)
     if r == root:
         mine = a.reshape(-1).view(np.uint8)
-        if flat.size and not _same_buffer(flat, mine):
+        if flat.size and not same_buffer(flat, mine):
             memcopy.copy(flat, mine)
     group._run("broadcast", plans.broadcast(flat.size, n, r, int(root), group._connections()),
                flat, None, a.dtype, a.shape, root=int(root))
@@ -52,18 +52,17 @@ def broadcast(group: Any, x: Any, root: int, out: np.ndarray | None) -> Any:
 
 def all_to_all(group: Any, x: Any, out: np.ndarray | None) -> Any:
     """Block j of axis 0 to rank j; the output holds the blocks received, in rank order."""
-    from .group import _contiguous, _output
     if is_mlx_array(x):
         if out is not None:
             raise ValueError("all_to_all: out= takes numpy arrays; for an mx.array the result "
                              "is a new mx.array")
         return _mlx(group, ("all_to_all",), x)
-    a = _contiguous(x)
+    a = contiguous(x)
     n, r = group.size(), group.rank()
     if a.ndim == 0 or a.shape[0] % n:
         raise ValueError(f"all_to_all: axis 0 of an array of shape {a.shape} must divide by "
                          f"the group size {n}")
-    result = _output(out, a.shape, a.dtype, "all_to_all")
+    result = output(out, a.shape, a.dtype, "all_to_all")
     if np.may_share_memory(result, a):
         raise ValueError("all_to_all: out= must not overlap the input")
     source, work = a.reshape(-1), result.reshape(-1)
