@@ -153,6 +153,11 @@ def from_file(path: str) -> HostSpec:
         if not isinstance(ips, list) or not all(isinstance(ip, str) and ip for ip in ips):
             raise ConfigError(f"{where}: host {i} ({h['ssh']}): \"ips\" must be a list of "
                               "IP addresses")
+        for ip in ips:   # the resolver would read "10.0.0.1\0junk" as 10.0.0.1
+            if any(c.isspace() or unicodedata.category(c).startswith("C") for c in ip):
+                raise ConfigError(f"{where}: host {i} ({h['ssh']}): {short_repr(ip)} in "
+                                  "\"ips\" holds a space or control character; give IP "
+                                  "addresses")
         if not isinstance(rdma, list):
             raise ConfigError(f"{where}: host {i} ({h['ssh']}): \"rdma\" must be a list")
         hosts.append(Host(h["ssh"], list(ips), list(rdma)))

@@ -186,7 +186,7 @@ def launch_local(args: argparse.Namespace, ranks: int, pairs: list[str], rdma: b
                               printer, sup.post)
                 try:
                     r.start()
-                except OSError as e:
+                except (OSError, RuntimeError) as e:   # RuntimeError: no thread to spare
                     say(f"cannot start rank {rank}: {e}")
                     for s in started:
                         s.kill()

@@ -1,11 +1,12 @@
 """One rank on another machine: its ssh command line, its start-up agent, stopping it there.
 
-A remote rank runs as ``ssh -T -o BatchMode=yes -o ConnectTimeout=N [--ssh-arg ...] HOST
+A remote rank runs as ``ssh -T -o BatchMode=yes -o ConnectTimeout=N [--ssh-arg ...] -- HOST
 'exec PYTHON -u -c BOOT'``: ssh takes keys, users and ports from ``~/.ssh/config``, and
-``BatchMode`` makes a missing key fail at once instead of prompting.  ``BOOT`` reads
-``ringcomm/remote_agent.py``'s source and the rank's configuration from the first stdin line,
-so nothing but the Python's path is on any command line (the token and the environment
-travel inside the ssh session).  The agent checks the host, reports its ports, and on
+``BatchMode`` makes a missing key fail at once instead of prompting; ``--`` keeps HOST a
+destination (``hosts.check_ssh_name`` has already refused one beginning with "-").  ``BOOT``
+reads ``ringcomm/remote_agent.py``'s source and the rank's configuration from the first stdin
+line, within the launcher's start-up wait as a whole, so nothing but the Python's path is on
+any command line (the token and the environment travel inside the ssh session).  The agent checks the host, reports its ports, and on
 ``go`` runs the command in a session of its own; the ssh session's stdin is its control line:
 signals go down it, and its end (the launcher stopped or died, or ssh lost its connection)
 stops the rank on the host.  ssh's keep-alives (every 5 s, 3 missed) end a session whose

@@ -82,13 +82,15 @@ def write_hostfile(tmp_path, name: str, data) -> str:
 @pytest.mark.parametrize("ip, said", [
     ("0.0.0.0", "0.0.0.0 is the unspecified address"), ("::", ":: is the unspecified address"),
     ("224.0.0.1", "224.0.0.1 is a multicast address"),
-    ("255.255.255.255", "255.255.255.255 is the broadcast address")],
-    ids=["any4", "any6", "multicast", "broadcast"])
+    ("255.255.255.255", "255.255.255.255 is the broadcast address"),
+    ("::ffff:0.0.0.0", "::ffff:0.0.0.0 is the unspecified address"),
+    ("10.0.0.1\0junk", "holds a space or control character")],
+    ids=["any4", "any6", "multicast", "broadcast", "mapped-any", "nul"])
 def test_an_address_no_rank_can_have_is_refused(tmp_path, ip, said):
     hostfile = write_hostfile(tmp_path, "hosts.json", [{"ssh": "localhost", "ips": [ip]},
                                                        {"ssh": "10.0.0.2", "ips": ["10.0.0.2"]}])
     result, seconds = launch(tmp_path, "--hostfile", hostfile, *marker_job(tmp_path))
-    assert_refused(tmp_path, result, seconds, said, "host 0 (localhost)", 'list in "ips"')
+    assert_refused(tmp_path, result, seconds, said, "host 0 (localhost)", 'in "ips"')
     print(f"\n{ip}: exit 2 after {seconds:.2f} s: {result.stderr.strip()}")
 
 
