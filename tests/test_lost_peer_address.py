@@ -23,6 +23,7 @@ from ringcomm.ports import free_ports
 from ringcomm.transports import Address
 from ringcomm.transports.hostfile import write_hostfile
 from tests.procs import env
+from tests.test_rdma import emulated_ranks
 
 RANK = textwrap.dedent("""
     import json, sys, time
@@ -94,3 +95,40 @@ def test_a_killed_rank_is_named_with_its_own_hostfile_address(tmp_path, hosts, c
             assert str(addr) not in res["message"], (r, res)
     print(f"  rank 2's error {seconds * 1000:.0f} ms after the kill")
     assert seconds < 2, seconds
+
+
+# -- RDMA (the verbs emulation): no hostfile, so a peer is named by where it listens ----------
+
+RDMA_DEATH = """
+report(own=str(t._direct_addresses[r]))   # where this rank listens, as the others know it
+x = np.ones(4 << 20, np.float32)          # 16 MiB: dozens of waits per all_sum
+ringcomm.all_sum(x)
+if r == 1:
+    on_wait(40, lambda: (report(injected=time.time()), os._exit(1)))  # dies mid-collective
+try:
+    for _ in range(20):
+        ringcomm.all_sum(x)
+    report(finished=True)
+except Exception as e:
+    report(peer=getattr(e, "peer", None), address=getattr(e, "address", None), **failure(e))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_rdma_rank_is_named_with_its_address_not_a_device(tmp_path):
+    with emulated_ranks(tmp_path, 3, RDMA_DEATH) as procs:
+        got = []
+        for rank, p in enumerate(procs):
+            out, err = p.communicate(timeout=30)
+            rows = [json.loads(line[7:]) for line in out.splitlines()
+                    if line.startswith("RESULT ")]
+            assert rows, (rank, out, err[-3000:])
+            got.append({k: v for row in rows for k, v in row.items()})
+    dead = got[1]["own"]
+    for rank in (0, 2):
+        res = got[rank]
+        print(f"  rank {rank}: {res['type']} {res['at'] - got[1]['injected']:.3f} s after the "
+              f"death: {res['message']}")
+        assert res["type"] == "PeerLostError" and res["peer"] == 1, (rank, res)
+        assert res["address"] == dead, (rank, res, dead)
+        assert f"[peer rank 1 ({dead})]" in res["message"], (rank, res)

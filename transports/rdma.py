@@ -129,6 +129,12 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         return RdmaDirectLinks(self, self._direct_addresses, self._listener,
                                job_id=self.job_id, token=self._token)
 
+    def address(self, rank: int) -> str | None:
+        """Where ``rank`` listens (its side channel's IP and direct-link port), for errors:
+        RDMA has no hostfile, and a device name is this rank's own, not the peer's."""
+        known = 0 <= rank < len(self._direct_addresses)
+        return str(self._direct_addresses[rank]) if known else None
+
     def local_host(self) -> str:
         """The IP of this rank's side channel (``SideChannel.local_host``)."""
         return self._side.local_host()
@@ -244,7 +250,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         cls = PeerLostError if name in LOST_STATUSES else CommError
         return cls(f"{what} on {link.describe()} completed with {name}: "
                    f"{STATUS_HINTS.get(name, 'see the verbs documentation')}",
-                   rank=self.rank, peer=link.peer, address=link.device)
+                   rank=self.rank, peer=link.peer, address=self.address(link.peer))
 
     def _timed_out(self) -> CommTimeoutError:
         pending = [(link, what) for link in self._by_number
@@ -256,13 +262,15 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         return CommTimeoutError(f"deadline passed while waiting to {detail or 'progress'}; a "
                                 "peer may be frozen, overloaded or in a different operation",
                                 rank=self.rank, peer=first.peer if first else None,
-                                address=first.device if first else None)
+                                address=self.address(first.peer) if first else None)
 
     # -- failure and shutdown -----------------------------------------------------------------
 
     def abort(self, error: BaseException) -> None:
         if self._closed:
             return
+        if isinstance(error, CommError) and error.peer is not None and error.address is None:
+            error.address = self.address(error.peer)  # e.g. the side channel's, or a mismatch
         if self._side is not None:
             self._side.notify(error)
             self._side.close(goodbye=False)

@@ -66,12 +66,13 @@ def wait_acknowledged(links: Iterable[Link], poll: Callable[[], bool], seconds: 
 
 
 class SlotStream:
-    """Mixed into a class with ``rank``, ``_api`` (the verbs provider), ``_setup`` and
-    ``_on_completion(wc)``."""
+    """Mixed into a class with ``rank``, ``_api`` (the verbs provider), ``_setup``,
+    ``_on_completion(wc)`` and ``address(rank)`` (a peer's, for errors)."""
 
     rank: int
     _api: Any
     _setup: RdmaSetup | None
+    address: Callable[[int], str | None]
 
     def _poll(self) -> bool:
         """Hand every completion waiting on ``_setup``'s queues to ``_on_completion``."""
@@ -143,4 +144,5 @@ class SlotStream:
             post(wr)
         except self._api.PyverbsError as err:
             raise CommError(f"posting a {what} on {link.describe()} failed: {err}",
-                            rank=self.rank, peer=link.peer, address=link.device) from err
+                            rank=self.rank, peer=link.peer,
+                            address=self.address(link.peer)) from err
