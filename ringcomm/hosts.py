@@ -7,7 +7,9 @@ IP addresses: where a host gives none, its ssh name is resolved once, here (thro
 so an alias of ``~/.ssh/config`` resolves to its ``HostName``), and each host later checks that
 it owns its addresses (``ringcomm.remote_agent``).  A job is local (no ssh) when every address
 is a loopback one, remote when none is; a mix is refused, because a loopback address cannot be
-reached from another machine.
+reached from another machine.  Everything is checked here, before any ssh: an ssh name that
+ssh would read as an option or that holds whitespace or shell characters, an address no rank
+can have (unspecified, multicast, broadcast), and an ``envs`` entry no process can take.
 """
 from __future__ import annotations
 
