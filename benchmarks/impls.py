@@ -35,7 +35,7 @@ class Impl(Protocol):
     def prepare(self, x: np.ndarray, op: str) -> Any: ...
     def run(self, op: str, x: Any) -> Any: ...
     def to_numpy(self, result: Any) -> np.ndarray: ...
-    def slowest(self, seconds: float) -> float: ...
+    def slowest(self, seconds: np.ndarray) -> np.ndarray: ...  # float64, elementwise over ranks
     def total(self, value: int) -> int: ...
     def close(self) -> None: ...
 
@@ -92,8 +92,8 @@ class RingcommImpl:
     def to_numpy(self, result: np.ndarray) -> np.ndarray:
         return result
 
-    def slowest(self, seconds: float) -> float:
-        return float(self.group.all_max(np.array([seconds]))[0])
+    def slowest(self, seconds: np.ndarray) -> np.ndarray:
+        return self.group.all_max(np.asarray(seconds, np.float64))
 
     def total(self, value: int) -> int:
         return int(self.group.all_sum(np.array([value], np.int64))[0])
@@ -154,11 +154,11 @@ class MlxImpl:
         from ringcomm.mlx_arrays import to_numpy
         return to_numpy(result)
 
-    def slowest(self, seconds: float) -> float:
+    def slowest(self, seconds: np.ndarray) -> np.ndarray:
         mx = self.mx
-        y = mx.distributed.all_max(mx.array([seconds], dtype=mx.float64))
+        y = mx.distributed.all_max(mx.array(list(map(float, seconds)), dtype=mx.float64))
         mx.eval(y)
-        return float(y[0].item())
+        return np.array(y.tolist(), np.float64)
 
     def total(self, value: int) -> int:
         mx = self.mx
@@ -274,10 +274,10 @@ class GlooImpl:
             return result.view(self.torch.int16).numpy().view(self._np_dtype)
         return result.numpy()
 
-    def slowest(self, seconds: float) -> float:
-        t = self.torch.tensor([seconds], dtype=self.torch.float64)
+    def slowest(self, seconds: np.ndarray) -> np.ndarray:
+        t = self.torch.tensor(np.asarray(seconds, np.float64))
         self.run("all_max", t)
-        return float(t[0])
+        return t.numpy()
 
     def total(self, value: int) -> int:
         t = self.torch.tensor([value], dtype=self.torch.int64)

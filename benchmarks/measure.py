@@ -1,8 +1,9 @@
 """Timing one implementation over a sweep, the same way on every rank.
 
-Each size is run ``warmup`` times, then ``iters`` times, each call timed on its own; the
-reported time is the median over calls of the slowest rank (an all_max of the per-rank
-medians).  Bandwidths follow nccl-tests: ``algbw = bytes / time`` and ``busbw = algbw * factor``
+Each size is run ``warmup`` times, then ``iters`` times, each call timed on its own; a call's
+time is the slowest rank's (an all_max of the per-call times), and a record keeps the median
+over calls (``time_us``, what bandwidths are computed from) and the fastest and slowest call
+(``time_min_us``, ``time_max_us``): the spread says whether the median can be trusted.  Bandwidths follow nccl-tests: ``algbw = bytes / time`` and ``busbw = algbw * factor``
 with factor ``2(n-1)/n`` for all_sum, all_max and all_min, ``(n-1)/n`` for all_gather and
 sum_scatter, and 1 for sendrecv; ``bytes`` is the input per rank, except all_gather's, which
 is its output.
@@ -16,10 +17,12 @@ from typing import Callable
 
 import numpy as np
 
+from ringcomm.dtypes import SUPPORTED_DTYPES
+
 from . import checks
 from .impls import Impl
 
-PROGRESS_SECONDS = 1.0  # sizes that take longer are reported on stderr as they finish
+PROGRESS_SECONDS = 1.0  # by default, sizes that take longer are reported as they finish
 
 
 @dataclasses.dataclass
@@ -36,6 +39,15 @@ class Record:
     busbw_gbps: float
     wrong: int | None  # None when not checked
     in_place: bool = False  # timed in place (ringcomm's --in-place; gloo's all_reduce is)
+    time_min_us: float | None = None  # the fastest call (slowest rank's time); None: not kept
+    time_max_us: float | None = None  # the slowest call
+
+    @property
+    def spread(self) -> float | None:
+        """The slowest call's time over the fastest's (None when not kept)."""
+        if not self.time_min_us or self.time_max_us is None:
+            return None
+        return self.time_max_us / self.time_min_us
 
     @property
     def count(self) -> int:
@@ -74,7 +86,8 @@ def measure(impl: Impl, op: str, nbytes: int, dtype: np.dtype, warmup: int, iter
         start = time.perf_counter()
         result = impl.run(op, x)
         times[i] = time.perf_counter() - start
-    seconds = impl.slowest(float(np.median(times)))
+    per_call = impl.slowest(times)  # each call as long as its slowest rank took
+    seconds = float(np.median(per_call))
     wrong = None
     if check:
         if impl.in_place:  # the timed calls overwrote the input: one more call on a fresh one
@@ -84,13 +97,16 @@ def measure(impl: Impl, op: str, nbytes: int, dtype: np.dtype, warmup: int, iter
     moved = count * dtype.itemsize * (n if op == "all_gather" else 1)
     algbw = moved / seconds / 1e9
     return Record(impl.name, op, n, moved, dtype.name, seconds * 1e6, algbw,
-                  algbw * bus_factor(op, n), wrong, impl.in_place)
+                  algbw * bus_factor(op, n), wrong, impl.in_place,
+                  float(per_call.min()) * 1e6, float(per_call.max()) * 1e6)
 
 
 def sweep(impl: Impl, ops: list[str], sizes: list[int], dtype: np.dtype, warmup: int,
           iters: int, check: bool,
-          on_record: Callable[[Record], None] = lambda r: None) -> list[Record]:
-    """Every op at every size that ``impl`` supports; rank 0 reports slow sizes on stderr."""
+          on_record: Callable[[Record], None] = lambda r: None,
+          progress_seconds: float = PROGRESS_SECONDS) -> list[Record]:
+    """Every op at every size that ``impl`` supports; rank 0 reports on stderr each size that
+    took longer than ``progress_seconds``."""
     steps = [(op, s) for op in ops if impl.supports(op) for s in sizes]
     records: list[Record] = []
     last: tuple[str, int] | None = None
@@ -105,12 +121,11 @@ def sweep(impl: Impl, ops: list[str], sizes: list[int], dtype: np.dtype, warmup:
         records.append(record)
         on_record(record)
         took = time.monotonic() - start
-        if impl.rank() == 0 and took > PROGRESS_SECONDS:
+        if impl.rank() == 0 and took >= progress_seconds:
             print(f"ringcomm-bench: {impl.name} {op} {record.bytes} B done in {took:.1f} s "
                   f"({i}/{len(steps)})", file=sys.stderr, flush=True)
     return records
 
 
 def _dtype(name: str) -> np.dtype:
-    from .options import DTYPES
-    return DTYPES[name]
+    return next(d for d in SUPPORTED_DTYPES if d.name == name)

@@ -11,7 +11,10 @@ import json
 import re
 from typing import Sequence
 
+import ringcomm
 from ringcomm.dtypes import SUPPORTED_DTYPES
+
+from .caveats import LOAD_LIMIT, SPREAD_LIMIT
 
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "sendrecv")
 DTYPES = {d.name: d for d in SUPPORTED_DTYPES}
@@ -35,6 +38,7 @@ class Config:
     protocol: str | None = None
     impls: list[str] = dataclasses.field(default_factory=lambda: ["ringcomm"])
     results: str | None = None   # rank 0 appends its records here (JSON lines) when set
+    progress: float = 1.0        # rank 0 reports on stderr each size that took longer (s)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -110,7 +114,28 @@ def build_parser(prog: str = "ringcomm-bench") -> argparse.ArgumentParser:
                    help="draw busbw and time against size (needs matplotlib: the bench extra)")
     p.add_argument("--time-limit", type=float, default=3600.0, metavar="SECONDS",
                    help="with -n: stop the ranks of a pass that runs longer (default 3600)")
+    p.add_argument("--progress", type=float, default=1.0, metavar="SECONDS",
+                   help="say on stderr when a size that took longer than this finishes "
+                        "(default 1; 0: every size)")
+    p.add_argument("--spread-limit", type=float, default=SPREAD_LIMIT, metavar="RATIO",
+                   help="warn when, at a size, the slowest call took more than RATIO times "
+                        f"the fastest (default {SPREAD_LIMIT:g})")
+    p.add_argument("--load-limit", type=float, default=LOAD_LIMIT, metavar="SHARE",
+                   help="with -n: warn when other work kept more than this share of the CPUs "
+                        f"busy during a pass (default {LOAD_LIMIT:g}; 0 warns always)")
+    p.add_argument("--version", action=_Version, help="print ringcomm's version and exit")
     return p
+
+
+class _Version(argparse.Action):
+    """``--version``: ``ringcomm X.Y.Z`` (the version is looked up only when asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> None:
+        print(f"ringcomm {ringcomm.__version__}")
+        parser.exit()
 
 
 def parse(argv: Sequence[str] | None, prog: str = "ringcomm-bench") -> argparse.Namespace:
@@ -145,6 +170,13 @@ def parse(argv: Sequence[str] | None, prog: str = "ringcomm-bench") -> argparse.
                 "or .csv")
     if args.time_limit <= 0:
         p.error("--time-limit must be a positive number of seconds")
+    if not args.progress >= 0:
+        p.error(f"--progress must be 0 or more seconds; got {args.progress:g}")
+    if not args.spread_limit >= 1:
+        p.error(f"--spread-limit is a ratio of the slowest call to the fastest: at least 1; "
+                f"got {args.spread_limit:g}")
+    if not args.load_limit >= 0:
+        p.error(f"--load-limit is a share of the CPUs: at least 0; got {args.load_limit:g}")
     args.vs = _peers(p, args.vs)
     if "mlx" in args.vs and not _importable("mlx.core"):
         p.error("--vs mlx needs MLX: pip install 'ringcomm[mlx]' (mlx[cpu] on Linux)")
@@ -161,7 +193,7 @@ def config_from(args: argparse.Namespace) -> Config:
                   dtype=args.dtype, warmup=args.warmup, iters=args.iters, check=args.check,
                   in_place=args.in_place,
                   transport=args.transport, protocol=args.protocol,
-                  impls=["ringcomm", *args.vs])
+                  impls=["ringcomm", *args.vs], progress=args.progress)
 
 
 def _peers(p: argparse.ArgumentParser, text: str | None) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ringcomm.transports.errors import ConfigError, RingcommError
 
@@ -22,30 +22,35 @@ from .options import DTYPES, Config
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
-def run(config: Config) -> list[Record]:
-    """Every implementation's sweep on this rank; rank 0's records (other ranks' are equal)."""
+def run(config: Config, records: list[Record] | None = None) -> list[Record]:
+    """Every implementation's sweep on this rank; rank 0's records (other ranks' are equal),
+    appended to ``records`` as they finish, so that the caller keeps them on an exception."""
     dtype = DTYPES[config.dtype]
-    records: list[Record] = []
+    records = [] if records is None else records
     for name in sorted(config.impls, key=("ringcomm", "gloo", "mlx").index):
         impl = impls.create(name, config.transport, config.protocol, config.in_place,
                             config.dtype)
-        write = _writer(config.results) if impl.rank() == 0 else (lambda r: None)
+        keep = _keeper(records, config.results if impl.rank() == 0 else None)
         try:
-            records += sweep(impl, config.ops, config.sizes, dtype, config.warmup,
-                             config.iters, config.check, on_record=write)
+            sweep(impl, config.ops, config.sizes, dtype, config.warmup, config.iters,
+                  config.check, on_record=keep, progress_seconds=config.progress)
         finally:
             impl.close()
     return records
 
 
-def _writer(path: str | None):
-    def write(record: Record) -> None:
+def _keeper(records: list[Record], path: str | None) -> Callable[[Record], None]:
+    """Appends each record to ``records`` and, where ``path`` is set, to that file as a JSON
+    line (one write per line, so that a stopped rank leaves whole lines)."""
+    def keep(record: Record) -> None:
+        records.append(record)
         if path is not None:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(dataclasses.asdict(record)) + "\n")
-    return write
+    return keep
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -60,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RingcommError as e:  # it names the rank, the peer and the call: no traceback
         print(f"ringcomm-bench: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:  # the launcher passed a stop on: what finished is written
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

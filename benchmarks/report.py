@@ -1,14 +1,18 @@
 """The nccl-tests-style table: one block per op, ringcomm's columns, then each peer's (MLX's
-ring, torch's gloo) with the ratio of ringcomm's busbw to it."""
+ring, torch's gloo) with the ratio of ringcomm's busbw to it; every time is shown as the
+median with the fastest and slowest call beside it, and notes under the table say when the
+numbers are not to be compared (``caveats``)."""
 from __future__ import annotations
 
 from typing import Sequence, TextIO
 
+from .caveats import Caveats
 from .impls import gloo_lacks
 from .measure import Record
 
 _BASE = [("size(B)", 12), ("count", 12), ("type", 9), ("op", 12), ("time(us)", 11),
-         ("algbw(GB/s)", 12), ("busbw(GB/s)", 12), ("#wrong", 7)]
+         ("min(us)", 10), ("max(us)", 10), ("algbw(GB/s)", 12), ("busbw(GB/s)", 12),
+         ("#wrong", 7)]
 _LABELS = {"mlx": "MLX", "gloo": "gloo"}
 
 
@@ -25,8 +29,8 @@ def header(ranks: int, connections: int | None, transport: str, dtype: str, warm
                   "PEER busbw")
     place = ", ringcomm in place" if in_place else ""
     return (f"# ringcomm-bench: {ranks} ranks, transport {transport}, {k}, {dtype}{place}, "
-            f"{warmup} warm-up + {iters} timed calls per size, time = median over calls of the "
-            f"slowest rank{versus}")
+            f"{warmup} warm-up + {iters} timed calls per size; a call's time is the slowest "
+            f"rank's; time = median over calls, min and max = fastest and slowest call{versus}")
 
 
 def print_tables(records: list[Record], ops: list[str], vs: Sequence[str] | str | None,
@@ -47,16 +51,31 @@ def print_tables(records: list[Record], ops: list[str], vs: Sequence[str] | str 
             r = ours.get(size)
             first = r or next(t[size] for t in theirs.values() if size in t)
             cells = [str(size), str(first.count), first.dtype, op]
-            cells += ([f"{r.time_us:.1f}", f"{r.algbw_gbps:.3f}", f"{r.busbw_gbps:.3f}",
-                       _wrong(r.wrong)] if r else ["-"] * 4)
+            cells += ([*_times(r), f"{r.algbw_gbps:.3f}", f"{r.busbw_gbps:.3f}",
+                       _wrong(r.wrong)] if r else ["-"] * 6)
             for p in peers:
                 m = theirs[p].get(size)
-                cells += [f"{m.time_us:.1f}", f"{m.busbw_gbps:.3f}"] if m else ["-", "-"]
+                cells += [*_times(m), f"{m.busbw_gbps:.3f}"] if m else ["-"] * 4
                 if check:
                     cells.append(_wrong(m.wrong) if m else "-")
                 cells.append(f"{r.busbw_gbps / m.busbw_gbps:.2f}"
                              if r and m and m.busbw_gbps else "-")
             print(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)), file=out, flush=True)
+
+
+def print_notes(caveats: Caveats, out: TextIO) -> None:
+    """Under the table: why its numbers are not to be compared, when they are not."""
+    notes = caveats.notes()
+    if notes:
+        print("#", file=out)
+    for line in notes:
+        print(f"# note: {line}", file=out, flush=True)
+
+
+def _times(r: Record) -> list[str]:
+    """Median, fastest and slowest call ('-' for the last two where a record lacks them)."""
+    spread = [r.time_min_us, r.time_max_us]
+    return [f"{r.time_us:.1f}", *("-" if t is None else f"{t:.1f}" for t in spread)]
 
 
 def _peers(vs: Sequence[str] | str | None) -> list[str]:
@@ -69,7 +88,8 @@ def _peers(vs: Sequence[str] | str | None) -> list[str]:
 def _columns(peers: list[str], check: bool) -> list[tuple[str, int]]:
     cols = list(_BASE)
     for p in peers:
-        cols += [(f"{p} time(us)", len(p) + 10), (f"{p} busbw(GB/s)", len(p) + 13)]
+        cols += [(f"{p} time(us)", len(p) + 10), (f"{p} min(us)", len(p) + 9),
+                 (f"{p} max(us)", len(p) + 9), (f"{p} busbw(GB/s)", len(p) + 13)]
         if check:
             cols.append((f"{p} #wrong", len(p) + 8))
         cols.append(("ratio", 7) if len(peers) == 1 else (f"{p} ratio", len(p) + 7))

@@ -78,15 +78,16 @@ def train(model, batches, group=None, mode="batched"):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__,  # with its commands, as written
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--overlap", action="store_true",
                        help="reduce each layer's gradient as soon as it exists (async_op)")
     modes.add_argument("--layerwise", action="store_true",
                        help="as --overlap, but each all_sum blocks (the baseline for it)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
     parser.add_argument("--batch", type=int, default=16, help="rows per rank per step")
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64, help="hidden layers' width (default 64)")
     parser.add_argument("--layers", type=int, default=3, help="linear layers, at least 2")
     parser.add_argument("--timing", action="store_true",
                         help="print the median step time (the first two steps left out)")

@@ -16,7 +16,7 @@ from ringcomm.transports.hostfile import write_hostfile
 from tests.procs import ROOT, env
 
 KEYS = ["impl", "op", "ranks", "bytes", "dtype", "time_us", "algbw_gbps", "busbw_gbps", "wrong",
-        "in_place"]
+        "in_place", "time_min_us", "time_max_us"]
 OPS = ["all_sum", "all_gather", "sum_scatter", "sendrecv"]
 SWEEP = ["-n", "2", "-b", "8", "-e", "64K", "-f", "16", "--op", ",".join(OPS),
          "--iters", "3", "-w", "1"]
@@ -47,7 +47,7 @@ def assert_sweep(rows: list[dict], impl: str, ops: list[str], wrong: int | None 
         assert list(row) == KEYS
         assert row["ranks"] == 2 and row["dtype"] == "float32"
         assert row["wrong"] == wrong, row
-        assert row["time_us"] > 0
+        assert 0 < row["time_min_us"] <= row["time_us"] <= row["time_max_us"], row
         assert row["algbw_gbps"] == pytest.approx(row["bytes"] / row["time_us"] / 1e3)
         assert row["busbw_gbps"] == pytest.approx(row["algbw_gbps"] * FACTOR[row["op"]])
     assert sorted((r["op"], r["bytes"]) for r in mine) == sorted(
@@ -61,7 +61,8 @@ def test_json_lines_and_table(tmp_path):
     assert_sweep(records(out), "ringcomm", OPS)
     for op in OPS:
         assert f"# {op}\n" in result.stdout
-    assert "#wrong" in result.stdout and "ratio" not in result.stdout
+    assert "#wrong" in result.stdout
+    assert not [name for name in column_names(result.stdout) if "ratio" in name]
     assert "[0]" not in result.stdout, "rank output leaked into the table"
 
 
@@ -104,7 +105,7 @@ def test_vs_mlx(tmp_path):
                                            abs=0.01)
     scatter = next(line.split() for line in result.stdout.splitlines() if "sum_scatter" in line
                    and not line.startswith("#"))
-    assert scatter[-4:] == ["-", "-", "-", "-"]
+    assert scatter[-6:] == ["-"] * 6  # MLX's time, min, max, busbw, #wrong and ratio
 
 
 def table_rows(stdout: str, op: str) -> list[list[str]]:
@@ -134,7 +135,8 @@ def test_vs_gloo_results_are_right_and_the_table_has_its_columns(tmp_path):
     assert "vs torch " in result.stdout and " gloo: ratio = ringcomm busbw / gloo busbw" in (
         result.stdout)
     names = column_names(result.stdout)
-    assert names[8:] == ["gloo time(us)", "gloo busbw(GB/s)", "gloo #wrong", "ratio"]
+    assert names[10:] == ["gloo time(us)", "gloo min(us)", "gloo max(us)", "gloo busbw(GB/s)",
+                          "gloo #wrong", "ratio"]
     assert "mlx" not in result.stdout
     for op in ops:
         cells = table_rows(result.stdout, op)
@@ -143,7 +145,9 @@ def test_vs_gloo_results_are_right_and_the_table_has_its_columns(tmp_path):
         for c in cells:
             ours, theirs = (next(r for r in rows if r["impl"] == impl and r["op"] == op
                                  and r["bytes"] == int(c[0])) for impl in ("ringcomm", "gloo"))
-            assert float(c[8]) == pytest.approx(theirs["time_us"], abs=0.06)
+            assert float(c[10]) == pytest.approx(theirs["time_us"], abs=0.06)
+            assert float(c[11]) == pytest.approx(theirs["time_min_us"], abs=0.06)
+            assert float(c[12]) == pytest.approx(theirs["time_max_us"], abs=0.06)
             assert float(c[-1]) == pytest.approx(ours["busbw_gbps"] / theirs["busbw_gbps"],
                                                  rel=0.01, abs=0.01)
     assert "# sum_scatter (gloo's reduce_scatter is a whole all_reduce" in result.stdout
@@ -162,7 +166,7 @@ def test_vs_gloo_check_counts_its_wrong_elements_and_marks_what_gloo_lacks(tmp_p
     assert sorted(rows) == [("gloo", "sendrecv", 1), ("ringcomm", "all_sum", 1),
                             ("ringcomm", "sendrecv", 1)]
     assert "# all_sum (gloo has no int16 collectives: '-')" in result.stdout
-    assert table_rows(result.stdout, "all_sum")[0][-4:] == ["-", "-", "-", "-"]
+    assert table_rows(result.stdout, "all_sum")[0][-6:] == ["-"] * 6
     assert table_rows(result.stdout, "sendrecv")[0][-2] == "1"
 
 
@@ -177,17 +181,18 @@ def test_vs_mlx_and_gloo_shows_both_peers(tmp_path):
     assert sorted(rows) == [("gloo", "all_sum"), ("gloo", "sum_scatter"), ("mlx", "all_sum"),
                             ("ringcomm", "all_sum"), ("ringcomm", "sum_scatter")]
     assert all(r["wrong"] == 0 for r in rows.values())
-    assert column_names(result.stdout)[8:] == [
-        "mlx time(us)", "mlx busbw(GB/s)", "mlx #wrong", "mlx ratio",
-        "gloo time(us)", "gloo busbw(GB/s)", "gloo #wrong", "gloo ratio"]
+    assert column_names(result.stdout)[10:] == [
+        "mlx time(us)", "mlx min(us)", "mlx max(us)", "mlx busbw(GB/s)", "mlx #wrong",
+        "mlx ratio", "gloo time(us)", "gloo min(us)", "gloo max(us)", "gloo busbw(GB/s)",
+        "gloo #wrong", "gloo ratio"]
     ours = rows["ringcomm", "all_sum"]["busbw_gbps"]
     cells = table_rows(result.stdout, "all_sum")[0]
-    assert float(cells[11]) == pytest.approx(ours / rows["mlx", "all_sum"]["busbw_gbps"],
+    assert float(cells[15]) == pytest.approx(ours / rows["mlx", "all_sum"]["busbw_gbps"],
                                              rel=0.01, abs=0.01)
-    assert float(cells[15]) == pytest.approx(ours / rows["gloo", "all_sum"]["busbw_gbps"],
+    assert float(cells[21]) == pytest.approx(ours / rows["gloo", "all_sum"]["busbw_gbps"],
                                              rel=0.01, abs=0.01)
     scatter = table_rows(result.stdout, "sum_scatter")[0]
-    assert scatter[8:12] == ["-", "-", "-", "-"] and scatter[14] == "0"  # MLX has none
+    assert scatter[10:16] == ["-"] * 6 and scatter[20] == "0"  # MLX has none
     assert "MLX's ring has no reduce-scatter: '-'; gloo's reduce_scatter" in result.stdout
 
 
@@ -252,8 +257,9 @@ def test_alias_under_the_launcher_prints_the_table_on_rank_0():
         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if "#" not in line]
-    assert rows == [["[0]", "64", "16", "float32", "all_min", rows[0][5], rows[0][6],
-                     rows[0][7], "0"]]
+    assert rows == [["[0]", "64", "16", "float32", "all_min", *rows[0][5:10], "0"]]
+    median, fastest, slowest = map(float, rows[0][5:8])
+    assert fastest <= median <= slowest
 
 
 @pytest.mark.parametrize("args, message", [
