@@ -27,9 +27,9 @@ import numpy as np
 
 from .transports import Address, ConfigError, settings
 
-from . import plans
+from . import plans, split_form
 from .transports.base import LoneTransport
-from .transports.errors import CommError, GroupBrokenError
+from .transports.errors import CommError, CommTimeoutError, GroupBrokenError
 from .transports.handshake import job_digest
 from .transports.sockets import resolve
 from .ranks import integer_argument
@@ -79,26 +79,60 @@ def split(parent: Group, color: int, key: int = -1) -> Group | None:
     if parent._broken is not None:
         raise GroupBrokenError(f"rank {parent.rank()}: split on a broken group: "
                                f"{parent._broken}") from parent._broken
-    start = time.monotonic()
+    deadline = time.monotonic() + parent.timeout  # the whole call's, every step under it
     mine = _bind(parent, origin)  # listening before the exchange: nobody can take the ports
     kept: list[socket.socket] = []  # those the new transport owns (and closes with the group)
+    sub: Group | None = None
     try:
-        table = _exchange(parent, origin, color, key, mine)
+        table = _exchange(parent, origin, color, key, mine, deadline)
         origin.splits += 1
-        if color < 0:
-            return None
-        members = sorted((i for i, row in enumerate(table) if row[0] == color),
-                         key=lambda i: (table[i][1], i))
-        job_id = f"{origin.job_id}/split{origin.splits}:color{color}"
-        if len(members) == 1:
-            return _lone(parent, origin, color, job_id)
-        remaining = max(parent.timeout - (time.monotonic() - start), 1e-3)
-        build = _tcp if origin.kind == "tcp" else _rdma
-        return build(parent, origin, members, table, mine, kept, job_id, remaining)
+        try:
+            sub, timed_out = _subgroup(parent, origin, color, table, mine, kept, deadline), None
+        except split_form.SetupTimedOut as e:
+            timed_out = e.error
+        # every rank listens to the parent until all have formed theirs (or failed), so that
+        # a rank that dies meanwhile is heard of at once, and one that froze is found by the
+        # parent's liveness probes at the deadline (split_form)
+        formed = _gather(parent, np.array([timed_out is None], np.uint8), deadline)
+        if timed_out is not None:
+            raise timed_out
+        if not formed.all():
+            late = [r for r, ok in enumerate(formed[:, 0]) if not ok]
+            raise CommTimeoutError(f"the subgroup set-up of parent rank(s) "
+                                   f"{', '.join(map(str, late))} reached the deadline",
+                                   rank=parent.rank(), peer=late[0], op="split")
+        return sub
+    except BaseException:
+        if sub is not None:
+            sub.close()
+        raise
     finally:
         for sock in mine:
             if not any(sock is k for k in kept):
                 sock.close()
+
+
+def _subgroup(parent: Group, origin: Origin, color: int, table: list[tuple],
+              mine: list[socket.socket], kept: list[socket.socket],
+              deadline: float) -> Group | None:
+    """This rank's subgroup (None for a negative color), formed from the exchanged ``table``
+    under the call's ``deadline`` while listening to the parent (``split_form``)."""
+    if color < 0:
+        return None
+    members = sorted((i for i, row in enumerate(table) if row[0] == color),
+                     key=lambda i: (table[i][1], i))
+    job_id = f"{origin.job_id}/split{origin.splits}:color{color}"
+    if len(members) == 1:
+        return _lone(parent, origin, color, job_id)
+    build = _tcp if origin.kind == "tcp" else _rdma
+    remaining = max(deadline - time.monotonic(), 1e-3)
+    addresses = [str(Address(origin.hostfile[m][0].host, table[m][4])) if origin.kind == "tcp"
+                 else str(Address(table[m][2].rstrip(b"\0").decode(), table[m][3]))
+                 for m in members]
+    return split_form.form(
+        parent, lambda: build(parent, origin, members, table, mine, kept, job_id, remaining),
+        deadline, lambda e: split_form.in_parent_terms(e, parent.rank(), members, color,
+                                                       addresses))
 
 
 def _integer(value: object, name: str, parent: Group) -> int:
@@ -146,7 +180,7 @@ def _bind(parent: Group, origin: Origin) -> list[socket.socket]:
 
 
 def _exchange(parent: Group, origin: Origin, color: int, key: int,
-              mine: list[socket.socket]) -> list[tuple]:
+              mine: list[socket.socket], deadline: float) -> list[tuple]:
     """Every rank's (color, key, host, coordinator port, ports), in parent rank order."""
     k = parent._connections()
     record = _record(k)
@@ -156,13 +190,14 @@ def _exchange(parent: Group, origin: Origin, color: int, key: int,
     else:
         host, coordinator, data_ports = mine[0].getsockname()[0].encode(), ports[0], [0] * k
     raw = np.frombuffer(record.pack(color, key, host, coordinator, *data_ports), np.uint8)
-    return [record.unpack(row.tobytes()) for row in _gather(parent, raw)]
+    return [record.unpack(row.tobytes()) for row in _gather(parent, raw, deadline)]
 
 
-def _gather(parent: Group, raw: np.ndarray) -> np.ndarray:
-    """Every rank's ``raw`` record, one row per parent rank: an all_gather whose operation
-    header says ``split``, so that a rank in any other call (an all_gather of the same shape
-    included) gets a ``MismatchError`` naming both calls, never the other's bytes."""
+def _gather(parent: Group, raw: np.ndarray, deadline: float) -> np.ndarray:
+    """Every rank's ``raw`` record, one row per parent rank, by ``deadline``: an all_gather
+    whose operation header says ``split``, so that a rank in any other call (an all_gather of
+    the same shape included) gets a ``MismatchError`` naming both calls, never the other's
+    bytes."""
     progress = parent._progress
     if progress is not None and not progress.idle():
         progress.drain()  # behind the async work issued before, as a blocking call waits
@@ -170,7 +205,7 @@ def _gather(parent: Group, raw: np.ndarray) -> np.ndarray:
     rows = np.empty((n, size), np.uint8)
     rows[r] = raw
     parent._run("split", plans.all_gather(size, n, r, parent._connections()),
-                rows.reshape(-1), None, raw.dtype, (1, size))
+                rows.reshape(-1), None, raw.dtype, (1, size), deadline=deadline)
     return rows
 
 

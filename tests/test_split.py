@@ -4,11 +4,14 @@ collectives on them against numpy, nested splits, closing and breaking a subgrou
 parent goes on, RDMA on the EMULATED verbs provider, and protocol='mlx' refused."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests import split_work
+from tests.procs import start_ranks
 
 SIZES = [1, 2, 3, 4]
 
@@ -148,3 +151,82 @@ def test_the_benchmark_loop_on_subgroups(clusters):
     for r, records in enumerate(clusters.get(4).run(split_work.bench_on_subgroup)):
         assert len(records) == 12, (r, records)
         assert all(ranks == 2 and wrong == 0 for _, ranks, _, wrong in records), (r, records)
+
+
+# -- a parent rank that dies or freezes during split (issue 29 items 8 and 3) ------------------
+
+FAIL_AFTER_EXCHANGE = """
+import json, os, signal, time
+import ringcomm
+from ringcomm import split as split_module
+g = ringcomm.init(strict=True, timeout=float(os.environ["T"]))
+g.barrier()
+r, victim, how = g.rank(), int(os.environ["VICTIM"]), os.environ["HOW"]
+if r == victim:  # the exchange goes through; then this process dies or freezes
+    exchange = split_module._exchange
+    def exchange_then_fail(*args, **kwargs):
+        table = exchange(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        return table
+    split_module._exchange = exchange_then_fail
+start = time.monotonic()
+try:
+    g.split(json.loads(os.environ["COLORS"])[r])
+    print(json.dumps({"outcome": "ok"}))
+except ringcomm.RingcommError as e:
+    print(json.dumps({"outcome": type(e).__name__, "message": str(e), "op": e.op,
+                      "peer": e.peer, "address": e.address,
+                      "seconds": time.monotonic() - start}))
+"""
+
+
+def split_with_a_failure(tmp_path, size, victim, how, colors, timeout):
+    """Every surviving rank's outcome: its JSON line."""
+    procs = start_ranks(tmp_path, size, FAIL_AFTER_EXCHANGE, T=str(timeout),
+                        VICTIM=str(victim), HOW=how, COLORS=json.dumps(colors))
+    outcomes = {}
+    try:
+        for r, p in enumerate(procs):
+            if r != victim:
+                out, err = p.communicate(timeout=timeout + 30)
+                assert out.strip(), (r, err)
+                outcomes[r] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return outcomes
+
+
+@pytest.mark.parametrize("size,victim,colors", [
+    (3, 1, [0, 0, 0]),
+    (4, 0, [0, 0, 0, 0]),      # the subgroup's rank 0: the last rank's connect is refused
+    (4, 3, [0, 0, 0, 0]),      # its last rank: everyone else waits in accept
+    (4, 2, [0, 1, 0, 1]),      # in the other color's ring
+    (4, 1, [0, -1, 0, -1])])   # in no subgroup
+def test_a_rank_killed_after_the_exchange_is_named_by_its_parent_rank_at_once(
+        tmp_path, size, victim, colors):
+    # it used to end at the deadline as subgroup "rank 1", operation init, asking whether
+    # that rank ran "with the same hostfile" (and ranks far from it blamed live ones)
+    outcomes = split_with_a_failure(tmp_path, size, victim, "kill", colors, timeout=10)
+    for r, got in outcomes.items():
+        assert got["outcome"] == "PeerLostError", (r, got)
+        assert got["op"] == "split" and got["peer"] == victim, (r, got)
+        assert got["address"].startswith("127.0.0.1:"), (r, got)
+        assert f"rank {victim}" in got["message"] and "hostfile" not in got["message"], got
+        assert got["seconds"] < 2.0, (r, got)  # milliseconds; the deadline is 10 s
+    print("seconds to the error:", {r: round(g["seconds"], 3) for r, g in outcomes.items()})
+
+
+@pytest.mark.parametrize("victim", [1, 3])
+def test_a_rank_frozen_after_the_exchange_is_named_at_the_calls_deadline(tmp_path, victim):
+    # the whole call shares one deadline (3 s): the exchange, the subgroup's set-up and the
+    # closing step; at it the parent's liveness probes find the frozen rank, whoever each
+    # rank was waiting for (ranks waiting in accept used to blame their live neighbour)
+    outcomes = split_with_a_failure(tmp_path, 4, victim, "stop", [0] * 4, timeout=3)
+    for r, got in outcomes.items():
+        assert got["outcome"] == "CommTimeoutError", (r, got)
+        assert got["op"] == "split" and got["peer"] == victim, (r, got)
+        assert "hostfile" not in got["message"], got
+        assert 3.0 <= got["seconds"] < 3.0 + 2.0, (r, got)  # the probes add up to 1.5 s
+    print("seconds to the error:", {r: round(g["seconds"], 3) for r, g in outcomes.items()})
