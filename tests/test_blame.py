@@ -125,11 +125,15 @@ def ring_factory(tmp_path):
         ring.close()
 
 
-def check_blame(results: dict[int, dict], failed: int, op: str | None = None) -> None:
-    """Every survivor blames ``failed``, says so once, and names its operation."""
+def check_blame(results: dict[int, dict], failed: int, op: str | None = None,
+                address: object = None) -> None:
+    """Every survivor blames ``failed``, says so once, and names its operation (and
+    ``address``, the failed rank's hostfile address, when given: never a survivor's own)."""
     for r, res in results.items():
         message = res["message"]
         assert res["peer"] == failed, (r, res)
+        if address is not None:
+            assert message.endswith(f"[peer rank {failed} ({address})]"), (r, res, address)
         assert f"rank {failed}" in message, (r, res)
         assert message.startswith(f"rank {r}: "), (r, res)
         assert res["op"] and f"rank {r}: {res['op']}: " in message, (r, res)
@@ -147,7 +151,7 @@ def test_a_rank_that_never_starts_is_named_by_every_other_rank(ring_factory):
     ring = ring_factory(4, timeout=3)
     ring.start([0, 1, 3])
     results = ring.results([0, 1, 3], limit=30)
-    check_blame(results, failed=2, op="init")
+    check_blame(results, failed=2, op="init", address=ring.addresses[2][0])
     for r, res in results.items():
         assert res["type"] == "CommTimeoutError" and res["after"] < ring.timeout + 3, (r, res)
     assert "failed first" in results[0]["message"], results[0]  # a non-neighbour hears of it
@@ -166,7 +170,7 @@ def test_a_rank_killed_during_init_is_named_by_every_other_rank(ring_factory):
     killed = time.monotonic()
     ring.procs[2].send_signal(signal.SIGKILL)  # ... and it dies in init()
     results = ring.results([0, 1, 3], limit=30)
-    check_blame(results, failed=2, op="init")
+    check_blame(results, failed=2, op="init", address=ring.addresses[2][0])
     print("time from the kill to the last error:", round(time.monotonic() - killed, 2))
 
 
@@ -177,7 +181,7 @@ def test_a_rank_killed_mid_collective_is_named_by_every_other_rank(ring_factory)
     time.sleep(0.2)
     ring.procs[1].send_signal(signal.SIGKILL)
     results = ring.results([0, 2, 3], limit=30)
-    check_blame(results, failed=1, op="all_sum")
+    check_blame(results, failed=1, op="all_sum", address=ring.addresses[1][0])
     for r, res in results.items():
         assert res["type"] == "PeerLostError", (r, res)
 
@@ -194,7 +198,7 @@ def test_a_frozen_rank_is_named_by_every_other_rank(ring_factory, frozen):
         results = ring.results(survivors, limit=30)
     finally:
         ring.procs[frozen].send_signal(signal.SIGCONT)
-    check_blame(results, failed=frozen, op="all_sum")
+    check_blame(results, failed=frozen, op="all_sum", address=ring.addresses[frozen][0])
     for r, res in results.items():
         assert res["type"] == "CommTimeoutError", (r, res)
         assert res["after"] < 2 + 3, (r, res)

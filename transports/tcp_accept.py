@@ -283,7 +283,8 @@ class Acceptor:
                 f"the timeout; it refused or dropped: {self.refused}" if self.refused else
                 f"no connection arrived on {where} within the timeout; is rank {self.left} "
                 "running with the same hostfile?")
-        return CommTimeoutError(what, rank=self.rank, peer=self.left, op="init")
+        return CommTimeoutError(what, rank=self.rank, peer=self.left,
+                                address=self._left_address, op="init")
 
 
 def _source(peer: object) -> str:

@@ -117,7 +117,7 @@ class TcpSetup:
         theirs = self._hostfile[left]
         if not self.secure:  # MLX: one address at a time, the first connection wins
             for i, (addr, listener) in enumerate(zip(own, self.listeners)):
-                sock = self._accept_one(listener, addr, left, deadline)
+                sock = self._accept_one(listener, addr, left, theirs[i], deadline)
                 self.conns[Side.LEFT].append((sock, theirs[i]))
             return
         got = Acceptor(self.rank, self.size, left, self.connections, job=self._job,
@@ -144,7 +144,7 @@ class TcpSetup:
         return sock
 
     def _accept_one(self, listener: socket.socket, addr: Address, left: int,
-                    deadline: float) -> socket.socket:
+                    left_address: Address, deadline: float) -> socket.socket:
         listener.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
             sock, _ = listener.accept()
@@ -153,10 +153,12 @@ class TcpSetup:
         except socket.timeout:
             raise CommTimeoutError(f"no connection arrived on {addr} within the timeout; is "
                                    f"rank {left} running with the same hostfile?",
-                                   rank=self.rank, peer=left, op="init") from None
+                                   rank=self.rank, peer=left, address=str(left_address),
+                                   op="init") from None
         except OSError as e:  # e.g. out of file descriptors
             raise CommError(f"cannot accept a connection on {addr}: {e.strerror or e}",
-                            rank=self.rank, peer=left, op="init") from e
+                            rank=self.rank, peer=left, address=str(left_address),
+                            op="init") from e
         return sock
 
     # -- set-up: connecting -----------------------------------------------------------------
