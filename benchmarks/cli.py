@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from ringcomm.transports import settings
-from ringcomm.transports.errors import ConfigError
+from ringcomm.transports.errors import ConfigError, RingcommError
 
 from . import caveats, options, output, rank, report, spawn
 from .impls import connections_per_neighbour
@@ -69,20 +69,23 @@ def _be_a_rank(args: argparse.Namespace, config: options.Config) -> int:
               "under ringcomm-launch (or set MLX_RANK and MLX_HOSTFILE)", file=sys.stderr)
         return 2
     records: list[Record] = []
-    status = 0
+    status, stopped = 0, ""
     try:
         rank.run(config, records)
     except ConfigError as e:
         print(f"{args.prog}: {e}", file=sys.stderr)
         return rank.EXIT_CONFIG
     except KeyboardInterrupt:  # the sizes that finished are still reported
-        status = rank.EXIT_INTERRUPTED
+        status, stopped = rank.EXIT_INTERRUPTED, "stopped by SIGINT"
+    except RingcommError as e:  # e.g. a peer stopped first: it names the rank, peer and call
+        print(f"{args.prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        status, stopped = rank.EXIT_FAILED, "stopped by that error"
     first = (knobs.rank or "0").strip() == "0"
     if first and records:
         _report(args, records, records[0].ranks, connections_per_neighbour(), [],
                 say_written=not status)
     if status and first:
-        print(f"{args.prog}: stopped by SIGINT; {_kept(records, args.output)}", file=sys.stderr)
+        print(f"{args.prog}: {stopped}; {_kept(records, args.output)}", file=sys.stderr)
     return status
 
 

@@ -40,10 +40,10 @@ def processes_marked(marker: str) -> list[str]:
 @pytest.mark.parametrize("to_group", [True, False], ids=["process-group", "bench-alone"])
 def test_ctrl_c_keeps_what_finished_and_exits_130(tmp_path, to_group):
     out = tmp_path / "r.jsonl"
-    marker = f"RINGCOMM_TEST_MARK={uuid.uuid4().hex}"
+    marker = f"BENCH_TEST_MARK={uuid.uuid4().hex}"
     bench = subprocess.Popen(
         [sys.executable, "-m", "ringcomm.bench", *SWEEP, "--output", str(out)], cwd=ROOT,
-        env=env(RINGCOMM_TEST_MARK=marker.split("=")[1]), stdout=subprocess.PIPE,
+        env=env(BENCH_TEST_MARK=marker.split("=")[1]), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)  # its group, as a shell's job
     try:
         seen = ""
@@ -79,3 +79,35 @@ def test_ctrl_c_keeps_what_finished_and_exits_130(tmp_path, to_group):
                     f"to {out}")
     after = stderr[len(seen):]  # what came after the first size: the stop, said once
     assert [line for line in after.splitlines() if "ringcomm-launch" in line] == [], after
+
+
+def test_ctrl_c_under_the_launcher_keeps_what_rank_0_measured(tmp_path):
+    """ringcomm-bench as the ranks of ringcomm-launch: rank 0 prints and writes what finished."""
+    out = tmp_path / "r.jsonl"
+    marker = uuid.uuid4().hex
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "ringcomm.launch", "-n", "2", "--", sys.executable, "-m",
+         "ringcomm.bench", *SWEEP[2:], "--output", str(out)], cwd=ROOT,
+        env=env(BENCH_TEST_MARK=marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        seen = ""
+        while "B done in" not in seen:
+            line = launcher.stderr.readline()
+            assert line, f"the ranks ended before measuring a size: {seen}"
+            seen += line
+        os.killpg(launcher.pid, signal.SIGINT)
+        stdout, rest = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    stderr = seen + rest
+    assert launcher.returncode == 130, stderr
+    assert "Traceback" not in stderr and processes_marked(marker) == []
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    table = [line.split()[1:] for line in stdout.splitlines() if not line.startswith("[0] #")]
+    assert rows and [int(cells[0]) for cells in table] == [r["bytes"] for r in rows]
+    assert rows[-1]["bytes"] < 256 << 20
+    assert (f"[0] python -m ringcomm.bench: stopped by SIGINT; the {len(rows)} result(s) that "
+            f"finished are in the table above and written to {out}") in stderr.splitlines()
