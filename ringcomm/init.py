@@ -175,7 +175,8 @@ def default_group() -> Group:
 
 def _rank(value: object, size: int) -> int:
     try:
-        rank = int(str(value).strip()) if not isinstance(value, int) else value
+        rank = value if isinstance(value, int) and not isinstance(value, bool) \
+            else int(str(value).strip())  # a bool is not a rank: rank=True is not rank 1
     except ValueError:
         raise ConfigError(f"MLX_RANK must be an integer rank; got {value!r}") from None
     if not 0 <= rank < size:

@@ -11,7 +11,12 @@ wire: the group stays usable and its next all_sum is exact.
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
+
+import ringcomm
+from ringcomm.ports import free_ports
 from tests.procs import start_ranks
 
 RANK = """
@@ -76,3 +81,14 @@ def test_bools_and_non_integers_are_refused_as_ranks_everywhere(tmp_path):
             assert res["seconds"] < 0.5, (rank, res)
         assert report["sum"] == [10.0] * 4, (rank, report["sum"])
     print(f"  {len(report['results'])} bad rank arguments refused on each of 4 ranks")
+
+
+def test_init_refuses_a_bool_as_its_rank():
+    """``init(rank=True)`` used to join as rank 1 (and wait for the others to its deadline)."""
+    hostfile = [[f"127.0.0.1:{port}"] for port in free_ports(2)]
+    for bad in (True, False):
+        start = time.monotonic()
+        with pytest.raises(ringcomm.ConfigError, match="must be an integer rank; got "
+                                                       f"{bad}"):
+            ringcomm.init(rank=bad, hostfile=hostfile, timeout=2)
+        assert time.monotonic() - start < 1
