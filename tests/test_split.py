@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ringcomm.launch import localhost_devices
+from ringcomm.ports import free_ports
 from tests import split_work
 from tests.procs import start_ranks
 
@@ -159,7 +161,13 @@ FAIL_AFTER_EXCHANGE = """
 import json, os, signal, time
 import ringcomm
 from ringcomm import split as split_module
-g = ringcomm.init(strict=True, timeout=float(os.environ["T"]))
+timeout = float(os.environ["T"])
+if os.environ.get("DEVICES"):  # RDMA on the verbs emulation
+    g = ringcomm.init(rank=int(os.environ["MLX_RANK"]), backend="rdma", verbs="emulated",
+                      devices=json.loads(os.environ["DEVICES"]),
+                      coordinator=os.environ["COORDINATOR"], timeout=timeout)
+else:
+    g = ringcomm.init(strict=True, timeout=timeout)
 g.barrier()
 r, victim, how = g.rank(), int(os.environ["VICTIM"]), os.environ["HOW"]
 if r == victim:  # the exchange goes through; then this process dies or freezes
@@ -180,10 +188,13 @@ except ringcomm.RingcommError as e:
 """
 
 
-def split_with_a_failure(tmp_path, size, victim, how, colors, timeout):
+def split_with_a_failure(tmp_path, size, victim, how, colors, timeout, backend="tcp"):
     """Every surviving rank's outcome: its JSON line."""
+    rdma = {} if backend == "tcp" else {
+        "DEVICES": json.dumps(localhost_devices(size, 1, "emulated0")),
+        "COORDINATOR": f"127.0.0.1:{free_ports(1)[0]}"}
     procs = start_ranks(tmp_path, size, FAIL_AFTER_EXCHANGE, T=str(timeout),
-                        VICTIM=str(victim), HOW=how, COLORS=json.dumps(colors))
+                        VICTIM=str(victim), HOW=how, COLORS=json.dumps(colors), **rdma)
     outcomes = {}
     try:
         for r, p in enumerate(procs):
@@ -198,17 +209,18 @@ def split_with_a_failure(tmp_path, size, victim, how, colors, timeout):
     return outcomes
 
 
-@pytest.mark.parametrize("size,victim,colors", [
-    (3, 1, [0, 0, 0]),
-    (4, 0, [0, 0, 0, 0]),      # the subgroup's rank 0: the last rank's connect is refused
-    (4, 3, [0, 0, 0, 0]),      # its last rank: everyone else waits in accept
-    (4, 2, [0, 1, 0, 1]),      # in the other color's ring
-    (4, 1, [0, -1, 0, -1])])   # in no subgroup
+@pytest.mark.parametrize("size,victim,colors,backend", [
+    (3, 1, [0, 0, 0], "tcp"),
+    (4, 0, [0, 0, 0, 0], "tcp"),     # the subgroup's rank 0: the last rank's connect is refused
+    (4, 3, [0, 0, 0, 0], "tcp"),     # its last rank: everyone else waits in accept
+    (4, 2, [0, 1, 0, 1], "tcp"),     # in the other color's ring
+    (4, 1, [0, -1, 0, -1], "tcp"),   # in no subgroup
+    (4, 3, [0, 0, 0, 0], "rdma")])   # the verbs emulation: heard on the side channel
 def test_a_rank_killed_after_the_exchange_is_named_by_its_parent_rank_at_once(
-        tmp_path, size, victim, colors):
+        tmp_path, size, victim, colors, backend):
     # it used to end at the deadline as subgroup "rank 1", operation init, asking whether
     # that rank ran "with the same hostfile" (and ranks far from it blamed live ones)
-    outcomes = split_with_a_failure(tmp_path, size, victim, "kill", colors, timeout=10)
+    outcomes = split_with_a_failure(tmp_path, size, victim, "kill", colors, 10, backend)
     for r, got in outcomes.items():
         assert got["outcome"] == "PeerLostError", (r, got)
         assert got["op"] == "split" and got["peer"] == victim, (r, got)
