@@ -32,7 +32,8 @@ LATE = 2.0      # seconds past the deadline a set-up may take to report (a probe
 RDMA_NAP = 0.005  # the side channel's watch has no wake-up: check the set-up this often
 
 _RANK = re.compile(r"\brank (\d+)\b")
-_HOSTFILE_HINT = re.compile(r";? is rank \d+ running(?: with the same hostfile)?\?")
+_RANKS = re.compile(r"\branks \[([\d, ]+)\]")  # RDMA's set-up: "ranks [3] did not reach ..."
+_ADVICE = re.compile(r";? (?:is rank \d+|are they) running(?: with the same [\w ]+)?\?")
 
 
 def form(parent: Group, build: Callable[[], Group], deadline: float,
@@ -149,12 +150,14 @@ def in_parent_terms(error: CommError, parent_rank: int, members: Sequence[int], 
                     addresses: Sequence[str]) -> CommError:
     """``error`` from the subgroup's set-up, told as split's: this rank and its peer by their
     parent ranks (also inside the text), operation ``split``, the peer's address, and none of
-    the set-up's advice about hostfiles (split made the subgroup's hostfile itself)."""
+    the set-up's advice about the hostfile or coordinator (split made them itself)."""
     def parent_rank_of(rank: int | None) -> int | None:
         return members[rank] if rank is not None and 0 <= rank < len(members) else rank
 
     def retold(text: str) -> str:
-        text = _HOSTFILE_HINT.sub("", text)
+        text = _ADVICE.sub("", text)  # about the hostfile or coordinator split made itself
+        text = _RANKS.sub(lambda m: "ranks [" + ", ".join(
+            str(parent_rank_of(int(r))) for r in m[1].split(",")) + "]", text)
         return _RANK.sub(lambda m: f"rank {parent_rank_of(int(m[1]))}", text)
 
     what = (f"forming the ring of color {color} (parent ranks "

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ringcomm import split_form
 from ringcomm.launch import localhost_devices
 from ringcomm.ports import free_ports
+from ringcomm.transports.errors import CommTimeoutError, PeerLostError
 from tests import split_work
 from tests.procs import start_ranks
 
@@ -242,3 +244,30 @@ def test_a_rank_frozen_after_the_exchange_is_named_at_the_calls_deadline(tmp_pat
         assert "hostfile" not in got["message"], got
         assert 3.0 <= got["seconds"] < 3.0 + 2.0, (r, got)  # the probes add up to 1.5 s
     print("seconds to the error:", {r: round(g["seconds"], 3) for r, g in outcomes.items()})
+
+
+def test_set_up_errors_are_retold_in_parent_ranks_without_the_set_ups_advice():
+    # what the subgroup's set-up says in its own ranks, told as split's (the processes above
+    # rarely get there: the parent hears of a death first)
+    members, addresses = [1, 3, 5], ["h1:11", "h3:13", "h5:15"]
+    cases = [
+        (CommTimeoutError("no connection arrived on 127.0.0.1:9 within the timeout; is rank 0 "
+                          "running with the same hostfile?", rank=1, peer=0, op="init"),
+         "no connection arrived on 127.0.0.1:9 within the timeout", 1, "h1:11"),
+        (CommTimeoutError("ranks [0, 2] did not reach the coordinator 127.0.0.1:5 within the "
+                          "timeout; are they running with the same MLX_JACCL_COORDINATOR?",
+                          rank=1, peer=2, op="init"),
+         "ranks [1, 5] did not reach the coordinator 127.0.0.1:5 within the timeout", 5,
+         "h5:15")]
+    for error, text, peer, address in cases:
+        told = split_form.in_parent_terms(error, 3, members, 7, addresses)
+        assert type(told) is type(error) and (told.rank, told.peer, told.op) == (3, peer, "split")
+        assert told.address == address and "running" not in str(told), str(told)
+        assert str(told).startswith("rank 3: split: forming the ring of color 7 (parent ranks "
+                                    f"1, 3, 5): {text}"), str(told)
+    relayed = PeerLostError("rank 2 failed first; rank 0 reported: connection lost",
+                            rank=1, peer=2, address="127.0.0.1:7", op="init")
+    relayed.origin, relayed.failed, relayed.reported = 0, 2, "connection lost"
+    told = split_form.in_parent_terms(relayed, 3, members, 7, addresses)
+    assert (told.origin, told.failed, told.peer, told.address) == (1, 5, 5, "127.0.0.1:7")
+    assert "rank 5 failed first; rank 1 reported: connection lost" in str(told)
