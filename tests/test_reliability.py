@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import ringcomm
 from ringcomm.launch import localhost_hostfile
+from ringcomm.transports.hostfile import read_hostfile
 from tests.cluster import Cluster
 from tests.procs import start_ranks
 
@@ -45,6 +46,7 @@ def wait_ready(procs):
 @pytest.mark.parametrize("victim", [0, 1])
 def test_every_survivor_of_a_killed_rank_raises_within_a_second(tmp_path, victim):
     procs = start_ranks(tmp_path, 4, LOOP_UNTIL_FAILURE)
+    dead = read_hostfile(tmp_path / "hostfile.json")[victim][0]
     wait_ready(procs)
     time.sleep(0.2)
     killed_at = time.time()
@@ -59,6 +61,7 @@ def test_every_survivor_of_a_killed_rank_raises_within_a_second(tmp_path, victim
         delays[r] = float(stamp) - killed_at
         assert message.startswith("PeerLostError"), (r, out, err)
         assert f"rank {victim}" in message and "all_sum" in message, message
+        assert message.endswith(f"[peer rank {victim} ({dead})]"), (message, dead)  # not r's own
         assert "then broken" in out
     print("detection delays (s):", {r: round(d, 3) for r, d in delays.items()})
     assert max(delays.values()) < 1.0, delays
