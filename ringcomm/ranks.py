@@ -30,6 +30,8 @@ def integer_argument(value: object, name: str, where: str) -> int:
 def rank_argument(value: object, name: str, op: str, rank: int, size: int) -> int:
     """``value`` as a rank of a group of ``size``; ``op`` and ``name`` (e.g. "send", "dst")
     name the call and the argument in the error, raised on ``rank``."""
+    if type(value) is int and 0 <= value < size:  # the common case, at once (bool is not int)
+        return value
     peer = integer_argument(value, name, f"rank {rank}: {op}")
     if not 0 <= peer < size:
         raise ConfigError(f"rank {rank}: {op}: {name}={value!r} is not a rank of this group "
