@@ -18,7 +18,7 @@ from .transports import CommError, GroupBrokenError, MismatchError, PeerLostErro
 from .transports.direct import DirectLinks
 
 from . import first_failure
-from .header import HEADER, OpHeader, describe, pack_header
+from .header import HEADER, OpHeader, describe, pack_header, vet_next
 
 MIN_SIZE = 4  # below this every rank is a neighbour of every other
 
@@ -37,7 +37,8 @@ class Direct:
         elif identity is not None and transport.size >= MIN_SIZE and listeners:
             self.links = DirectLinks(transport.rank, transport.size,
                                      [addrs[0] for addrs in transport._hostfile], listeners[0],
-                                     job_id=identity[0], token=identity[1])
+                                     job_id=identity[0], token=identity[1], ring=transport,
+                                     announced=self._announced)
         self._sent: dict[int, int] = {}
         self._received: dict[int, int] = {}
 
@@ -72,7 +73,10 @@ class Direct:
         try:
             self.links.exchange(outgoing, incoming, time.monotonic() + group.timeout, name)
         except CommError as e:
-            if isinstance(e, PeerLostError):  # often the echo of a failure the ring reports
+            if isinstance(e, PeerLostError) and e.origin is None and any(
+                    e.peer == x[0] for x in (send, recv) if x is not None):
+                # the direct peer is gone: often the echo of a failure the ring reports (a
+                # ring neighbour's death, heard while waiting, is first-hand already)
                 e = first_failure.reported(group._transport) or e
             e.op = e.op or name
             group._fail(e)
@@ -80,6 +84,13 @@ class Direct:
         except BaseException as e:
             group._fail(e)
             raise
+
+    def _announced(self, peer: int, head: bytes, index: int) -> int | None:
+        """The data bytes of a message head read ahead from ``peer`` (``index`` messages
+        after the next one this rank receives from it), or None when it cannot be that."""
+        seq = self._received.get(peer, 0) + 1 + index
+        fits, nbytes = vet_next(head, job=self._job, call=0, message=seq)  # no call #0
+        return nbytes if fits else None
 
     def _checker(self, rank: int, peer: int, want: OpHeader, name: str):
         packed = want.pack()

@@ -22,13 +22,15 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import math
+import numbers
 import threading
 import weakref
 from typing import Any, Callable
 
 import numpy as np
 
-from .transports.errors import GroupBrokenError, RingcommError
+from .transports.errors import ConfigError, GroupBrokenError, RingcommError
 
 from .mlx_arrays import _result_shape, is_mlx_array, mlx_dtype_to_numpy, new_array, to_numpy
 
@@ -65,8 +67,10 @@ class Work:
         """The operation's result once it completes (``None`` for barrier), or its error
         (``PeerLostError``, ``MismatchError``, ... naming the rank, the peer and the operation;
         ``GroupBrokenError`` when an earlier failure broke the group).  Past ``timeout``
-        seconds, ``WaitTimeoutError``: the operation keeps running."""
-        if not self._done.wait(timeout):  # interruptible: Ctrl-C raises KeyboardInterrupt here
+        seconds, ``WaitTimeoutError``: the operation keeps running.  ``None``, ``inf`` or
+        any timeout beyond what the system can sleep waits until it completes (it ends by
+        the group's own deadline); a negative or NaN timeout is a ``ConfigError``."""
+        if not self._done.wait(_limit(timeout)):  # Ctrl-C raises KeyboardInterrupt here
             raise WaitTimeoutError(f"{self._label} is still running after waiting {timeout:g} s; "
                                    "it keeps the group's deadline: wait again")
         if self._error is not None:
@@ -88,6 +92,18 @@ class Work:
         elif self._result is None:
             self._result = result
         self._done.set()
+
+
+def _limit(timeout: float | None) -> float | None:
+    """``Work.wait``'s timeout as ``threading.Event.wait`` takes it (None: no limit)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"Work.wait: timeout={timeout!r} is not a number of seconds (or None)")
+    if math.isnan(timeout) or timeout < 0:
+        raise ConfigError(f"Work.wait: timeout={timeout!r} is not a number of seconds >= 0 "
+                          "(None or inf: wait until the operation completes)")
+    return None if timeout >= threading.TIMEOUT_MAX else float(timeout)
 
 
 class Progress:

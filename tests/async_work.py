@@ -174,3 +174,24 @@ def mlx_async(group) -> dict:
     got["grad"] = np.array(grad)
     got["type"] = type(summed.result()).__module__
     return got
+
+
+def wait_without_limit(group) -> dict:
+    """Rank 1 sends 0.3 s late; rank 0 waits with timeouts of inf and 1e300 (no limit), then
+    tries timeouts that are no number of seconds."""
+    if group.rank() == 1:
+        time.sleep(0.3)
+        group.send(np.arange(4.0), 0)
+        group.send(np.arange(4.0) + 1, 0)
+        return {}
+    facts = {}
+    for timeout in (float("inf"), 1e300):
+        work = group.recv(4, np.float64, 1, async_op=True)
+        facts[repr(timeout)] = work.wait(timeout)
+    for timeout in (-1, float("nan"), True, "1"):
+        try:
+            work.wait(timeout)
+            facts[repr(timeout)] = "no error"
+        except Exception as e:
+            facts[repr(timeout)] = (type(e).__name__, isinstance(e, ValueError), str(e))
+    return facts

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import ringcomm
 from tests import async_work as w
 from tests.procs import ROOT, env, start_ranks
 
@@ -45,6 +46,17 @@ def test_wait_past_its_timeout_says_the_operation_is_still_running(clusters):
     assert facts["completed_early"] is False and facts["exception_early"] is None
     assert np.array_equal(facts["value"], np.arange(4.0))
     assert np.array_equal(facts["result"], np.arange(4.0))
+
+
+def test_wait_with_an_infinite_or_huge_timeout_waits_and_a_bad_one_is_refused(clusters):
+    facts = clusters.get(2).run(w.wait_without_limit)[0]
+    assert np.array_equal(facts["inf"], np.arange(4.0)), facts
+    assert np.array_equal(facts["1e+300"], np.arange(4.0) + 1), facts
+    for bad in ("-1", "nan"):
+        kind, is_value_error, text = facts[bad]
+        assert kind == ringcomm.ConfigError.__name__ and is_value_error, facts
+        assert "timeout=" in text and "inf" in text, text
+    assert facts["True"][0] == facts["'1'"][0] == "TypeError", facts
 
 
 def test_mlx_arrays_async_and_a_differentiable_blocking_call_behind_them(clusters):

@@ -23,14 +23,15 @@ def test_send_recv_between_random_pairs(clusters, case):
 
 
 # Over TCP, and over RDMA on the EMULATED verbs provider (direct queue pairs,
-# transports.rdma_direct).  A TCP rank waiting for a non-neighbour that died before it
-# opened its direct connection waits for the deadline (no notice reaches a direct wait), so
-# that case runs on RDMA only, where the wait naps on the side channel.
-# With 4 messages and a pause, the dead sender's failure (its credit write) is recorded while
-# messages wait: each must still be delivered before the error.
+# transports.rdma_direct).  A rank waiting for a non-neighbour that died before it opened its
+# direct connection hears of it from the ring (TCP: the control connections, which a direct
+# wait watches; RDMA: the side channel it naps on), long before the deadline.
+# With 4 messages and a pause, the dead sender's failure (its credit write; over TCP the
+# ring's notice) is recorded while messages wait: each must still be delivered before the
+# error.
 @pytest.mark.parametrize("impl,opened,messages,pause", [
-    ("ringcomm", True, 1, 0.0), (RDMA, True, 1, 0.0), (RDMA, False, 1, 0.0),
-    ("ringcomm", True, 4, 1.0), (RDMA, True, 4, 1.0)])
+    ("ringcomm", True, 1, 0.0), (RDMA, True, 1, 0.0), ("ringcomm", False, 1, 0.0),
+    (RDMA, False, 1, 0.0), ("ringcomm", True, 4, 1.0), (RDMA, True, 4, 1.0)])
 def test_a_dead_non_neighbour_is_a_peer_lost_error_naming_it(clusters, impl, opened, messages,
                                                            pause):
     cluster = clusters.get(5, 1, (impl,) * 5)

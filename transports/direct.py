@@ -6,15 +6,19 @@ send to each other at once never have to agree on who connects.  The connection 
 peer's ring listener (its first hostfile address, bound since set-up) and opens with the ring's
 handshake (``transports.handshake``) under the call's deadline, with ``DIRECT_INDEX`` as its
 connection index: no ring connection has that index, so a ring's acceptor refuses it (the
-opener retries until the peer's set-up is over) and this module's acceptor refuses everything
-else.  Strays, other jobs, forged HELLOs and wrong MACs are refused as in ``tcp_accept``.
+opener retries until the peer's set-up is over) and this rank's acceptor thread
+(``transports.direct_accept``) refuses everything else.
 
-One acceptor thread per rank serves the listener from set-up on, whatever the rank is doing, so
-a send to a non-neighbour never waits for that rank to reach a recv (only for the kernel's
-buffers, as a neighbour send does).  Handshakes run side by side in that thread, each within
-``HANDSHAKE_SECONDS``, at most ``MAX_PENDING`` at once.  Data moves in the caller's thread
-through non-blocking sockets and ``poll()``: no busy-wait, and no copy (the head and the data
-go in one ``sendmsg``; receives land in the caller's buffer).
+Data moves in the caller's thread through non-blocking sockets and ``poll()``: no busy-wait,
+and no copy (the head and the data go in one ``sendmsg``; receives land in the caller's
+buffer).  While it waits, a rank also
+
+- reads ahead what its other direct links carry (``transports.direct_ahead``), so that ranks
+  that all send first, of any size, complete;
+- listens to the ring (``ring``: the TCP transport's control connections,
+  ``transports.tcp_control``): a failure notice, or a neighbour whose process is gone,
+  ends the wait at once with that error, as it ends a ring wait; and it answers the
+  neighbours' liveness probes.
 
 A rank that fails sends an abort notice (``transports.notices``) on the connections it opened,
 so a peer waiting for its message raises an error naming the rank that failed first.
@@ -22,60 +26,74 @@ so a peer waiting for its message raises an error naming the rank that failed fi
 from __future__ import annotations
 
 import math
+import os
 import select
 import socket
 import struct
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import notices
+from .arrivals import VET_AFTER
+from .direct_accept import DIRECT_INDEX, HANDSHAKE_SECONDS, MAX_PENDING, DirectAcceptor
+from .direct_ahead import HEAD_BYTES, Ahead, Announced, Notice
 from .errors import CommError, CommTimeoutError, PeerLostError
-from .handshake import (HELLO, MAC_SIZE, OK, Hello, Unanswered, connect, identity_differs,
-                        job_digest, mac, new_hello, parse_hello, reject, token_differs, verify)
+from .handshake import Hello, Unanswered, connect, job_digest, new_hello
 from .hostfile import Address
+from .posted import Posted
 from .sockets import recv_exactly
 
-DIRECT_INDEX = 0xFFFFFFFF  # the HELLO index of a direct connection (ring ones are 0..K)
-HANDSHAKE_SECONDS = 5.0
-MAX_PENDING = 64
+__all__ = ["DIRECT_INDEX", "HANDSHAKE_SECONDS", "MAX_PENDING", "HEAD_BYTES", "DirectLinks",
+           "HeadCheck", "Ring"]
+
 RETRY_SECONDS = 0.02       # between attempts while the peer's ring set-up refuses DIRECT_INDEX
-HEAD_BYTES = 32            # ringcomm.header's operation header
+NOTICE_SECONDS = 1.0       # to read the rest of an abort notice that came instead of a message
 _IN, _OUT = select.POLLIN, select.POLLOUT
-_BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 HeadCheck = Callable[[bytes], None]  # raises MismatchError when the peer's header differs
+
+
+class Ring(Protocol):
+    """What a direct wait hears from the ring (``transports.tcp_control``)."""
+
+    def control_sockets(self) -> list[socket.socket]: ...
+
+    def hear(self, sock: socket.socket) -> None: ...
+
+    def check_departed(self) -> None: ...
 
 
 class _Refused(Exception):
     pass
 
 
-class _Pending:
-    __slots__ = ("sock", "started", "buf", "hello", "mine")
+class DirectLinks(DirectAcceptor):
+    """This rank's direct connections: opened to peers on first use, accepted from them.
 
-    def __init__(self, sock: socket.socket, started: float) -> None:
-        self.sock, self.started, self.buf = sock, started, bytearray()
-        self.hello: Hello | None = None
-        self.mine: Hello | None = None
-
-
-class DirectLinks:
-    """This rank's direct connections: opened to peers on first use, accepted from them."""
+    ``ring`` (TCP) is what a wait hears from the ring; ``announced`` reads a message head
+    for the read-ahead (both optional: without them a wait does neither)."""
 
     def __init__(self, rank: int, size: int, addresses: Sequence[Address],
-                 listener: socket.socket, *, job_id: str, token: bytes | None) -> None:
+                 listener: socket.socket, *, job_id: str, token: bytes | None,
+                 ring: Ring | None = None, announced: Announced | None = None) -> None:
         self.rank, self.size = rank, size
         self._addresses = list(addresses)  # rank -> the address its listener is bound to
         self._listener = listener
         self._job = job_digest(job_id)
         self._token = token
+        self._ring, self._announced = ring, announced
+        self._heard: CommError | None = None      # a failure the ring reported (see exchange)
         self._out: dict[int, socket.socket] = {}  # opened here: this rank's messages to a peer
         self._in: dict[int, socket.socket] = {}   # accepted: a peer's messages to this rank
+        self._ahead: dict[int, Ahead] = {}        # what an accepted link carried unasked
         self._sending: set[int] = set()           # peers with a message half sent
         self._cond = threading.Condition()
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
+        self._arrived_r, self._arrived_w = os.pipe()  # the acceptor added a link: wake a wait
+        os.set_blocking(self._arrived_r, False)
+        os.set_blocking(self._arrived_w, False)
         listener.setblocking(False)
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name=f"ringcomm-direct-accept-{rank}")
@@ -91,40 +109,143 @@ class DirectLinks:
                  deadline: float, op: str) -> None:
         """Send (peer, head, data) and receive (peer, head buffer, into, check) at once.
 
-        The received head is checked (``check``) before any data byte is taken."""
+        The received head is checked (``check``) before any data byte is taken.  A failure
+        heard from the ring ends the wait as soon as it would block: what the links hold
+        already (messages a dead peer sent before it died) is still delivered."""
+        failure = self._heard_failure()
+        if failure is not None and send is not None and send[0] not in self._out:
+            raise failure
         out = self._opened(send[0], deadline, op) if send is not None else None
-        into = self._accepted(recv[0], deadline, op) if recv is not None else None
         poll = select.poll()
         sent, total_out = 0, 0
         if out is not None:
-            peer, head, data = send
-            total_out = len(head) + len(data)
-            self._sending.add(peer)
+            total_out = len(send[1]) + len(send[2])
             poll.register(out, _OUT)
-        got, total_in, head_in = 0, 0, None
-        if into is not None:
-            rpeer, head_in, buf, check = recv
-            total_in = len(head_in) + len(buf)
-            poll.register(into, _IN)
+        got, total_in, into = 0, 0, None
+        if recv is not None:
+            total_in = len(recv[1]) + len(recv[2])
+            into = self._in.get(recv[0])
+            if into is not None:
+                got = self._start_receive(poll, into, recv)
+        ring = {sock.fileno(): sock for sock in
+                (self._ring.control_sockets() if self._ring is not None else ())}
+        for fd in ring:
+            poll.register(fd, _IN)
+        poll.register(self._arrived_r, _IN)
+        ahead: dict[int, int] | None = None  # fd -> peer, once reading ahead
+        started = time.monotonic()
         while sent < total_out or got < total_in:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                who, what = (send[0], "send to") if sent < total_out else \
-                    (recv[0], "receive from")
-                raise CommTimeoutError(
-                    f"the direct {what} rank {who} did not finish by the deadline ({sent} of "
-                    f"{total_out} bytes sent, {got} of {total_in} received)", rank=self.rank,
-                    peer=who, address=self.address(who), op=op)
-            for fd, ev in poll.poll(min(math.ceil(timeout * 1000), 1 << 30)):
-                if out is not None and fd == out.fileno() and sent < total_out:
-                    sent = self._push(out, send, sent, op)
-                    if sent == total_out:
-                        poll.unregister(out)
-                        self._sending.discard(send[0])
-                elif into is not None and fd == into.fileno() and got < total_in:
-                    got = self._pull(into, recv, got, op)
-                    if got == total_in:
-                        poll.unregister(into)
+            now = time.monotonic()
+            if self._closed:
+                raise CommError("the group was closed during a direct send or receive",
+                                rank=self.rank, op=op)
+            if now >= deadline:
+                raise failure or self._timed_out(send, recv, sent, total_out, got, total_in,
+                                                 into, op)
+            if ahead is None and now - started >= VET_AFTER and self._announced is not None:
+                ahead = {}
+                self._watch_ahead(poll, ahead, recv)
+            wake = now if failure is not None else deadline \
+                if ahead is not None or self._announced is None else \
+                min(deadline, started + VET_AFTER)
+            events = poll.poll(max(min(math.ceil((wake - now) * 1000), 1 << 30), 0))
+            if not events and failure is not None:
+                raise failure  # nothing more has come: the wait would block
+            for fd, _ in events:
+                try:
+                    if out is not None and fd == out.fileno() and sent < total_out:
+                        sent = self._push(out, send, sent, op)
+                        if sent == total_out:
+                            poll.unregister(out)
+                            self._sending.discard(send[0])
+                        elif sent:  # a notice must not land inside this message now
+                            self._sending.add(send[0])
+                    elif into is not None and fd == into.fileno() and got < total_in:
+                        got = self._pull(into, recv, got, op)
+                        if got == total_in:
+                            poll.unregister(into)
+                    elif fd in ring:
+                        failure = self._hear(poll, ring, fd) or failure
+                    elif fd == self._arrived_r:
+                        _drain(self._arrived_r)
+                        if into is None and recv is not None and recv[0] in self._in:
+                            into = self._in[recv[0]]
+                            got = self._start_receive(poll, into, recv)
+                        if ahead is not None:
+                            self._watch_ahead(poll, ahead, recv)
+                    elif ahead is not None and fd in ahead:
+                        self._read_ahead(poll, ahead, fd, op)
+                except PeerLostError as e:  # a link broke: the failure heard first, if any
+                    raise (failure or e) from None
+
+    def _heard_failure(self) -> CommError | None:
+        """A failure the ring reported to an earlier wait, or a neighbour found gone."""
+        if self._heard is None and self._ring is not None:
+            try:
+                self._ring.check_departed()
+            except CommError as e:
+                self._heard = e
+        return self._heard
+
+    def _start_receive(self, poll: select.poll, into: socket.socket,
+                       recv: tuple[int, bytearray, memoryview, HeadCheck]) -> int:
+        """What was read ahead from the peer first; then poll its link for the rest."""
+        peer, head, buf, check = recv
+        stashed = self._ahead.get(peer)
+        got = stashed.take(head, buf, check) if stashed is not None else 0
+        if got < len(head) + len(buf):
+            poll.register(into, _IN)
+        return got
+
+    def _watch_ahead(self, poll: select.poll, ahead: dict[int, int],
+                     recv: tuple | None) -> None:
+        """Read ahead on every accepted link but the one this call receives on."""
+        for peer, sock in list(self._in.items()):
+            state = self._ahead.setdefault(peer, Ahead())
+            if sock.fileno() in ahead or state.halted or (recv is not None and peer == recv[0]):
+                continue
+            ahead[sock.fileno()] = peer
+            poll.register(sock, _IN)
+
+    def _read_ahead(self, poll: select.poll, ahead: dict[int, int], fd: int, op: str) -> None:
+        peer = ahead[fd]
+        state, sock = self._ahead[peer], self._in[peer]
+        try:
+            state.pull(sock, peer, self._announced)
+        except Notice as notice:
+            error = self._notice(sock, notice.first, peer)
+            error.op = error.op or op
+            raise error from None
+        if state.halted:
+            poll.unregister(fd)
+
+    def _hear(self, poll: select.poll, ring: dict[int, socket.socket],
+              fd: int) -> CommError | None:
+        """A ring control connection spoke: the failure it reports (a notice, or a dead
+        neighbour), kept for every later wait, or None."""
+        sock = ring[fd]
+        try:
+            self._ring.hear(sock)
+        except CommError as e:
+            self._heard = self._heard or e
+        if sock.fileno() == -1 or self._heard is not None:  # closed, or heard enough
+            poll.unregister(fd)
+            del ring[fd]
+        return self._heard
+
+    def _timed_out(self, send: tuple | None, recv: tuple | None, sent: int, total_out: int,
+                   got: int, total_in: int, into: socket.socket | None,
+                   op: str) -> CommTimeoutError:
+        if recv is not None and into is None:
+            peer = recv[0]
+            return CommTimeoutError(f"rank {peer} opened no direct connection to this rank "
+                                    "by the deadline", rank=self.rank, peer=peer,
+                                    address=self.address(peer), op=op)
+        who, what = (send[0], "send to") if sent < total_out else (recv[0], "receive from")
+        return CommTimeoutError(
+            f"the direct {what} rank {who} did not finish by the deadline ({sent} of "
+            f"{total_out} bytes sent, {got} of {total_in} received)", rank=self.rank,
+            peer=who, address=self.address(who), op=op)
 
     def _push(self, sock: socket.socket, send: tuple[int, bytes, memoryview], sent: int,
               op: str) -> int:
@@ -161,14 +282,16 @@ class DirectLinks:
         return got + k
 
     def _notice(self, sock: socket.socket, first: bytes, peer: int) -> CommError:
-        """The abort notice ``peer`` sent where its message was due."""
+        """The abort notice ``peer`` sent where its message was due (read within
+        ``NOTICE_SECONDS`` in all, however slowly it comes)."""
         sock.setblocking(True)
         left = bytearray(first)
+        deadline = time.monotonic() + NOTICE_SECONDS
 
         def read(k: int) -> bytes:
             have = bytes(left[:k])
             del left[:k]
-            return have + (recv_exactly(sock, k - len(have), time.monotonic() + 1.0)
+            return have + (recv_exactly(sock, k - len(have), deadline)
                            if len(have) < k else b"")
         try:
             notice = notices.decode(read(notices.ABORT.size), read)
@@ -219,137 +342,6 @@ class DirectLinks:
             self._out[peer] = sock
             return sock
 
-    def _accepted(self, peer: int, deadline: float, op: str) -> socket.socket:
-        with self._cond:
-            while peer not in self._in:
-                left = deadline - time.monotonic()
-                if self._closed or left <= 0:
-                    raise CommTimeoutError(f"rank {peer} opened no direct connection to this "
-                                           "rank by the deadline", rank=self.rank, peer=peer,
-                                           address=self.address(peer), op=op)
-                self._cond.wait(left)
-            return self._in[peer]
-
-    # -- the acceptor thread ------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        poll = select.poll()
-        poll.register(self._listener, _IN)
-        poll.register(self._wake_r, _IN)
-        pending: dict[int, _Pending] = {}
-        try:
-            while True:
-                now = time.monotonic()
-                for fd, p in list(pending.items()):
-                    if now - p.started > HANDSHAKE_SECONDS:
-                        self._drop(poll, pending, fd, None)
-                wait = min((p.started + HANDSHAKE_SECONDS - now for p in pending.values()),
-                           default=None)
-                events = poll.poll(None if wait is None else max(math.ceil(wait * 1000), 1))
-                for fd, _ in events:
-                    if fd == self._wake_r.fileno():
-                        return
-                    if fd == self._listener.fileno():
-                        self._take(poll, pending)
-                    elif fd in pending:
-                        self._advance(poll, pending, fd)
-        except OSError:
-            return  # the listener closed under us: the group is closing
-        finally:
-            for p in pending.values():
-                p.sock.close()
-
-    def _take(self, poll: select.poll, pending: dict[int, _Pending]) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            if len(pending) >= MAX_PENDING:  # evict the oldest that has not verified yet
-                waiting = [fd for fd, p in pending.items() if p.hello is None]
-                if not waiting:
-                    sock.close()
-                    continue
-                self._drop(poll, pending, min(waiting, key=lambda fd: pending[fd].started), None)
-            sock.setblocking(False)
-            pending[sock.fileno()] = _Pending(sock, time.monotonic())
-            poll.register(sock, _IN)
-
-    def _advance(self, poll: select.poll, pending: dict[int, _Pending], fd: int) -> None:
-        p = pending[fd]
-        need = HELLO.size if p.hello is None else MAC_SIZE
-        try:
-            data = p.sock.recv(need - len(p.buf))
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            return self._drop(poll, pending, fd, None)
-        p.buf += data
-        if len(p.buf) < need:
-            return
-        if p.hello is None:
-            try:
-                hello = parse_hello(bytes(p.buf))
-            except (ValueError, struct.error) as e:
-                return self._drop(poll, pending, fd, f"not a direct connection: {e}")
-            why = self._identity(hello)
-            if why is not None:
-                return self._drop(poll, pending, fd, why)
-            p.hello, p.mine, p.buf = hello, new_hello(self._job, self.rank, self.size,
-                                                      DIRECT_INDEX, self._token), bytearray()
-            try:
-                p.sock.send(p.mine.pack() + mac(self._token, b"acceptor", hello, p.mine))
-            except OSError:
-                return self._drop(poll, pending, fd, None)
-            return
-        if not verify(self._token, b"connector", p.hello, p.mine, bytes(p.buf)):
-            return self._drop(poll, pending, fd, f"rank {p.hello.rank}'s proof of "
-                              "RINGCOMM_TOKEN is wrong")
-        if p.hello.rank in self._in:  # only this thread adds to it
-            return self._drop(poll, pending, fd, f"rank {p.hello.rank} already has a "
-                              f"direct connection to rank {self.rank}")
-        poll.unregister(fd)
-        del pending[fd]
-        try:
-            p.sock.send(OK)
-            p.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._adopt(p.hello.rank, p.sock)
-        except Exception:  # noqa: BLE001 - the opener sees the connection close
-            p.sock.close()
-            return
-        with self._cond:
-            self._in[p.hello.rank] = p.sock
-            self._cond.notify_all()
-
-    def _adopt(self, peer: int, sock: socket.socket) -> None:
-        """A verified connection from ``peer``, before receives may use it: nothing to do
-        here (``transports.rdma_direct`` sets up a queue pair over it)."""
-
-    def _identity(self, hello: Hello) -> str | None:
-        if hello.index != DIRECT_INDEX:
-            return (f"rank {hello.rank} sent ring connection {hello.index} to rank {self.rank}, "
-                    "whose ring is formed")
-        if not 0 <= hello.rank < self.size or hello.rank == self.rank:
-            return f"rank {hello.rank} is not another rank of this group of {self.size}"
-        want = Hello(self._job, hello.rank, self.size, DIRECT_INDEX, self._token is not None,
-                     b"")
-        return identity_differs(hello, want, self.rank) or token_differs(hello, want, self.rank)
-
-    def _drop(self, poll: select.poll, pending: dict[int, _Pending], fd: int,
-              reason: str | None) -> None:
-        p = pending.pop(fd)
-        poll.unregister(fd)
-        if reason is not None:
-            try:
-                p.sock.send(reject(reason))
-            except OSError:
-                pass
-        p.sock.close()
-
     # -- the end ------------------------------------------------------------------------------
 
     def abort(self, error: BaseException) -> None:
@@ -365,12 +357,25 @@ class DirectLinks:
                 return
             self._closed = True
             self._cond.notify_all()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        for wake in (lambda: self._wake_w.send(b"x"), lambda: os.write(self._arrived_w, b"x")):
+            try:
+                wake()
+            except OSError:
+                pass
         self._thread.join(2.0)
         for sock in [*self._out.values(), *self._in.values(), self._wake_r, self._wake_w]:
             sock.close()
         self._out.clear()
         self._in.clear()
+        self._ahead.clear()
+        if not self._thread.is_alive():  # else it may still write: leave the pipe open
+            for fd in (self._arrived_r, self._arrived_w):
+                os.close(fd)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass

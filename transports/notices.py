@@ -12,6 +12,9 @@ UTF-8 text (big-endian).
   "rank 3: all_sum: rank 1 failed first; rank 0 reported: <text> [peer rank 1 (address)]".
 - A probe (kind 16) asks a neighbour whether it is alive; the answer is kind 17.  Both have
   ``failed`` = ``NO_RANK`` and no text.
+- A goodbye (kind 18, ``failed`` = ``NO_RANK``, no text) goes just before a rank closes its
+  group normally, so that a connection closing without one tells its death
+  (``transports.tcp_control``).
 
 Every rank a message names is checked against the group's size: a message that names a rank
 outside the group, or that is not a control message at all, is a ``MismatchError`` naming
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Callable, Iterable, NamedTuple
 
 from .errors import CommError, CommTimeoutError, MismatchError, PeerLostError
@@ -31,7 +35,7 @@ ABORT_MAGIC = b"RCAB"
 NO_RANK = 0xFFFFFFFF
 ABORT_KINDS: dict[int, type[CommError]] = {0: PeerLostError, 1: CommTimeoutError,
                                            2: MismatchError, 3: PeerLostError}
-PROBE, ALIVE = 16, 17
+PROBE, ALIVE, BYE = 16, 17, 18
 GARBAGE = 255            # what ``read`` makes of bytes that are not a control message
 MAX_TEXT = 60000
 
@@ -88,6 +92,10 @@ def alive(rank: int) -> bytes:
     return pack(ALIVE, rank, None)
 
 
+def goodbye(rank: int) -> bytes:
+    return pack(BYE, rank, None)
+
+
 def decode(head: bytes, read: Callable[[int], bytes]) -> Notice:
     """The message from its fixed part and a reader for the rest; ValueError if not one."""
     magic, kind, origin, failed, length = ABORT.unpack(head)
@@ -97,14 +105,15 @@ def decode(head: bytes, read: Callable[[int], bytes]) -> Notice:
 
 
 def read(sock: socket.socket, seconds: float = 1.0) -> Notice | None:
-    """One message from a control connection, or None when it closed (or broke).
+    """One message from a control connection, or None when it closed (or broke, or did not
+    send the whole message within ``seconds``: a peer that dribbles cannot stretch that).
 
     The socket is left non-blocking, as the TCP transport keeps its control connections.
     """
-    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
     try:
-        head = recv_exactly(sock, ABORT.size)
-        return decode(head, lambda n: recv_exactly(sock, n))
+        head = recv_exactly(sock, ABORT.size, deadline)
+        return decode(head, lambda n: recv_exactly(sock, n, deadline))
     except ValueError as e:
         return Notice(GARBAGE, NO_RANK, NO_RANK, str(e))
     except (OSError, struct.error):
@@ -120,7 +129,7 @@ def malformed(notice: Notice, size: int) -> str | None:
     """Why ``notice`` cannot come from a rank of a group of ``size`` ranks, or None."""
     if notice.kind == GARBAGE:
         return notice.text
-    if notice.kind not in ABORT_KINDS and notice.kind not in (PROBE, ALIVE):
+    if notice.kind not in ABORT_KINDS and notice.kind not in (PROBE, ALIVE, BYE):
         return f"a control message of unknown kind {notice.kind}"
     if not 0 <= notice.origin < size:
         return f"it names rank {notice.origin}, but the group has {size} ranks"
@@ -134,6 +143,10 @@ def to_error(notice: Notice, *, rank: int, size: int, sender: int,
     """The error an abort notice from neighbour ``sender`` reports on ``rank`` (a
     MismatchError naming ``sender`` when the message is not a valid notice)."""
     why = malformed(notice, size)
+    if why is None and notice.kind == BYE:  # it closed its group while this rank needed it
+        return PeerLostError(f"rank {notice.origin} closed its group (or its program ended) "
+                             "while this rank still needed it", rank=rank, peer=notice.origin,
+                             address=address(notice.origin))
     if why is None and notice.kind not in ABORT_KINDS:
         why = f"a {'probe' if notice.kind == PROBE else 'probe answer'} where a notice was due"
     if why is not None:

@@ -19,17 +19,17 @@ import threading
 import time
 from typing import Sequence
 
-from . import liveness, notices, settings
+from . import settings
 from .base import Channel, Kind, Side, Transport
-from .errors import CommError, CommTimeoutError, PeerLostError
+from .errors import CommError
 from .arrivals import HEAD
 from .hostfile import Address
 from .posted import Posted
 from .sockets import set_congestion
+from .tcp_control import ControlConnections
 from .tcp_idle import IdleConnections
 from .tcp_setup import TcpSetup
 
-NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _POLLBAD = select.POLLERR | select.POLLHUP | select.POLLNVAL  # reported whatever was asked
 _IN_READY, _OUT_READY = _POLLIN | _POLLBAD, _POLLOUT | _POLLBAD
@@ -61,7 +61,7 @@ class _Conn:
         self.expect = b""                   # when posted (the caller's own header): see HEAD
 
 
-class TcpTransport(IdleConnections, Transport):
+class TcpTransport(ControlConnections, IdleConnections, Transport):
     """A rank's K connections to each ring neighbour over TCP.
 
     ``protocol="mlx"`` is MLX's bare set-up (no byte before the first operation), for rings
@@ -95,6 +95,7 @@ class TcpTransport(IdleConnections, Transport):
         # what transports.direct opens links to non-neighbours with (ringcomm protocol)
         self.direct_identity = (job_id, token) if protocol == "ringcomm" else None
         self._init_idle()
+        self._init_control()
         if self.size == 1:
             return
         deadline = time.monotonic() + timeout
@@ -116,6 +117,7 @@ class TcpTransport(IdleConnections, Transport):
                 set_congestion(c.sock, knobs.tcp_congestion)
         for c in self._control.values():
             self._watch(c, _POLLIN)
+        self._track_for_exit()
         if self._warm:
             try:
                 self._warm_up(deadline)
@@ -293,52 +295,6 @@ class TcpTransport(IdleConnections, Transport):
             del self._polled[c.fd]
         c.events = events
 
-    def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
-        """The error for a broken data connection: the neighbour's abort notice if it sent
-        one (it does so just before closing), else a PeerLostError blaming the neighbour."""
-        control = self._control.get(c.side)
-        if control is not None:
-            heard = liveness.listen(self.rank, self.size, [(control.peer, control.sock)],
-                                    self._address, probe=False, seconds=NOTICE_GRACE)
-            if heard.notice is not None:
-                return heard.notice
-        reason = "peer closed the connection" if e is None else (e.strerror or str(e))
-        return PeerLostError(f"connection {c.side.name.lower()}[{c.index}] lost during "
-                             f"{what}: {reason}", rank=self.rank, peer=c.peer,
-                             address=str(c.address))
-
-    def _timed_out(self) -> CommError:
-        """The error at a deadline.  With ringcomm's protocol the neighbours are probed first
-        (``transports.liveness``), so that the error names the frozen rank, not a live one
-        that was waiting for it too; this adds at most ``liveness.NOTICE_SECONDS``."""
-        pending = [(c, k) for conns in self._conns for c in conns
-                   for k, v in (("send to", c.sending), ("receive from", c.receiving))
-                   if v is not None]
-        detail = "; ".join(f"{k} rank {p.peer} on {p.side.name.lower()}[{p.index}]"
-                           for p, k in pending) or "progress"
-        peer = pending[0][0].peer if pending else None
-        why = "a peer may be frozen, overloaded or in a different operation"
-        if self.secure and self._control:
-            heard = liveness.listen(self.rank, self.size,
-                                    [(c.peer, c.sock) for c in self._control.values()],
-                                    self._address, probe=True, seconds=liveness.PROBE_SECONDS)
-            if heard.notice is not None:
-                return heard.notice
-            if heard.silent or heard.closed:
-                peer = next((c.peer for c, _ in pending if c.peer in heard.silent),
-                            (heard.silent or heard.closed)[0])
-                why = (f"rank {peer} did not answer a liveness probe within "
-                       f"{liveness.PROBE_SECONDS:g} s: it is frozen (stopped, swapping), busy "
-                       "outside ringcomm, or still in init() connecting to its other neighbour"
-                       if peer in heard.silent else
-                       f"rank {peer} closed its control connection without a notice")
-            else:
-                why = ("every neighbour answered a liveness probe: a rank further along the "
-                       "ring, or ranks in different operations, hold the ring up")
-        return CommTimeoutError(f"deadline passed while waiting to {detail}; {why}",
-                                rank=self.rank, peer=peer,
-                                address=self._address(peer) if peer is not None else None)
-
     def local_ranks(self) -> int:
         host = self._hostfile[self.rank][0].host
         return sum(1 for addresses in self._hostfile if addresses[0].host == host)
@@ -354,48 +310,13 @@ class TcpTransport(IdleConnections, Transport):
                             for _ in range(count - len(self._lanes))]
         return self._lanes[:count]
 
-    # -- failure notices (ringcomm protocol) -------------------------------------------------
-
-    def abort(self, error: BaseException) -> None:
-        """Tell both neighbours why this rank stops (they pass it on), then close.
-
-        Best effort and non-blocking: a notice that does not fit in the socket buffer is
-        dropped, and the neighbour still learns of the failure from the closed connections.
-        """
-        if self._closed:
-            return
-        if isinstance(error, CommError) and error.peer is not None and error.address is None \
-                and 0 <= error.peer < self.size:
-            error.address = self._address(error.peer)  # e.g. a MismatchError from the engine
-        if self.secure:
-            notices.send((c.sock for c in self._control.values()),
-                         notices.encode(error, self.rank))
-        self.close()
-
-    def _on_notice(self, c: _Conn) -> None:
-        """Raise the error a neighbour's abort notice reports; answer its liveness probe.
-
-        A control connection that just closes means the neighbour closed its group (or died):
-        that alone is no error, since it may have finished everything it had for this rank;
-        the data connections report a real loss when an operation needs that neighbour.
-        """
-        message = notices.read(c.sock)
-        if message is None:
-            self._watch(c, 0)
-            c.sock.close()
-            del self._control[c.side]
-        elif message.kind == notices.PROBE:
-            notices.send((c.sock,), notices.alive(self.rank))
-        elif message.kind != notices.ALIVE:  # a late answer to a probe of ours: nothing to do
-            raise notices.to_error(message, rank=self.rank, size=self.size, sender=c.peer,
-                                   address=self._address)
-
     def _address(self, rank: int) -> str | None:
         return str(self._hostfile[rank][0]) if 0 <= rank < self.size else None
 
     def close(self) -> None:
         if self._closed:
             return
+        self._say_goodbye()
         self._closed = True
         for c in self._all_conns():
             c.sock.close()
