@@ -160,8 +160,9 @@ def test_the_benchmark_loop_on_subgroups(clusters):
 # -- a parent rank that dies or freezes during split (issue 29 items 8 and 3) ------------------
 
 FAIL_AFTER_EXCHANGE = """
-import json, os, signal, time
+import json, os, signal, socket, time
 import ringcomm
+from ringcomm.transports import handshake
 from ringcomm import split as split_module
 timeout = float(os.environ["T"])
 if os.environ.get("DEVICES"):  # RDMA on the verbs emulation
@@ -172,10 +173,24 @@ else:
     g = ringcomm.init(strict=True, timeout=timeout)
 g.barrier()
 r, victim, how = g.rank(), int(os.environ["VICTIM"]), os.environ["HOW"]
-if r == victim:  # the exchange goes through; then this process dies or freezes
+if r == victim:  # the exchange goes through; then this process dies, freezes or dribbles
     exchange = split_module._exchange
     def exchange_then_fail(*args, **kwargs):
         table = exchange(*args, **kwargs)
+        if how == "dribble":  # its HELLO a byte at a time to the subgroup's rank 0 (every
+            first = table[0]    # rank color 0): to its RDMA coordinator, or TCP listener
+            rdma = bool(os.environ.get("DEVICES"))
+            job = handshake.job_digest(f"{g.origin.job_id}/split1:color0")
+            hello = handshake.new_hello(job, 3, 4, 0, None, not rdma).pack()
+            sock = socket.create_connection((first[2].rstrip(b"\\0").decode() or "127.0.0.1",
+                                             first[3] if rdma else first[4]))
+            for byte in hello[:-1]:  # never the whole of it
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    pass
+                time.sleep(0.4)
+            os._exit(0)
         os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
         return table
     split_module._exchange = exchange_then_fail
@@ -243,6 +258,23 @@ def test_a_rank_frozen_after_the_exchange_is_named_at_the_calls_deadline(tmp_pat
         assert got["op"] == "split" and got["peer"] == victim, (r, got)
         assert "hostfile" not in got["message"], got
         assert 3.0 <= got["seconds"] < 3.0 + 2.0, (r, got)  # the probes add up to 1.5 s
+    print("seconds to the error:", {r: round(g["seconds"], 3) for r, g in outcomes.items()})
+
+
+@pytest.mark.parametrize("backend", ["tcp", "rdma"])
+def test_a_peer_dribbling_into_the_subgroups_set_up_cannot_stretch_the_call(tmp_path,
+                                                                           backend):
+    # parent rank 3 sends the subgroup's rank 0 a byte every 0.4 s instead of joining: over
+    # RDMA the coordinator read it a byte at a time, each receive with a fresh timeout, and
+    # split took as long as the peer kept dribbling; now every rank ends by the deadline
+    outcomes = split_with_a_failure(tmp_path, 4, 3, "dribble", [0] * 4, 3, backend)
+    for r, got in outcomes.items():
+        assert got["op"] == "split" and 2.9 <= got["seconds"] < 3.0 + 2.0, (r, got)
+        if backend == "tcp":  # the parent's probes name it (it answers none)
+            assert got["outcome"] == "CommTimeoutError" and got["peer"] == 3, (r, got)
+        else:  # no probes over RDMA: the coordinator gave up at the deadline, closing the
+            # connections it had not verified (their ranks say so)
+            assert got["outcome"] in ("CommTimeoutError", "PeerLostError"), (r, got)
     print("seconds to the error:", {r: round(g["seconds"], 3) for r, g in outcomes.items()})
 
 

@@ -90,9 +90,10 @@ class SideChannel:
 
     def _verify(self, sock: socket.socket, deadline: float) -> int | None:
         """The coordinator's half of the handshake: the connecting rank, or None to drop it."""
-        sock.settimeout(max(min(deadline - time.monotonic(), HANDSHAKE_SECONDS), 1e-3))
+        until = min(deadline, time.monotonic() + HANDSHAKE_SECONDS)  # for the whole of it
+        sock.settimeout(max(until - time.monotonic(), 1e-3))
         try:
-            theirs = parse_hello(recv_exactly(sock, HELLO.size))
+            theirs = parse_hello(recv_exactly(sock, HELLO.size, until))
             want = Hello(self._job, theirs.rank, self.size, 0, self._token is not None, b"")
             why = mismatch(theirs, want)
             if why is None and not 0 < theirs.rank < self.size:
@@ -105,7 +106,7 @@ class SideChannel:
             mine = new_hello(self._job, 0, self.size, 0, self._token)
             sock.sendall(mine.pack() + mac(self._token, b"acceptor", theirs, mine))
             if not verify(self._token, b"connector", theirs, mine,
-                          recv_exactly(sock, MAC_SIZE)):
+                          recv_exactly(sock, MAC_SIZE, until)):
                 sock.sendall(reject("coordinator refused: wrong RINGCOMM_TOKEN"))
                 return None
             sock.sendall(OK)
@@ -152,7 +153,12 @@ class SideChannel:
         except socket.timeout:
             raise CommTimeoutError("handshake with the coordinator timed out", rank=self.rank,
                                    peer=0, address=str(self.coordinator), op="init") from None
-        except (ValueError, struct.error, ConnectionError) as e:
+        except ConnectionError as e:  # no answer at all: not a protocol it cannot read
+            raise PeerLostError(f"the coordinator {self.coordinator} closed the connection "
+                                f"before it answered ({e}): it failed, or gave up at its "
+                                "deadline", rank=self.rank, peer=0,
+                                address=str(self.coordinator), op="init") from None
+        except (ValueError, struct.error) as e:
             raise refused(f"it does not speak this protocol ({e})") from None
 
     def all_gather(self, blob: bytes, deadline: float) -> list[bytes]:
@@ -183,8 +189,8 @@ class SideChannel:
         sock = self._peers[peer]
         sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         try:
-            got, length = FRAME.unpack(recv_exactly(sock, FRAME.size))
-            payload = recv_exactly(sock, length)
+            got, length = FRAME.unpack(recv_exactly(sock, FRAME.size, deadline))
+            payload = recv_exactly(sock, length, deadline)  # by the deadline, not per byte
         except ConnectionError as e:
             raise PeerLostError(f"rank {peer} left during set-up ({e})", rank=self.rank,
                                 peer=peer, op="init") from None
