@@ -24,8 +24,13 @@ from .measure import Record
 
 def main(argv: Sequence[str] | None = None, prog: str = "ringcomm-bench") -> None:
     """Parse, run the sweep(s), report; exits 2 on usage or configuration errors."""
-    args = options.parse(argv, prog)
-    config = options.config_from(args)
+    try:
+        args = options.parse(argv, prog)
+        config = options.config_from(args)
+    except KeyboardInterrupt:  # before anything ran: nothing to keep
+        print(f"{prog}: stopped by SIGINT while starting; nothing was measured",
+              file=sys.stderr)
+        sys.exit(rank.EXIT_INTERRUPTED)
     sys.exit(_spawn_ranks(args, config) if args.nproc is not None else _be_a_rank(args, config))
 
 

@@ -1,12 +1,17 @@
 """Ctrl-C, SIGTERM and SIGHUP for ``ringcomm-bench -n``: a request to stop, not a crash.
 
-While :class:`Interrupts` is entered, the first of these signals is recorded and passed on
-to the pass's launcher, which stops its ranks; nothing is raised in the middle of the
-bench's own work, so the parent can still print and write every size that finished (the
-caller checks :attr:`Interrupts.signalled` after each pass).  A second signal is passed on
-too, and the launcher then kills its ranks at once.  The launcher runs in its own session
-(``spawn``), so a terminal's Ctrl-C, sent to the whole foreground process group, reaches it
-once, through here, whether it was sent to this process or to its group.
+While :class:`Interrupts` is entered, the first of these signals is recorded and the pass's
+launcher is told to stop its ranks; nothing is raised in the middle of the bench's own work,
+so the parent can still print and write every size that finished (the caller checks
+:attr:`Interrupts.signalled` after each pass).  A second signal is passed on too, and the
+launcher then kills its ranks at once.  The launcher runs in its own session (``spawn``), so
+a terminal's Ctrl-C, sent to the whole foreground process group, reaches it once, through
+here, whether it was sent to this process or to its group.
+
+The launcher is told with SIGTERM (:data:`STOP_SIGNAL`), whatever came: it passes it on to
+its ranks, which end at once and without a traceback (rank 0 has written every finished
+record already), and a launcher still starting up ends quietly too, where SIGINT would make
+Python print a KeyboardInterrupt traceback.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import threading
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNAL = signal.SIGTERM
 
 
 class Interrupts:
@@ -42,17 +48,17 @@ class Interrupts:
         return signal.Signals(self.signalled).name if self.signalled else ""
 
     def watch(self, child: subprocess.Popen | None) -> None:
-        """Pass signals on to ``child`` from now on (None: to nobody); one that came before
-        it started is passed on at once."""
+        """Stop ``child`` on a signal from now on (None: nobody); if one came before it
+        started, at once."""
         self._child = child
         if child is not None and self.signalled is not None:
-            _send(child, self.signalled)
+            _send(child, STOP_SIGNAL)
 
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         if self.signalled is None:
             self.signalled = sig
         if self._child is not None:
-            _send(self._child, sig)
+            _send(self._child, STOP_SIGNAL)
 
 
 def _send(child: subprocess.Popen, sig: int) -> None:

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from .interrupts import Interrupts
+from .interrupts import STOP_SIGNAL, Interrupts
 from .measure import Record
 from .options import Config
 
@@ -96,8 +96,9 @@ def _run(command: list[str], time_limit: float, what: str, interrupts: Interrupt
     finally:
         interrupts.watch(None)
     copier.join(OUTPUT_JOIN_SECONDS)
-    if interrupts.signalled is not None and code != 128 + interrupts.signalled:
-        copier.release()  # the ranks did not stop as asked: what they and the launcher said
+    # stopped as asked: its ranks ended on the signal, or it did before starting any
+    if interrupts.signalled is not None and code not in (128 + STOP_SIGNAL, -STOP_SIGNAL):
+        copier.release()  # it did not stop as asked: what it and its ranks said
     return code
 
 
