@@ -159,7 +159,7 @@ class Gathering:
     def _accept(self) -> None:
         try:
             sock, _ = self.listener.accept()
-        except OSError:  # (EMFILE cannot last: _check_file_limit left room for every rank)
+        except OSError:  # (EMFILE under a storm of connections: they are dropped in 5 s)
             return
         nonce = os.urandom(16).hex()
         now = time.monotonic()
@@ -231,12 +231,21 @@ class Gathering:
 
 
 def _check_file_limit(size: int) -> None:
-    """Rank 0 holds a socket per rank until all have joined: refuse at once a world its file
-    limit cannot hold, rather than spin on EMFILE until the deadline."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and size + SPARE_FILES > soft:
-        raise ConfigError(f"rank 0 of {size} needs about {size + SPARE_FILES} open files for "
-                          f"the rendezvous, and its limit is {soft}; raise it (ulimit -n)")
+    """Rank 0 holds a socket per rank until all have joined: raise the soft limit on open
+    files (up to the hard one) where it is too low for that, and refuse at once a world it
+    cannot hold, rather than spin on EMFILE until the deadline."""
+    need = size + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (OSError, ValueError):
+            pass
+    raise ConfigError(f"rank 0 of {size} needs about {need} open files for the rendezvous, "
+                      f"and its limit is {soft} (hard limit {hard}); raise it (ulimit -n)")
 
 
 def _peer(sock: socket.socket) -> str:

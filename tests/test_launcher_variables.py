@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from ringcomm.ports import free_ports
+from ringcomm.transports import ConfigError, settings
 from tests.procs import env
 from tests.rendezvous_helpers import Launched, started, torchrun_env
 
@@ -86,3 +87,15 @@ def test_find_peers_checks_its_settings_before_it_binds_a_socket(extra, says):
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got.get("error") == "ConfigError" and says in got["message"], (got, result.stderr)
     assert got["bound"] == [], got
+
+
+@pytest.mark.parametrize("variables,says", [
+    ({"MASTER_PORT": "\u00b2"}, "MASTER_PORT must be a port"),      # int("²") raised ValueError
+    ({"RANK": "\u0661", "WORLD_SIZE": "2"}, "must be integers"),    # an Arabic-Indic one
+    ({"MASTER_ADDR": "h\u00e9te"}, "MASTER_ADDR='h\u00e9te' is not a host name"),
+    ({"MASTER_ADDR": "a b"}, "is not a host name"),
+    ({"RINGCOMM_THREADS": "\u00b2"}, "RINGCOMM_THREADS must be"),
+])
+def test_launcher_values_in_other_scripts_are_config_errors(variables, says):
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(")):
+        settings.load(variables)

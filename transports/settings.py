@@ -3,8 +3,9 @@
 ``load()`` turns the environment into a frozen ``Settings``; init, the transports, the
 launcher and the benchmark take their knobs from it, never from ``os.environ``.  A value that
 cannot be used raises ``ConfigError`` naming the variable and what to write instead, before any
-socket opens.  ``KNOWN`` lists every variable, and docs/settings.md's knob table lists exactly these (a
-test checks).
+socket opens.  ``KNOWN`` lists every variable, and docs/settings.md's knob table lists exactly
+these (a test checks); ``LAUNCHER_SECRETS`` are launchers' per-job secrets, read only to derive
+a token.
 """
 from __future__ import annotations
 
