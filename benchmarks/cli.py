@@ -23,7 +23,8 @@ from .measure import Record
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "ringcomm-bench") -> None:
-    """Parse, run the sweep(s), report; exits 2 on usage or configuration errors."""
+    """Parse, run the sweep(s), report; exits 2 on usage or configuration errors, and 128 +
+    the signal (130 for Ctrl-C) when stopped, after reporting what finished."""
     try:
         args = options.parse(argv, prog)
         config = options.config_from(args)
