@@ -79,8 +79,7 @@ class Gathering:
             hostfile = [[Address(host or self._seen_as(), port)]]
             for r in range(1, self.size):
                 sock, hello = self.joined[r]
-                hostfile.append([Address(hello.get("host") or sock.getpeername()[0],
-                                         hello["port"])])
+                hostfile.append([Address(hello.get("host") or self._seen_from(r), hello["port"])])
             job = job_id or uuid.uuid4().hex
             table = [[str(a) for a in entry] for entry in hostfile]
             for r, (sock, hello) in self.joined.items():
@@ -194,7 +193,8 @@ class Gathering:
         del self.pending[sock]
         why = frames.check_hello(frame, nonce, self.size, self.token)
         if why is not None:
-            _try_send(sock, {"error": f"rank 0 refused this rank: {why}"}, self.deadline)
+            _try_send(sock, {"error": f"rank 0 refused this rank: {why}"},
+                      time.monotonic() + 0.2)
             sock.close()
             return
         if frame["rank"] in self.joined:
@@ -224,6 +224,14 @@ class Gathering:
         self.sel.unregister(sock)
         del self.pending[sock]
         sock.close()
+
+    def _seen_from(self, r: int) -> str:
+        """Rank ``r``'s address as its rendezvous connection came from."""
+        try:
+            return self.joined[r][0].getpeername()[0]
+        except OSError:
+            raise CommError(f"rank {r} closed its rendezvous connection before the ring's "
+                            "addresses were sent", rank=0, peer=r, op="init") from None
 
     def _seen_as(self) -> str:
         """Rank 0's own address, as the first joined rank reached it."""
