@@ -12,7 +12,7 @@ from .transports.devicefile import parse_devices, read_device_file
 from .transports.handshake import job_digest
 from .transports.tcp import TcpTransport
 
-from . import rendezvous
+from . import interrupted, rendezvous
 from .group import Group
 from .split import Origin
 
@@ -56,6 +56,7 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     sets it), else TCP.  The group becomes the default for calls made with ``group=None``.
     """
     global _default_group
+    interrupted.install()  # under ringcomm-launch: a Ctrl-C is one line, not a traceback
     knobs = settings.load()
     if backend == "any":  # what ringcomm-launch --backend asked for, else TCP
         backend = knobs.backend

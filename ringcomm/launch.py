@@ -3,9 +3,12 @@
 ``ringcomm-launch -n 4 script.py`` runs 4 ranks on this machine; ``--hosts h1,h2`` or
 ``--hostfile hosts.json`` (mlx.launch's formats) runs ``-n`` ranks on each host over ssh
 (``ringcomm.remote``).  The flags are mlx.launch's, with its meanings.  Every rank gets
-``MLX_RANK``, a ring hostfile in ``MLX_HOSTFILE`` and a fresh ``RINGCOMM_JOB_ID``; output
-comes back prefixed with the rank; when any rank fails, or on SIGINT, SIGTERM or SIGHUP,
-every rank on every host is stopped (``ringcomm.supervise``).
+``MLX_RANK``, a ring hostfile in ``MLX_HOSTFILE``, a fresh ``RINGCOMM_JOB_ID`` and
+``RINGCOMM_LAUNCHED=1`` (``ringcomm.interrupted``: a Ctrl-C is one line per rank); output
+comes back as it is written, prefixed with the rank (``ringcomm.rank_output``; the flags are
+in ``launch_args``); when any rank fails, or on SIGINT, SIGTERM or SIGHUP, every rank on
+every host is stopped (``ringcomm.supervise``).  What can be checked here (the backend, the
+hosts, the script and program of a local job) is checked before any rank starts: exit 2.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ import uuid
 from typing import Sequence
 
 from . import hosts as hostspec
-from .launch_limits import (MAX_PORT, check_connect_timeout, check_port_range,
-                            ensure_open_files)
+from .interrupted import LAUNCHED
+from .launch_args import BACKENDS, parse_args
+from .launch_limits import check_port_range, ensure_open_files
 from .ports import free_ports
 from .remote import STARTUP_SECONDS, RemoteRank, ssh_argv
 from .supervise import START_LIMIT, STOP_GRACE_SECONDS, LocalRank, Printer, Supervisor, say
@@ -31,8 +35,6 @@ from .transports.devicefile import parse_devices
 from .transports.errors import ConfigError
 from .transports.hostfile import Address, write_hostfile
 
-CONNECT_TIMEOUT = 10.0
-BACKENDS = ["ring", "tcp", "any", "rdma", "jaccl", "jaccl-ring"]
 
 
 def localhost_hostfile(ranks: int, connections: int, starting_port: int | None = None,
@@ -43,71 +45,6 @@ def localhost_hostfile(ranks: int, connections: int, starting_port: int | None =
              else free_ports(total, host))
     return [[Address(host, ports[r * connections + c]) for c in range(connections)]
             for r in range(ranks)]
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="ringcomm-launch",
-        description="Run a script on the ranks of a ring: here (-n N), or over ssh on "
-                    "several machines (--hosts, --hostfile).")
-    p.add_argument("--hosts", default=None,
-                   help="comma-separated hosts to ssh to (names or IPs; 127.0.0.1 and "
-                        "localhost run here)")
-    p.add_argument("-n", "--repeat-hosts", "--nproc", dest="nproc", type=int, default=1,
-                   help="ranks per host (with no --hosts/--hostfile: ranks on this machine)")
-    p.add_argument("--hostfile", default=None,
-                   help="mlx.launch's hostfile: [{\"ssh\": ..., \"ips\": [...]}, ...] or "
-                        "{\"backend\", \"envs\", \"hosts\"}")
-    p.add_argument("--backend", default=None, choices=BACKENDS,
-                   help="transport: ring/tcp/any (TCP, the default), or rdma/jaccl (RDMA "
-                        "verbs); default: the hostfile's \"backend\", else ring")
-    p.add_argument("--verbs", choices=list(verbs.PROVIDERS), default=None,
-                   help="with --backend rdma: the verbs provider (default RINGCOMM_VERBS or "
-                        "pyverbs); 'emulated' is an emulation of RDMA for machines without it")
-    p.add_argument("--connections-per-ip", type=int, default=1, metavar="K",
-                   help="connections between each pair of neighbours per IP (default 1)")
-    p.add_argument("-p", "--starting-port", type=int, default=None,
-                   help="consecutive ports from this one (per rank, IP and connection) "
-                        "instead of free ones")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment variable for every rank (repeatable)")
-    p.add_argument("--cwd", default=None,
-                   help="working directory of every rank (default: this one, where it exists)")
-    p.add_argument("--python", default=None,
-                   help="the Python that runs a .py script (on remote hosts: its path "
-                        "there); default: this launcher's")
-    p.add_argument("--print-python", action="store_true",
-                   help="print the Python a .py script would run with, and exit")
-    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="S",
-                   help=f"ssh's connect time-out, seconds (default {CONNECT_TIMEOUT:g})")
-    p.add_argument("--ssh-arg", action="append", default=[], metavar="ARGS",
-                   help="extra ssh arguments, split as a shell does (repeatable), e.g. "
-                        "--ssh-arg '-F ./ssh_config'")
-    p.add_argument("--verbose", action="store_true",
-                   help="print the hosts, hostfile and commands (and set MLX_RING_VERBOSE)")
-    p.add_argument("command", nargs=argparse.REMAINDER,
-                   help="script.py [args...] (a .py file runs with --python) or any command")
-    args = p.parse_args(argv)
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
-    if args.print_python:
-        return args
-    if not args.command:
-        p.error("give a script or command to run")
-    if args.nproc < 1 or args.connections_per_ip < 1:
-        p.error("-n and --connections-per-ip must be at least 1")
-    if problem := check_connect_timeout(args.connect_timeout):
-        p.error(problem)
-    if args.starting_port is not None and not 0 < args.starting_port <= MAX_PORT:
-        p.error(f"-p must be a port from 1 to {MAX_PORT}; got {args.starting_port}")
-    if args.hosts is not None and args.hostfile is not None:
-        p.error("give --hosts or --hostfile, not both")
-    for item in args.env:
-        try:
-            hostspec.check_env_pair(item, "--env")
-        except ConfigError as e:
-            p.error(str(e))
-    return args
 
 
 def rank_command(args: argparse.Namespace) -> tuple[list[str], str | None]:
@@ -125,11 +62,14 @@ def launch(args: argparse.Namespace) -> int:
         print(args.python or sys.executable)
         return 0
     try:
+        check_backend(args.backend, "--backend")
         spec = None
         if args.hostfile is not None:
             spec = hostspec.from_file(args.hostfile)
         elif args.hosts is not None:
             spec = hostspec.from_list(args.hosts)
+        if spec is not None and not args.backend:
+            check_backend(spec.backend or None, spec.source)
         try:
             extra_ssh = [a for item in args.ssh_arg for a in shlex.split(item)]
         except ValueError as e:
@@ -140,17 +80,12 @@ def launch(args: argparse.Namespace) -> int:
         if spec is not None:
             hostspec.resolve(spec, ["ssh", *extra_ssh])
         backend = args.backend or (spec.backend if spec else "") or "ring"
-        if backend in ("mpi", "nccl"):
-            raise ConfigError(f"backend {backend!r}: ringcomm-launch starts ring (TCP) or "
-                              "rdma jobs; under mpirun, call ringcomm.init() in each rank")
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r} (from {spec.source}): choose one of "
-                              f"{', '.join(BACKENDS)}")
         pairs = (spec.envs if spec else []) + list(args.env) + (
             ["MLX_RING_VERBOSE=1"] if args.verbose else [])
         rdma = backend in ("rdma", "jaccl", "jaccl-ring")
+        ranks = args.nproc * (len(spec.hosts) if spec else 1)
+        check_output_ranks(args.output_ranks, ranks)
         if spec is None or all(h.local for h in spec.hosts):
-            ranks = args.nproc * (len(spec.hosts) if spec else 1)
             return launch_local(args, ranks, pairs, rdma)
         return launch_remote(args, spec, pairs, rdma, extra_ssh)
     except ConfigError as e:
@@ -158,9 +93,49 @@ def launch(args: argparse.Namespace) -> int:
         return 2
 
 
+def check_backend(backend: str | None, source: str) -> None:
+    """A backend ringcomm-launch starts; for MPI's and NCCL's, where to go instead."""
+    if backend is None or backend in BACKENDS:
+        return
+    if backend.lower() in ("mpi", "nccl"):
+        raise ConfigError(f"{source}: backend {backend!r}: ringcomm-launch starts ring (TCP) "
+                          "or rdma jobs; under mpirun, call ringcomm.init() in each rank "
+                          "(it finds the ranks through mpirun's variables: docs/multihost.md)")
+    raise ConfigError(f"{source}: backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def check_output_ranks(chosen: Sequence[int] | None, ranks: int) -> None:
+    if chosen is not None and max(chosen) >= ranks:
+        raise ConfigError(f"--output-ranks {','.join(map(str, chosen))}: the job has ranks 0 "
+                          f"to {ranks - 1}")
+
+
+def check_local_command(command: Sequence[str], script: str | None, cwd: str | None,
+                        path: str | None) -> None:
+    """What the agent checks on a remote host, here, before any rank starts: the directory,
+    the script and the program (``path``: the ranks' PATH)."""
+    if cwd is not None and not os.path.isdir(cwd):
+        raise ConfigError(f"--cwd {cwd}: no such directory here")
+    where = os.path.abspath(cwd or os.getcwd())
+    if script is not None and not os.path.isfile(os.path.join(where, script)):
+        raise ConfigError(f"no script {script} in {where}; check its name, or give --cwd "
+                          "with the directory that has it")
+    program = command[0]
+    if os.sep in program:
+        found = os.access(os.path.join(where, program), os.X_OK)
+    else:
+        found = shutil.which(program, path=path) is not None
+    if not found:
+        hint = ("; give --python with the path of a Python on this machine" if script
+                else "" if os.sep in program else " (not on PATH)")
+        raise ConfigError(f"no program {program} here{hint}")
+
+
 def launch_local(args: argparse.Namespace, ranks: int, pairs: list[str], rdma: bool) -> int:
     """Every rank on this machine, on 127.0.0.1."""
-    command, _ = rank_command(args)
+    command, script = rank_command(args)
+    ranks_path = dict(os.environ, **dict(item.split("=", 1) for item in pairs)).get("PATH")
+    check_local_command(command, script, args.cwd, ranks_path)
     check_port_range(args.starting_port, ranks * args.connections_per_ip)
     workdir = tempfile.mkdtemp(prefix="ringcomm-launch-")
     try:
@@ -171,15 +146,16 @@ def launch_local(args: argparse.Namespace, ranks: int, pairs: list[str], rdma: b
             with open(hostfile) as f:
                 say(f"hostfile {hostfile}: {f.read()}")
             say(f"command {shlex.join(command)}")
-        base_env = dict(os.environ, MLX_HOSTFILE=hostfile, PYTHONUNBUFFERED="1")
+        base_env = dict(os.environ, MLX_HOSTFILE=hostfile, PYTHONUNBUFFERED="1",
+                        **{LAUNCHED: "1"})
         base_env.setdefault("RINGCOMM_JOB_ID", uuid.uuid4().hex)  # tells this job from others
         base_env.update(item.split("=", 1) for item in pairs)
         knobs = settings.load(base_env)  # every rank would fail on a bad setting: say it once
         if rdma:
             base_env.update(rdma_env(workdir, ranks, args.connections_per_ip,
                                      args.verbs or knobs.verbs))
-        printer = Printer()
-        with Supervisor() as sup:
+        printer = Printer(args.tag_output, args.output_ranks)
+        with Supervisor(printer) as sup:
             started = []
             for rank in range(ranks):
                 r = LocalRank(rank, command, dict(base_env, MLX_RANK=str(rank)), args.cwd,
@@ -204,6 +180,7 @@ def remote_env(pairs: list[str]) -> dict[str, str]:
            if k.startswith("RINGCOMM_") and (k in settings.KNOWN or k in settings.ALIASES)}
     env.update(item.split("=", 1) for item in pairs)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[LAUNCHED] = "1"
     env.setdefault("RINGCOMM_JOB_ID", uuid.uuid4().hex)
     knobs = settings.load(env)
     if knobs.protocol == "ringcomm" and knobs.token is None:
@@ -226,8 +203,8 @@ def launch_remote(args: argparse.Namespace, spec: hostspec.HostSpec, pairs: list
     python = args.python or sys.executable
     wait = args.connect_timeout + STARTUP_SECONDS
     port = args.starting_port
-    printer = Printer()
-    with Supervisor() as sup:
+    printer = Printer(args.tag_output, args.output_ranks)
+    with Supervisor(printer) as sup:
         ranks = []
         for rank, h in enumerate(hosts):
             ports = None
@@ -242,7 +219,7 @@ def launch_remote(args: argparse.Namespace, spec: hostspec.HostSpec, pairs: list
                       "go_seconds": wait * (n // START_LIMIT + 2), "boot_seconds": wait,
                       "grace_seconds": STOP_GRACE_SECONDS}
             ranks.append(RemoteRank(rank, h, config, ssh_argv(args.connect_timeout, extra_ssh),
-                                    printer.write, sup.post))
+                                    printer, sup.post))
         if args.verbose:
             say("hosts: " + ", ".join(f"rank {r.rank} on {r.describe()}" for r in ranks))
             say(f"ssh: {shlex.join(ranks[0].argv)}")

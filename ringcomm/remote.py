@@ -25,6 +25,7 @@ import time
 from typing import IO, Callable, Sequence
 
 from .hosts import Host, describe
+from .rank_output import READ_BYTES, Printer
 from .remote_agent import MARKER
 from .supervise import LINE_BYTES
 
@@ -97,13 +98,12 @@ class RemoteRank:
     """One rank's ssh session: start-up report, output, signals, exit."""
 
     def __init__(self, rank: int, host: Host, config: dict, ssh: Sequence[str],
-                 write: Callable[[int, bytes, bool], None],
-                 post: Callable[[tuple], None]) -> None:
+                 printer: Printer, post: Callable[[tuple], None]) -> None:
         self.rank, self.host, self.config = rank, host, config
         # "--" ends ssh's options: the destination can never be read as one
         self.argv = [*ssh, "--", host.ssh, remote_command(config["python_for_agent"],
                                                           config["boot_seconds"])]
-        self._write, self._post = write, post
+        self._printer, self._post = printer, post
         self._lock = threading.Lock()
         self._early: list[bytes] = []     # stderr before the agent reported (ssh's errors)
         self.report: dict | None = None
@@ -134,27 +134,38 @@ class RemoteRank:
         return t
 
     def _read_stdout(self, source: IO[bytes]) -> None:
+        """Lines until the agent's report, then the rank's output as it comes."""
         marker = MARKER.encode() + b" "
         for line in iter(lambda: source.readline(LINE_BYTES), b""):
-            if self.report is None and line.startswith(marker):
+            if line.startswith(marker):
                 report = self._check_report(line[len(marker):])
                 with self._lock:
                     self.report = report
                     early, self._early = self._early, []
                 for piece in early if report.get("ok") else ():
-                    self._write(self.rank, piece, True)
+                    self._printer.write(self.rank, piece, True)
                 self._post(("ready", self, report))
-                continue
-            self._write(self.rank, line, False)
-        source.close()
+                break
+            self._printer.write(self.rank, line, False)
+        self._copy(source, False)
 
     def _read_stderr(self, source: IO[bytes]) -> None:
-        for line in iter(lambda: source.readline(LINE_BYTES), b""):
+        """ssh's and the agent's errors are kept until the report (they explain a failed
+        start-up); then the rank's stderr as it comes."""
+        for data in iter(lambda: source.read1(READ_BYTES), b""):
             with self._lock:
                 if self.report is None:
-                    self._early.append(line)
+                    self._early.append(data)
+                    del self._early[:-64]     # the last pieces tell why
                     continue
-            self._write(self.rank, line, True)
+            self._printer.write(self.rank, data, True)
+        self._printer.finish(self.rank, True)
+        source.close()
+
+    def _copy(self, source: IO[bytes], err: bool) -> None:
+        for data in iter(lambda: source.read1(READ_BYTES), b""):
+            self._printer.write(self.rank, data, err)
+        self._printer.finish(self.rank, err)
         source.close()
 
     def _check_report(self, text: bytes) -> dict:

@@ -1,4 +1,4 @@
-"""Running a job's ranks: start them, prefix their output, stop every one on a failure or signal.
+"""Running a job's ranks: start them, pass on their output, stop every one on a failure or signal.
 
 Local ranks are processes here, each leading its own session; remote ones are
 ``remote.RemoteRank`` ssh sessions.  Both answer ``signal``, ``kill``, ``close`` and
@@ -6,7 +6,9 @@ Local ranks are processes here, each leading its own session; remote ones are
 ``("signal", n)`` to the same queue, so all decisions are made in one loop, never inside a
 handler: SIGINT, SIGTERM and SIGHUP are sent on to every rank (on every host), whatever is
 still alive ``STOP_GRACE_SECONDS`` later is killed, and the launcher exits 128 + the signal
-(130, 143, 129); a second signal kills at once.  When a rank fails, the others have
+(130, 143, 129); a second signal kills at once.  Ranks that end after a signal of ours
+are never blamed for it (a Ctrl-C is nobody's failure), and their exit codes are listed only
+when one had to be killed.  When a rank fails, the others have
 ``FAILURE_GRACE_SECONDS`` to end by themselves (a ringcomm rank in a call gets an error naming
 the failed rank within milliseconds, and prints it), then get SIGTERM, then SIGKILL after the
 same grace, and the launcher exits with the first failure's code.
@@ -20,7 +22,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Sequence
+from typing import Sequence
+
+from .rank_output import Printer
 
 FAILURE_GRACE_SECONDS = 1.0  # after a rank fails: the others' own errors (ringcomm names
                              # the failed rank within ms) before they get SIGTERM
@@ -29,7 +33,7 @@ ABANDON_SECONDS = 5.0    # after SIGKILL: how long a remote host may take to con
 START_LIMIT = 8          # ssh sessions starting at once (sshd's MaxStartups begins at 10)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 JOIN_SECONDS = 5.0       # for the output of every rank together, once all have exited
-LINE_BYTES = 1 << 20     # a longer line of output is passed on in pieces of this size
+LINE_BYTES = 1 << 20     # a longer line of a remote agent's start-up is read in pieces
 
 
 def say(message: str) -> None:
@@ -38,32 +42,6 @@ def say(message: str) -> None:
         print(f"ringcomm-launch: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
-
-
-class Printer:
-    """Copies ranks' output to ours line by line with a ``[rank]`` prefix."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def write(self, rank: int, line: bytes, err: bool) -> None:
-        sink = sys.stderr if err else sys.stdout
-        with self._lock:
-            try:
-                sink.buffer.write(f"[{rank}] ".encode()
-                                  + (line if line.endswith(b"\n") else line + b"\n"))
-                sink.buffer.flush()
-            except (OSError, ValueError):   # our terminal is gone: keep draining the rank
-                pass
-
-    def pump(self, rank: int, source: IO[bytes], err: bool) -> threading.Thread:
-        def run() -> None:
-            for line in iter(lambda: source.readline(LINE_BYTES), b""):
-                self.write(rank, line, err)
-            source.close()
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        return t
 
 
 class LocalRank:
@@ -130,8 +108,9 @@ def describe_code(code: int | None) -> str:
 class Supervisor:
     """The one event loop of a job; a context manager that holds the signal handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, printer: Printer | None = None) -> None:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self._printer = printer
         self.signalled: int | None = None
         self._previous: dict[int, object] = {}
         self._stash: list[tuple] = []
@@ -230,6 +209,7 @@ class Supervisor:
             if getattr(r, "proc", None) is None:
                 alive.discard(r)
         term_at = kill_at = abandon_at = give_up_at = None
+        forced = False   # some rank had to be killed
 
         def stop(sig: int) -> None:
             nonlocal kill_at
@@ -246,13 +226,16 @@ class Supervisor:
                 r, code = event[1], event[2]
                 alive.discard(r)
                 codes[r] = None if r in dropped else exit_code(code)
-                if code != 0 and status == 0:
+                # after a signal of ours every rank ends non-zero: nobody failed
+                if code != 0 and status == 0 and self.signalled is None:
                     status = exit_code(code)
                     lost = (" (ssh's code for a lost connection, unless the rank exited with "
                             "it)" if code == 255 and r.describe() != "127.0.0.1" else "")
                     say(f"rank {r.rank} failed first (exit code {code}) on host "
                         f"{r.describe()}{lost}; stopping the other ranks")
                     term_at = now + FAILURE_GRACE_SECONDS
+                    if self._printer is not None:
+                        self._printer.reveal(r.rank)   # its output, if --output-ranks hid it
             elif event is not None and event[0] == "signal":
                 if self._on_signal(event[1]):
                     say(f"got {signal.Signals(event[1]).name}; sending it to every rank "
@@ -264,6 +247,7 @@ class Supervisor:
             if term_at is not None and now >= term_at and kill_at is None:
                 stop(signal.SIGTERM)
             if kill_at is not None and now >= kill_at and abandon_at is None:
+                forced = forced or bool(alive)
                 for r in alive:
                     r.kill()
                 abandon_at = now + ABANDON_SECONDS
@@ -279,7 +263,7 @@ class Supervisor:
         joined = time.monotonic() + JOIN_SECONDS
         for r in ranks:
             r.join(joined)
-        if status or self.signalled is not None:
+        if status or forced:   # a signal's exit codes are no news, unless it was not obeyed
             say("exit codes: " + ", ".join(
                 f"rank {r.rank} on host {r.describe()}: {describe_code(codes.get(r))}"
                 for r in ranks))

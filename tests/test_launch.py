@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.procs import env, launch
+from tests.procs import ROOT, env, launch
 
 ALLSUM = """
 import numpy as np, ringcomm, sys
@@ -73,26 +73,75 @@ def test_examples_run_on_four_ranks():
                                  "examples/selfcheck.py").stdout
 
 
-def test_ctrl_c_reaches_every_rank_and_the_exit_code_is_non_zero(tmp_path):
+# rank 1 sleeps outside any call, rank 3 ignores SIGINT (it learns of the Ctrl-C from a peer
+# that got it), the others wait in all_sum for rank 1
+CTRL_C = """
+import signal, time
+import numpy as np, ringcomm
+g = ringcomm.init(strict=True)
+ringcomm.barrier()
+if g.rank() == 3:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+print('ready', flush=True)
+if g.rank() == 1:
+    time.sleep(60)
+ringcomm.all_sum(np.ones(4))
+"""
+
+
+def test_ctrl_c_is_nobody_s_failure_one_line_per_rank_and_exit_130(tmp_path):
     script = tmp_path / "job.py"
-    script.write_text("import numpy as np, ringcomm, time\n"
-                      "g = ringcomm.init(strict=True)\n"
-                      "ringcomm.barrier()\n"
-                      "print('ready', flush=True)\n"
-                      "if g.rank() == 1:\n"
-                      "    time.sleep(60)\n"
-                      "ringcomm.all_sum(np.ones(4))\n")
-    launcher = subprocess.Popen([sys.executable, "-m", "ringcomm.launch", "-n", "3", str(script)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    for _ in range(3):
+    script.write_text(CTRL_C)
+    # in a session of its own, as a shell's job: Ctrl-C goes to its whole process group
+    launcher = subprocess.Popen([sys.executable, "-m", "ringcomm.launch", "-n", "4", str(script)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env(), start_new_session=True)
+    for _ in range(4):
         assert "ready" in launcher.stdout.readline()
     time.sleep(0.3)
     start = time.monotonic()
-    launcher.send_signal(_signal.SIGINT)
+    os.killpg(launcher.pid, _signal.SIGINT)
     out, err = launcher.communicate(timeout=30)
-    assert launcher.returncode == 130  # 128 + SIGINT: the launcher was interrupted
-    assert time.monotonic() - start < 10, "the sleeping rank was not interrupted"
-    assert "KeyboardInterrupt" in err and "failed first" in err, err
+    seconds = time.monotonic() - start
+    assert launcher.returncode == 130, err  # 128 + SIGINT, whatever the ranks' codes
+    assert seconds < 10, "the sleeping rank was not interrupted"
+    lines = err.splitlines()
+    assert lines[0].startswith("ringcomm-launch: got SIGINT"), err
+    # one line per rank, where it was in the script; no traceback, nobody blamed
+    assert sorted(lines[1:]) == [f"[{r}] interrupted (Ctrl-C at ringcomm-launch) at job.py:"
+                                 f"{10 if r == 1 else 11} in <module>" for r in range(4)], err
+    print(f"\nCtrl-C: exit 130 after {seconds:.2f} s, {len(lines)} lines on stderr")
+
+
+def test_a_missing_script_or_program_starts_no_rank(tmp_path):
+    start = time.monotonic()
+    result = launch("-n", "2", "nosuch.py")
+    seconds = time.monotonic() - start
+    assert result.returncode == 2 and result.stdout == "", result
+    # one line, before any rank (a started rank would say "can't open file", and be blamed)
+    assert result.stderr == ("ringcomm-launch: no script nosuch.py in "
+                             f"{ROOT}; check its name, or give --cwd "
+                             "with the directory that has it\n"), result.stderr
+    result = launch("-n", "2", "--cwd", str(tmp_path), "examples/allsum.py")
+    assert result.returncode == 2 and f"no script examples/allsum.py in {tmp_path}" in result.stderr
+    result = launch("-n", "2", "no-such-program-here")
+    assert result.returncode == 2 and "no program no-such-program-here here" in result.stderr
+    result = launch("-n", "2", "--python", str(tmp_path / "python9"), "examples/allsum.py")
+    assert result.returncode == 2 and "give --python with the path of a Python" in result.stderr
+    print(f"\nnosuch.py: exit 2 after {seconds:.2f} s")
+
+
+def test_backend_mpi_gets_the_mpirun_hint_and_version():
+    for backend in ("mpi", "nccl"):
+        result = launch("--backend", backend, "-n", "2", "examples/allsum.py")
+        assert result.returncode == 2 and result.stdout == "", result
+        assert "under mpirun, call ringcomm.init() in each rank" in result.stderr, result.stderr
+        assert "invalid choice" not in result.stderr
+    result = launch("--backend", "bogus", "-n", "2", "examples/allsum.py")
+    assert result.returncode == 2 and "choose one of ring, tcp" in result.stderr
+    from ringcomm import __version__
+    result = launch("--version")
+    assert result.returncode == 0 and result.stdout == f"ringcomm-launch (ringcomm {__version__})\n"
 
 
 SLEEPER = """
