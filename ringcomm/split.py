@@ -1,12 +1,20 @@
 """``Group.split(color, key)``: subgroups with rings of their own, formed through the parent.
 
 Every rank of the parent binds its subgroup's listening sockets first (port 0, on the same
-IPs as its parent's addresses), then one ``all_gather`` over the parent hands every rank a
+IPs as its parent's addresses), then an all_gather over the parent hands every rank a
 fixed-size record of every other: color, key, and where it listens.  The ranks of one color
 then form a ring of their own, ordered by (key, parent rank), with the parent's timeout,
 protocol, token and knobs, and a job id made of the parent's, a split counter and the color
 (so two subgroups, or two splits, never accept each other's connections).  Since the sockets
 were bound before their ports were published, no other process can take them in between.
+
+The exchange and a closing step (a byte per rank: "formed") run over the parent as
+operations of their own (header op ``split``): a rank in any other call gets a
+``MismatchError`` naming both.  The subgroup's set-up runs on a thread while the caller
+listens to the parent (``split_form``), and nobody leaves before the closing step, so a parent
+rank that dies meanwhile is named on every rank at once, and one that freezes by the parent's
+liveness probes at the deadline.  The whole call (exchange, set-up, closing step) has one
+deadline, the parent's timeout; a failure breaks the parent, as a failed collective does.
 
 RDMA: the subgroup's device table is the parent's rows and columns of its members; every
 rank binds a coordinator listener on its side channel's IP, and the subgroup's rank 0 keeps
