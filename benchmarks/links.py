@@ -1,8 +1,9 @@
 """``python -m ringcomm.bench.links``: busbw over links shaped with ``tc tbf``, as a share of
 the link rate, for ringcomm and (``--vs mlx``) MLX's ring on the same hostfile.
 
-For each rate, one network namespace per rank is built on a bridge (``netns.NetnsHosts``),
-every host's link shaped at the rate in both directions; each implementation's ranks are
+For each rate, one network namespace per rank is built on a bridge (``ringcomm.netns``'s
+``NetnsHosts``: the builder that the multi-host tests and ``python -m ringcomm.cluster`` use
+too), every host's link shaped at the rate in both directions; each implementation's ranks are
 started in the hosts with ``ip netns exec`` (no sshd), one pass after the other on a fresh
 port, on one hostfile of the hosts' addresses, and run ``ringcomm.bench.rank`` (the sweep of
 ``ringcomm-bench``).  The namespaces, and every rank in them, go at the end of each rate, also
@@ -26,7 +27,7 @@ from ringcomm.supervise import exit_code
 
 from . import options, spawn
 from .measure import Record
-from .netns import Iproute, NetnsHosts, NetnsUnavailable, die_with_parent
+from ringcomm.netns import Iproute, NetnsHosts, NetnsUnavailable, die_with_parent
 
 PREFIX = "rclk"
 FIRST_PORT = 29500

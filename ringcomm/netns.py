@@ -9,8 +9,10 @@ route.  With ``rate_mbit`` every link is shaped with ``tc tbf`` in both directio
 switch.  ``ip netns exec`` bind-mounts ``/etc/netns/<namespace>/hosts`` over /etc/hosts:
 ``h0``.. resolve to their addresses in every command started in a host.
 
-``python -m ringcomm.bench.links`` (``links.py``) measures on these hosts; ``tests/netns.py`` adds an
-sshd per host for the multi-host tests.  ``ip`` and ``tc`` come from PATH or from an unpacked
+This is the one builder of such hosts: ``python -m ringcomm.bench.links`` measures on them,
+``ringcomm.netns_ssh`` adds an sshd per host, for the multi-host tests (``tests/netns.py``) and
+for ``python -m ringcomm.cluster up N`` (hosts that outlive the command, for a user's trial of
+a multi-host job on one machine).  ``ip`` and ``tc`` come from PATH or from an unpacked
 iproute2 (``Iproute.find(root)``: ``root/bin/ip``, ``root/sbin/tc`` and the libraries under
 ``root``); then LD_LIBRARY_PATH is set for ip and tc only, never for what runs in a host.
 
@@ -19,15 +21,16 @@ gone left (namespaces and the processes in them, /etc/netns entries, temporary d
 is removed at the next start (``cleanup_stale``).  ``close()`` (also at exit and when set-up
 fails half-way) SIGTERMs, then SIGKILLs, every process in the namespaces, then deletes them
 (which removes the veths and the bridge), the /etc/netns entries and the temporary directory.
+Hosts built with a fixed ``tag`` (``<tag>-h0``) and a ``state_dir`` are kept after
+``detach()``: neither the exit of the process that built them nor another run's cleanup
+touches them, and ``remove(tag)`` tears them down later.
 """
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import itertools
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -38,90 +41,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .iproute import Iproute, NetnsUnavailable, which
+
+__all__ = ["ETC_NETNS", "Iproute", "NetnsHosts", "NetnsUnavailable", "cleanup_stale",
+           "die_with_parent", "kill_netns", "pid_alive", "remove", "tbf_burst", "which"]
+
 ETC_NETNS = Path("/etc/netns")
-SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-IPROUTE_ENV = "RINGCOMM_IPROUTE"   # an unpacked iproute2 (bin/ip, sbin/tc, its libraries)
-LIBRARY_PATH = "LD_LIBRARY_PATH"
 
 _counter = itertools.count()
 _open: set[NetnsHosts] = set()
 _lock = threading.Lock()
-
-
-class NetnsUnavailable(RuntimeError):
-    """Network namespaces, or the tools they need, are not available here."""
-
-
-def which(path: str) -> str | None:
-    """``path`` if absolute and executable, else found on PATH or in the sbin folders."""
-    if os.path.isabs(path):
-        return path if os.access(path, os.X_OK) else None
-    return shutil.which(path) or next(
-        (p for d in SBIN if os.access(p := os.path.join(d, path), os.X_OK)), None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Iproute:
-    """Where ``ip`` and ``tc`` are, and the library path they alone need (None: the system's)."""
-
-    ip: str
-    tc: str
-    libs: str | None = None
-
-    @classmethod
-    def find(cls, root: str | os.PathLike | None = None) -> Iproute:
-        """From ``root`` (or $RINGCOMM_IPROUTE): an unpacked iproute2 package; else PATH."""
-        root = root or os.environ.get(IPROUTE_ENV)
-        if not root:
-            ip, tc = which("ip"), which("tc")
-            if ip is None or tc is None:
-                raise NetnsUnavailable(
-                    "missing " + ", ".join(n for n, p in (("ip", ip), ("tc", tc)) if p is None)
-                    + f" (apt-get install iproute2, or name an unpacked one: {IPROUTE_ENV})")
-            return cls(ip, tc)
-        base = Path(root).resolve()
-        ip = next((p for p in (base / "bin/ip", base / "sbin/ip") if os.access(p, os.X_OK)), None)
-        tc = base / "sbin/tc"
-        if ip is None or not os.access(tc, os.X_OK):
-            raise NetnsUnavailable(f"{base} has no executable bin/ip and sbin/tc (unpack "
-                                   "iproute2 there: dpkg -x iproute2_*.deb DIR)")
-        dirs = sorted({str(p.parent) for p in base.rglob("lib*.so*")})
-        return cls(str(ip), str(tc), os.pathsep.join(dirs) or None)
-
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str] | None:
-        """The environment ip and tc run in: ``base`` (default ours; None when unchanged)
-        with the unpacked libraries first on LD_LIBRARY_PATH."""
-        if self.libs is None:
-            return base
-        base = dict(os.environ if base is None else base)
-        old = base.get(LIBRARY_PATH)
-        return dict(base, **{LIBRARY_PATH: os.pathsep.join(filter(None, [self.libs, old]))})
-
-    def restore(self, base: dict[str, str] | None = None) -> list[str]:
-        """What goes before a command that ``ip netns exec`` starts so that it gets
-        ``base``'s LD_LIBRARY_PATH (default ours), not ip's: nothing for the system's ip."""
-        if self.libs is None:
-            return []
-        old = (os.environ if base is None else base).get(LIBRARY_PATH)
-        env = which("env") or "/usr/bin/env"
-        return [env, f"{LIBRARY_PATH}={old}"] if old else [env, "-u", LIBRARY_PATH]
-
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30) -> str:
-        """Run an ip or tc command line; errors name it and say what it printed."""
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                           env=self.env())
-        if check and p.returncode != 0:
-            raise RuntimeError(f"{shlex.join(argv)} failed ({p.returncode}): "
-                               f"{(p.stderr or p.stdout).strip()}")
-        return p.stdout
-
-    def namespaces(self) -> list[str]:
-        return [line.split()[0] for line in
-                self.run([self.ip, "netns", "list"], check=False).splitlines() if line.strip()]
-
-    def pids(self, ns: str) -> list[int]:
-        return [int(x) for x in self.run([self.ip, "netns", "pids", ns], check=False).split()
-                if x.isdigit()]
 
 
 def pid_alive(pid: int) -> bool:
@@ -200,6 +129,29 @@ def cleanup_stale(prefix: str, iproute: Iproute | None = None) -> list[str]:
     return names
 
 
+def remove(tag: str, state_dir: str | os.PathLike | None = None,
+           iproute: Iproute | None = None) -> list[str]:
+    """Tear down hosts built with ``tag`` (and kept): every process in the namespaces
+    ``<tag>-*``, the namespaces, their /etc/netns entries and ``state_dir``; the namespaces
+    removed.  Raises RuntimeError naming what was left."""
+    iproute = iproute or Iproute.find()
+    names = [ns for ns in iproute.namespaces() if ns.startswith(f"{tag}-")]
+    errors = kill_netns(iproute, names) if names else []
+    if ETC_NETNS.is_dir():
+        for d in ETC_NETNS.iterdir():
+            if d.name.startswith(f"{tag}-"):
+                shutil.rmtree(d, ignore_errors=True)
+        try:
+            ETC_NETNS.rmdir()     # only when empty
+        except OSError:
+            pass
+    if state_dir is not None:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return names
+
+
 def tbf_burst(rate_mbit: float) -> int:
     """Default bucket: 4 ms at the rate (what a 250 Hz timer needs), at least 32 KiB."""
     return max(32 * 1024, int(rate_mbit * 1e6 / 8 / 250))
@@ -216,7 +168,8 @@ class NetnsHosts:
 
     def __init__(self, n_hosts: int = 3, rate_mbit: float | None = None, *, prefix: str,
                  subnet: str = "10.77.0", first_host: int = 10, mtu: int | None = None,
-                 burst: int | None = None, iproute: Iproute | None = None):
+                 burst: int | None = None, iproute: Iproute | None = None,
+                 tag: str | None = None, state_dir: str | os.PathLike | None = None):
         if not 1 <= n_hosts <= 254 - first_host:
             raise ValueError(f"n_hosts must be 1..{254 - first_host}, not {n_hosts}")
         if not re.fullmatch(r"[a-z]{1,6}", prefix):
@@ -224,7 +177,10 @@ class NetnsHosts:
         self.n_hosts, self.rate_mbit, self.prefix = n_hosts, rate_mbit, prefix
         self.mtu, self.iproute = mtu, iproute
         self.burst = burst or (tbf_burst(rate_mbit) if rate_mbit else None)
-        self.tag = f"{prefix}{os.getpid()}x{next(_counter)}"
+        if tag is not None and not re.fullmatch(r"[a-z][a-z0-9]{0,11}", tag):
+            raise ValueError("tag: a lower-case letter, then up to 11 letters or digits")
+        self.tag = tag or f"{prefix}{os.getpid()}x{next(_counter)}"
+        self.state_dir = None if state_dir is None else Path(state_dir)
         self.hosts = [f"h{i}" for i in range(n_hosts)]
         self.ips = {h: f"{subnet}.{first_host + i}" for i, h in enumerate(self.hosts)}
         self.subnet = f"{subnet}.0/24"
@@ -273,7 +229,11 @@ class NetnsHosts:
 
     def _build(self) -> None:
         ip, run = self.iproute.ip, self.iproute.run
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        if self.state_dir is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        else:
+            self.state_dir.mkdir(mode=0o700, parents=True)   # an existing one: refused
+            self.tmp = self.state_dir
         for ns in [self.bridge_ns, *self.namespaces.values()]:
             p = subprocess.run([ip, "netns", "add", ns], capture_output=True, text=True,
                                env=self.iproute.env(), timeout=30)
@@ -322,7 +282,7 @@ class NetnsHosts:
             return
         t0 = time.monotonic()
         errors = kill_netns(self.iproute, self._made) if self._made else []
-        for ns in self.namespaces.values():
+        for ns in self._made:   # never another cluster's of the same names
             shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
         try:
             ETC_NETNS.rmdir()     # only when empty: another run's entries stay
@@ -336,6 +296,13 @@ class NetnsHosts:
         self.teardown_s = time.monotonic() - t0
         if errors:
             raise RuntimeError("netns hosts teardown: " + "; ".join(errors))
+
+    def detach(self) -> None:
+        """Keep the hosts after this process ends (no teardown at exit); ``remove(tag)``
+        tears them down."""
+        with _lock:
+            _open.discard(self)
+        self._closed = True
 
     def check_host(self, host: str) -> str:
         """``host``'s namespace; KeyError naming the hosts there are."""

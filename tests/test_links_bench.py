@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ringcomm.bench.links import payload_ceiling
-from ringcomm.bench.netns import Iproute, NetnsHosts, NetnsUnavailable
+from ringcomm.netns import Iproute, NetnsHosts, NetnsUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 RATE_GBIT = 0.5

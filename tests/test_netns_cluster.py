@@ -298,7 +298,7 @@ def test_stale_namespaces_of_a_dead_run_are_removed():
 
 
 def test_skips_with_the_reason(monkeypatch):
-    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "root" in netns.unavailable_reason()
     with pytest.raises(pytest.skip.Exception, match="needs root"):
         netns.start_or_skip(2)
