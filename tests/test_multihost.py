@@ -159,6 +159,33 @@ def assert_nothing_left(c: NetnsCluster, marker: str, within: float = 0.0) -> No
 
 # -- jobs that work --------------------------------------------------------------------------
 
+def test_a_remote_rank_s_progress_bar_comes_as_it_is_drawn(cluster3, tmp_path):
+    """Issue 31 item 5 over ssh: a partial line (\r progress) reaches the launcher before the
+    rank ends, with its prefix redrawn; rank 1 on h1 waits until the launcher stops it."""
+    import select
+    script = write(tmp_path, "progress.py", """
+        import os, sys, time
+        if os.environ["MLX_RANK"] == "1":
+            sys.stderr.write("\\rstep 1/2"); sys.stderr.flush()
+            sys.stderr.write("\\rstep 2/2"); sys.stderr.flush()
+        time.sleep(60)
+        """)
+    proc = start(cluster3, "--hosts", "h0,h1", script)
+    got, deadline = b"", time.monotonic() + 30
+    try:
+        while b"2/2" not in got and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], deadline - time.monotonic())[0]:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                got += chunk
+        assert proc.poll() is None and got == b"\r[1] step 1/2\r[1] step 2/2", got
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert_nothing_left(cluster3, script, within=10)
+
+
 def test_three_hosts_run_every_collective(cluster3, tmp_path):
     script = write(tmp_path, "collectives.py", COLLECTIVES)
     p = run(cluster3, "--hosts", "h0,h1,h2", "--env", "GREETING=hi", "--cwd", str(tmp_path),
