@@ -36,16 +36,14 @@ from typing import Callable, Protocol, Sequence
 
 from . import notices
 from .arrivals import VET_AFTER
-from .direct_accept import DIRECT_INDEX, HANDSHAKE_SECONDS, MAX_PENDING, DirectAcceptor
-from .direct_ahead import HEAD_BYTES, Ahead, Announced, Notice
+from .direct_accept import DIRECT_INDEX, HANDSHAKE_SECONDS, DirectAcceptor
+from .direct_ahead import Ahead, Announced, Notice
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import Hello, Unanswered, connect, job_digest, new_hello
 from .hostfile import Address
-from .posted import Posted
 from .sockets import recv_exactly
 
-__all__ = ["DIRECT_INDEX", "HANDSHAKE_SECONDS", "MAX_PENDING", "HEAD_BYTES", "DirectLinks",
-           "HeadCheck", "Ring"]
+__all__ = ["DIRECT_INDEX", "HANDSHAKE_SECONDS", "DirectLinks", "HeadCheck", "Ring"]
 
 RETRY_SECONDS = 0.02       # between attempts while the peer's ring set-up refuses DIRECT_INDEX
 NOTICE_SECONDS = 1.0       # to read the rest of an abort notice that came instead of a message

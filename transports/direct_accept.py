@@ -20,6 +20,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from .handshake import (HELLO, MAC_SIZE, OK, Hello, identity_differs, mac, new_hello,
@@ -45,6 +46,18 @@ class _Pending:
 
 class DirectAcceptor:
     """The acceptor thread's side of ``DirectLinks`` (a mixin: it fills ``self._in``)."""
+
+    # set by DirectLinks
+    rank: int
+    size: int
+    _job: bytes
+    _token: bytes | None
+    _listener: socket.socket
+    _wake_r: socket.socket         # closing the group wakes the thread: it ends
+    _arrived_w: int                # a pipe: a verified link wakes a waiting receive
+    _in: dict[int, socket.socket]  # verified links by peer (only this thread adds)
+    _cond: threading.Condition
+    _closed: bool
 
     def _serve(self) -> None:
         poll = select.poll()

@@ -32,13 +32,22 @@ NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abor
 _OPEN: "weakref.WeakSet[ControlConnections]" = weakref.WeakSet()  # say goodbye at exit
 
 
+class Heard:
+    """What the control connections said, shared by a transport and its lanes."""
+
+    __slots__ = ("goodbyes", "departed", "reported")
+
+    def __init__(self) -> None:
+        self.goodbyes: set[Side] = set()       # sides whose neighbour said goodbye
+        self.departed: dict[int, bool] = {}    # neighbour -> whether it said goodbye
+        self.reported: CommError | None = None  # a failure ``hear`` took off a connection
+
+
 class ControlConnections:
     """Notices, probes and goodbyes for ``TcpTransport`` (whose ``_control`` they use)."""
 
-    def _init_control(self) -> None:
-        self._goodbyes: set[Side] = set()      # sides whose neighbour said goodbye
-        self._departed: dict[int, bool] = {}   # neighbour -> whether it said goodbye
-        self._reported: CommError | None = None  # a failure ``hear`` took off a connection
+    def _init_control(self, heard: Heard | None = None) -> None:
+        self._heard = Heard() if heard is None else heard
         self._aborted = False
 
     def _track_for_exit(self) -> None:
@@ -60,19 +69,19 @@ class ControlConnections:
         try:
             self._on_notice(c, strict=True)
         except CommError as e:  # read off the connection now: later errors report it too
-            self._reported = self._reported or e
+            self._heard.reported = self._heard.reported or e
             raise
 
     def check_departed(self) -> None:
         """Raise ``PeerLostError`` if a neighbour's process was found gone earlier."""
-        for peer, said_goodbye in self._departed.items():
+        for peer, said_goodbye in self._heard.departed.items():
             if not said_goodbye:
                 raise self._departure(peer)
 
     def _departure(self, peer: int) -> PeerLostError:
         return PeerLostError(f"ring neighbour rank {peer} is gone: its control connection "
-                             "closed without a goodbye (the process died, was killed, or "
-                             "ended without closing its group)", rank=self.rank, peer=peer,
+                             "closed without a goodbye (its process died, was killed, or "
+                             "crashed)", rank=self.rank, peer=peer,
                              address=self._address(peer))
 
     # -- notices on the ring's own waits -----------------------------------------------------
@@ -88,17 +97,18 @@ class ControlConnections:
         """
         message = notices.read(c.sock)
         if message is None:
-            said_goodbye = c.side in self._goodbyes
+            said_goodbye = c.side in self._heard.goodbyes
             self._watch(c, 0)
             c.sock.close()
             del self._control[c.side]
-            self._departed[c.peer] = self._departed.get(c.peer, True) and said_goodbye
+            departed = self._heard.departed
+            departed[c.peer] = departed.get(c.peer, True) and said_goodbye
             if strict and not said_goodbye:
                 raise self._departure(c.peer)
         elif message.kind == notices.PROBE:
             notices.send((c.sock,), notices.alive(self.rank))
         elif message.kind == notices.BYE:
-            self._goodbyes.add(c.side)
+            self._heard.goodbyes.add(c.side)
         elif message.kind != notices.ALIVE:  # a late answer to a probe of ours: nothing to do
             raise notices.to_error(message, rank=self.rank, size=self.size, sender=c.peer,
                                    address=self._address)
@@ -106,8 +116,8 @@ class ControlConnections:
     def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
         """The error for a broken data connection: the neighbour's abort notice if it sent
         one (it does so just before closing), else a PeerLostError blaming the neighbour."""
-        if self._reported is not None:  # heard first, by a wait outside the ring
-            return self._reported
+        if self._heard.reported is not None:  # heard first, by a wait outside the ring
+            return self._heard.reported
         control = self._control.get(c.side)
         if control is not None:
             heard = liveness.listen(self.rank, self.size, [(control.peer, control.sock)],
@@ -123,8 +133,8 @@ class ControlConnections:
         """The error at a deadline.  With ringcomm's protocol the neighbours are probed first
         (``transports.liveness``), so that the error names the frozen rank, not a live one
         that was waiting for it too; this adds at most ``liveness.NOTICE_SECONDS``."""
-        if self._reported is not None:
-            return self._reported
+        if self._heard.reported is not None:
+            return self._heard.reported
         pending = [(c, k) for conns in self._conns for c in conns
                    for k, v in (("send to", c.sending), ("receive from", c.receiving))
                    if v is not None]

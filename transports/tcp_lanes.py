@@ -44,7 +44,7 @@ class TcpLane(TcpTransport):
         self._listeners = []
         self.direct_identity = None
         self._init_idle()
-        self._init_control()
+        self._init_control(parent._heard)  # what the control connections said: shared
         self._errors_lock = lock
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
