@@ -19,7 +19,7 @@ from .dtypes import SUPPORTED_DTYPES
 from .calls import (all_gather, all_max, all_min, all_sum, all_to_all, barrier, broadcast, recv,
                     recv_like, send, sum_scatter)
 from .group import Group
-from .init import default_group, init
+from .init import default_group, init  # noqa: F401 (default_group: for ringcomm.layers)
 from .mlx_arrays import EagerCollectiveError
 from .mlx_patch import patch_mlx, unpatch_mlx  # imports mlx only when called
 from .work import WaitTimeoutError, Work
