@@ -231,7 +231,7 @@ class Supervisor:
                     status = exit_code(code)
                     lost = (" (ssh's code for a lost connection, unless the rank exited with "
                             "it)" if code == 255 and r.describe() != "127.0.0.1" else "")
-                    say(f"rank {r.rank} failed first (exit code {code}) on host "
+                    say(f"rank {r.rank} failed first (exit code {describe_code(status)}) on host "
                         f"{r.describe()}{lost}; stopping the other ranks")
                     term_at = now + FAILURE_GRACE_SECONDS
                     if self._printer is not None:

@@ -58,6 +58,21 @@ def test_a_failing_rank_stops_the_others_and_the_exit_code_says_so(tmp_path):
     assert "rank 2 failed first (exit code 3)" in result.stderr
 
 
+def test_a_rank_killed_by_a_signal_is_named_with_one_code(tmp_path):
+    """The shell's 128 + N everywhere (never Python's -N): in the blame, the exit codes
+    and the launcher's own exit code."""
+    script = tmp_path / "job.py"
+    script.write_text("import os, signal, time\n"
+                      "if os.environ['MLX_RANK'] == '1':\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                      "time.sleep(60)\n")
+    result = launch("-n", "2", str(script))
+    assert result.returncode == 137, result.stderr
+    assert "rank 1 failed first (exit code 137 (SIGKILL)) on host 127.0.0.1" in result.stderr
+    assert "rank 1 on host 127.0.0.1: 137 (SIGKILL)" in result.stderr
+    assert "-9" not in result.stderr, result.stderr
+
+
 def test_usage_errors():
     assert launch("-n", "2").returncode == 2
     assert launch("-n", "0", "x.py").returncode == 2
