@@ -92,9 +92,11 @@ def up(n_hosts: int, name: str, rate_mbit: float | None, subnet: str) -> int:
     print("Run a job on them (from h0, which reaches every host over ssh):")
     print(f"  {launch_command(state)}")
     print("Any command on a host:")
-    print(f"  {shlex.join([sys.executable, '-m', 'ringcomm.cluster', 'run', 'h1', '--', 'hostname', '-I'])}")
+    named = [] if name == NAME else ["--name", name]
+    this = [sys.executable, "-m", "ringcomm.cluster"]
+    print(f"  {shlex.join([*this, 'run', *named, 'h1', '--', 'hostname', '-I'])}")
     print("Remove them:")
-    print(f"  {shlex.join([sys.executable, '-m', 'ringcomm.cluster', 'down'] + ([] if name == NAME else ['--name', name]))}")
+    print(f"  {shlex.join([*this, 'down', *named])}")
     return 0
 
 
@@ -146,17 +148,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m ringcomm.cluster",
         description="Hosts on this machine (network namespaces with an sshd each) to try a "
                     "multi-host ringcomm job on; Linux, as root.")
-    p.add_argument("--name", default=NAME, type=_name,
-                   help=f"the cluster's name: its namespaces are NAME-h0, ... (default {NAME})")
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--name", default=NAME, type=_name,
+                       help=f"the cluster's name: its namespaces are NAME-h0, ... (default "
+                            f"{NAME})")
     sub = p.add_subparsers(dest="action", required=True)
-    u = sub.add_parser("up", help="build N hosts and print the command to run a job on them")
+    u = sub.add_parser("up", parents=[named],
+                       help="build N hosts and print the command to run a job on them")
     u.add_argument("hosts", type=int, metavar="N", help="how many hosts (1 to 200)")
     u.add_argument("--rate-mbit", type=float, default=None,
                    help="shape every host's link to this rate (tc tbf), in Mbit/s")
     u.add_argument("--subnet", default="10.77.0",
                    help="the hosts' /24: SUBNET.10, SUBNET.11, ... (default 10.77.0)")
-    sub.add_parser("down", help="remove the hosts and everything in them")
-    r = sub.add_parser("run", help="run a command on one host")
+    sub.add_parser("down", parents=[named], help="remove the hosts and everything in them")
+    r = sub.add_parser("run", parents=[named], help="run a command on one host")
     r.add_argument("host")
     r.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)

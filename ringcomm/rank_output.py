@@ -119,6 +119,8 @@ class Printer:
         if me in self._ended:           # our newline ended its line already
             self._ended.discard(me)
             data = data[1:] if data.startswith(b"\n") else data
+            if not data:
+                return
         fresh, out = self._fresh.get(me, True), bytearray()
         for part in _SEPARATORS.split(data):
             if part == b"\r":

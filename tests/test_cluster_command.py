@@ -31,7 +31,7 @@ def test_up_run_the_printed_command_and_down():
     name = f"rct{os.getpid() % 100000}"     # never a user's own cluster ("ringcomm")
     state = f"/run/{name}-cluster"
     start = time.monotonic()
-    built = cluster("--name", name, "up", "2")
+    built = cluster("up", "2", "--name", name)
     try:
         assert built.returncode == 0, built.stderr
         up_s = time.monotonic() - start
@@ -49,15 +49,16 @@ def test_up_run_the_printed_command_and_down():
                                    "right h1 (10.77.0.11); 64 MiB all_sum"), job.stdout
         assert lines[1].startswith("[1] rank 1 of 2 on h1 (10.77.0.11): left h0 (10.77.0.10)"), \
             job.stdout
-        on_h1 = cluster("--name", name, "run", "h1", "--", "sh", "-c", "hostname; ssh h0 hostname")
+        on_h1 = cluster("run", "--name", name, "h1", "--", "sh", "-c",
+                        "hostname; ssh h0 hostname")
         assert on_h1.returncode == 0 and on_h1.stdout.split() == ["h1", "h0"], on_h1
-        again = cluster("--name", name, "up", "2")
+        again = cluster("up", "2", "--name", name)
         assert again.returncode == 1 and "is up already" in again.stderr, again
         # a cluster whose folder is gone (leftovers): down still finds and removes it all
         sshds = [int(open(f"{state}/sshd_{h}.pid").read()) for h in ("h0", "h1")]
         shutil.rmtree(state)
     finally:
-        gone = cluster("--name", name, "down")
+        gone = cluster("down", "--name", name)
     assert gone.returncode == 0 and f"removed 2 hosts ({name}-h0, {name}-h1)" in gone.stdout, gone
     assert not any(ns.startswith(f"{name}-") for ns in netns.iproute().namespaces())
     assert not (ETC_NETNS.exists() and any(d.name.startswith(f"{name}-")
@@ -67,7 +68,7 @@ def test_up_run_the_printed_command_and_down():
     while any(pid_alive(pid) for pid in sshds) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(pid_alive(pid) for pid in sshds), sshds
-    assert cluster("--name", name, "down").stdout.startswith(f"no cluster named {name}")
+    assert cluster("down", "--name", name).stdout.startswith(f"no cluster named {name}")
     print(f"\ncluster up 2: {up_s:.2f} s; the printed command ran; down left nothing")
 
 
@@ -79,5 +80,5 @@ def test_refused_without_root_and_bad_arguments():
                             capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 2 and "needs root" in result.stderr, result
     assert cluster("up", "0").returncode == 2
-    assert cluster("--name", "Bad-Name", "up", "2").returncode == 2
+    assert cluster("up", "2", "--name", "Bad-Name").returncode == 2
     assert cluster("up", "2", "--subnet", "10.77").returncode == 2
