@@ -39,6 +39,7 @@ class Direct:
                                      [addrs[0] for addrs in transport._hostfile], listeners[0],
                                      job_id=identity[0], token=identity[1], ring=transport,
                                      announced=self._announced)
+            transport.read_direct(self.links)  # a ring send or recv reads them ahead too
         self._sent: dict[int, int] = {}
         self._received: dict[int, int] = {}
 

@@ -117,11 +117,12 @@ def test_a_neighbour_that_ends_during_a_direct_wait(tmp_path, how):
 @pytest.mark.parametrize("size,peer_of,nbytes,async_op", [
     (4, {0: 2, 2: 0, 1: 3, 3: 1}, 32 * MiB, False),  # two pairs of non-neighbours
     (6, {0: 2, 2: 4, 4: 0}, 8 * MiB, False),          # a cycle of direct links
+    (4, {0: 2, 2: 3, 3: 1, 1: 0}, 32 * MiB, False),   # direct, ring, direct, ring
     (4, {0: 2, 2: 0}, 8 * MiB, True),                 # isend/irecv/wait, non-neighbours
     (4, {0: 2, 2: 0}, 32 * MiB, True),
     (4, {0: 1, 1: 0}, 8 * MiB, True),                 # ... and neighbours
     (4, {0: 1, 1: 0}, 32 * MiB, True),
-], ids=["pairs-32MiB", "cycle-8MiB", "async-far-8MiB", "async-far-32MiB", "async-near-8MiB",
+], ids=["pairs-32MiB", "cycle-8MiB", "mixed-cycle-32MiB", "async-far-8MiB", "async-far-32MiB", "async-near-8MiB",
         "async-near-32MiB"])
 def test_ranks_that_all_send_first_complete(clusters, size, peer_of, nbytes, async_op):
     got = clusters.get(size).run(w.all_send_first, peer_of, nbytes, 7, async_op)

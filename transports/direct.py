@@ -13,8 +13,9 @@ Data moves in the caller's thread through non-blocking sockets and ``poll()``: n
 and no copy (the head and the data go in one ``sendmsg``; receives land in the caller's
 buffer).  While it waits, a rank also
 
-- reads ahead what its other direct links carry (``transports.direct_ahead``), so that ranks
-  that all send first, of any size, complete;
+- reads ahead what its other direct links carry (``transports.direct_ahead``; a ring call
+  does too, ``transports.tcp_idle``), so that ranks that all send first, of any size and over
+  any links, complete;
 - listens to the ring (``ring``: the TCP transport's control connections,
   ``transports.tcp_control``): a failure notice, or a neighbour whose process is gone,
   ends the wait at once with that error, as it ends a ring wait; and it answers the
@@ -198,24 +199,43 @@ class DirectLinks(DirectAcceptor):
     def _watch_ahead(self, poll: select.poll, ahead: dict[int, int],
                      recv: tuple | None) -> None:
         """Read ahead on every accepted link but the one this call receives on."""
-        for peer, sock in list(self._in.items()):
-            state = self._ahead.setdefault(peer, Ahead())
-            if sock.fileno() in ahead or state.halted or (recv is not None and peer == recv[0]):
-                continue
-            ahead[sock.fileno()] = peer
-            poll.register(sock, _IN)
+        for fd, peer in self.links_to_read(None if recv is None else recv[0]).items():
+            if fd not in ahead:
+                ahead[fd] = peer
+                poll.register(fd, _IN)
 
     def _read_ahead(self, poll: select.poll, ahead: dict[int, int], fd: int, op: str) -> None:
-        peer = ahead[fd]
+        try:
+            more = self.read_ahead(ahead[fd])
+        except CommError as e:
+            e.op = e.op or op
+            raise
+        if not more:
+            poll.unregister(fd)
+            del ahead[fd]
+
+    # -- read-ahead, also while the rank waits on the ring (transports.tcp_idle) ---------------
+
+    def links_to_read(self, skip: int | None = None) -> dict[int, int]:
+        """fd -> peer of the accepted links to read ahead on now (all but ``skip``'s)."""
+        if self._announced is None:
+            return {}
+        links = {}
+        for peer, sock in list(self._in.items()):
+            if peer != skip and not self._ahead.setdefault(peer, Ahead()).halted:
+                links[sock.fileno()] = peer
+        return links
+
+    def read_ahead(self, peer: int) -> bool:
+        """Read ahead what ``peer``'s link holds now; False once there is nothing more to
+        read ahead there (it closed, or sent what no receive here can take next).  An abort
+        notice on it raises the error it reports."""
         state, sock = self._ahead[peer], self._in[peer]
         try:
             state.pull(sock, peer, self._announced)
         except Notice as notice:
-            error = self._notice(sock, notice.first, peer)
-            error.op = error.op or op
-            raise error from None
-        if state.halted:
-            poll.unregister(fd)
+            raise self._notice(sock, notice.first, peer) from None
+        return not state.halted
 
     def _hear(self, poll: select.poll, ring: dict[int, socket.socket],
               fd: int) -> CommError | None:

@@ -3,11 +3,13 @@ first never wait on each other forever.
 
 Two non-neighbours that each send the other a message larger than the kernel's buffers
 before receiving would both block in their send: each direction has its own connection, and
-nobody reads the one that fills.  So while a rank is blocked in a direct send or recv (from
-``VET_AFTER`` on, as the ring's own read-ahead, ``transports.arrivals``), it reads what
-arrives on its other accepted direct links: each message's head, then as many bytes as the
-head announces, held in memory until the receive that wants them (which takes them first,
-in order).  A head that announces no message of this group (``Announced`` says so) stops
+nobody reads the one that fills.  So while a rank is blocked in a direct send or recv, or in
+a ring call (from ``VET_AFTER`` on, as the ring's own read-ahead, ``transports.arrivals``,
+``transports.tcp_idle``), it reads what arrives on its other accepted direct links: each
+message's head, then as many bytes as the head announces, held in memory until the receive
+that wants them (which takes them first, in order).  With the ring's read-ahead of its
+neighbours' messages, every cycle of ranks that all send first completes, whatever links it
+takes.  A head that announces no message of this group (``Announced`` says so) stops
 the read-ahead on that link: its receive then checks the head and names the mismatch.
 """
 from __future__ import annotations

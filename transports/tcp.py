@@ -237,6 +237,8 @@ class TcpTransport(ControlConnections, IdleConnections, Transport):
         for fd, ev in events:
             c = polled.get(fd)
             if c is None:
+                if fd in self._direct_fds:  # a direct link, read ahead while this call sleeps
+                    self._on_direct(fd)
                 continue
             if c.index == self.connections:
                 self._on_notice(c)

@@ -4,14 +4,16 @@ A mixin of ``TcpTransport``, apart so that the data path stays one module: while
 sleeps in a send or recv, connection 0 of the sides it reads nothing from is watched, and the
 first bytes that arrive there are peeked at and shown to the group's ``Vet``
 (``transports.arrivals``); what the group asks to be read ahead goes into a ``Stash`` that
-the next receives on that connection drain first.
+the next receives on that connection drain first.  Meanwhile the group's direct links
+(``transports.direct``, ``read_direct``) are read ahead too, so that a cycle of ranks that
+all send first, some to neighbours and some not, completes.
 """
 from __future__ import annotations
 
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .arrivals import AHEAD_CHUNK, HEAD, PEEK_BYTES, VET_AFTER, Stash, Vet
 from .base import Channel, Side
@@ -21,6 +23,14 @@ if TYPE_CHECKING:
     from .tcp import _Conn
 
 _POLLIN = select.POLLIN
+
+
+class DirectReader(Protocol):
+    """What ``read_direct`` takes: ``transports.direct.DirectLinks``."""
+
+    def links_to_read(self, skip: int | None = None) -> dict[int, int]: ...
+
+    def read_ahead(self, peer: int) -> bool: ...
 
 
 class IdleConnections:
@@ -35,6 +45,13 @@ class IdleConnections:
         self._vet_due = 0.0              # from when (monotonic)
         self._idle: list[_Conn] = []     # watched by vet_idle in this operation
         self._stash: dict[_Conn, Stash] = {}  # bytes read ahead (see read_ahead)
+        self._direct: DirectReader | None = None  # see read_direct
+        self._direct_fds: dict[int, int] = {}     # fd -> peer, of the direct links watched
+
+    def read_direct(self, links: DirectReader) -> None:
+        """While a send or recv sleeps (as ``vet_idle`` says), read ahead what ``links``
+        carry too."""
+        self._direct = links
 
     def vet_idle(self, sides: tuple[Side, ...], vet: Vet | None,
                  stuck: Callable[[], None] | None = None) -> None:
@@ -45,6 +62,9 @@ class IdleConnections:
         for c in self._idle if not self._closed else ():
             if c.receiving is None and not self._reading_ahead(c):
                 self._watch(c, c.events & ~_POLLIN)
+        for fd in self._direct_fds:
+            self._poll.unregister(fd)
+        self._direct_fds.clear()
         self._vet, self._stuck, self._vet_sides, self._vetting = vet, stuck, sides, False
         self._idle.clear()
         self._vet_due = 0.0
@@ -59,6 +79,10 @@ class IdleConnections:
         self._vetting = True
         if self._stuck is not None:
             self._stuck()
+        if self._direct is not None and self._vet_sides:
+            self._direct_fds = self._direct.links_to_read()
+            for fd in self._direct_fds:
+                self._poll.register(fd, _POLLIN)
         for side in self._vet_sides:
             c = self._conns[side][0]
             if c.receiving is None and not self._reading_ahead(c):
@@ -109,6 +133,12 @@ class IdleConnections:
         keep = bool(got) and self._vet is not None and self._vet(c.side, got, held)
         if not keep and not self._reading_ahead(c):
             self._watch(c, c.events & ~_POLLIN)
+
+    def _on_direct(self, fd: int) -> None:
+        """A direct link watched while this call sleeps has bytes: read them ahead."""
+        if not self._direct.read_ahead(self._direct_fds[fd]):
+            self._poll.unregister(fd)
+            del self._direct_fds[fd]
 
     def _on_idle(self, c: _Conn) -> None:
         stash = self._stash.get(c)
