@@ -38,7 +38,7 @@ from typing import Callable, Protocol, Sequence
 from . import notices
 from .arrivals import VET_AFTER
 from .direct_accept import DIRECT_INDEX, HANDSHAKE_SECONDS, DirectAcceptor
-from .direct_ahead import Ahead, Announced, Notice
+from .direct_ahead import Ahead, Announced, ReadsAhead
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import Hello, Unanswered, connect, job_digest, new_hello
 from .hostfile import Address
@@ -67,7 +67,7 @@ class _Refused(Exception):
     pass
 
 
-class DirectLinks(DirectAcceptor):
+class DirectLinks(DirectAcceptor, ReadsAhead):
     """This rank's direct connections: opened to peers on first use, accepted from them.
 
     ``ring`` (TCP) is what a wait hears from the ring; ``announced`` reads a message head
@@ -144,9 +144,12 @@ class DirectLinks(DirectAcceptor):
             if ahead is None and now - started >= VET_AFTER and self._announced is not None:
                 ahead = {}
                 self._watch_ahead(poll, ahead, recv)
-            wake = now if failure is not None else deadline \
-                if ahead is not None or self._announced is None else \
-                min(deadline, started + VET_AFTER)
+            if failure is not None:
+                wake = now  # take what is there already, then raise it
+            elif ahead is None and self._announced is not None:
+                wake = min(deadline, started + VET_AFTER)  # then read ahead too
+            else:
+                wake = deadline
             events = poll.poll(max(min(math.ceil((wake - now) * 1000), 1 << 30), 0))
             if not events and failure is not None:
                 raise failure  # nothing more has come: the wait would block
@@ -195,47 +198,6 @@ class DirectLinks(DirectAcceptor):
         if got < len(head) + len(buf):
             poll.register(into, _IN)
         return got
-
-    def _watch_ahead(self, poll: select.poll, ahead: dict[int, int],
-                     recv: tuple | None) -> None:
-        """Read ahead on every accepted link but the one this call receives on."""
-        for fd, peer in self.links_to_read(None if recv is None else recv[0]).items():
-            if fd not in ahead:
-                ahead[fd] = peer
-                poll.register(fd, _IN)
-
-    def _read_ahead(self, poll: select.poll, ahead: dict[int, int], fd: int, op: str) -> None:
-        try:
-            more = self.read_ahead(ahead[fd])
-        except CommError as e:
-            e.op = e.op or op
-            raise
-        if not more:
-            poll.unregister(fd)
-            del ahead[fd]
-
-    # -- read-ahead, also while the rank waits on the ring (transports.tcp_idle) ---------------
-
-    def links_to_read(self, skip: int | None = None) -> dict[int, int]:
-        """fd -> peer of the accepted links to read ahead on now (all but ``skip``'s)."""
-        if self._announced is None:
-            return {}
-        links = {}
-        for peer, sock in list(self._in.items()):
-            if peer != skip and not self._ahead.setdefault(peer, Ahead()).halted:
-                links[sock.fileno()] = peer
-        return links
-
-    def read_ahead(self, peer: int) -> bool:
-        """Read ahead what ``peer``'s link holds now; False once there is nothing more to
-        read ahead there (it closed, or sent what no receive here can take next).  An abort
-        notice on it raises the error it reports."""
-        state, sock = self._ahead[peer], self._in[peer]
-        try:
-            state.pull(sock, peer, self._announced)
-        except Notice as notice:
-            raise self._notice(sock, notice.first, peer) from None
-        return not state.halted
 
     def _hear(self, poll: select.poll, ring: dict[int, socket.socket],
               fd: int) -> CommError | None:

@@ -14,10 +14,12 @@ the read-ahead on that link: its receive then checks the head and names the mism
 """
 from __future__ import annotations
 
+import select
 import socket
 from typing import Callable
 
 from . import notices
+from .errors import CommError
 from .arrivals import AHEAD_CHUNK, Stash
 from .posted import Posted
 
@@ -99,5 +101,53 @@ class Ahead:
         self.halted = False
         return filled
 
-    def empty(self) -> bool:
-        return not self.stash.left() and not self.head and not self.stash.want
+
+class ReadsAhead:
+    """The read-ahead of ``DirectLinks`` (a mixin), for its own waits and the ring's."""
+
+    _in: dict[int, socket.socket]        # set by DirectLinks: the accepted links
+    _ahead: dict[int, Ahead]
+    _announced: Announced | None
+    _notice: Callable[[socket.socket, bytes, int], CommError]
+
+    def _watch_ahead(self, poll: select.poll, ahead: dict[int, int],
+                     recv: tuple | None) -> None:
+        """Read ahead on every accepted link but the one this call receives on."""
+        for fd, peer in self.links_to_read(None if recv is None else recv[0]).items():
+            if fd not in ahead:
+                ahead[fd] = peer
+                poll.register(fd, select.POLLIN)
+
+    def _read_ahead(self, poll: select.poll, ahead: dict[int, int], fd: int, op: str) -> None:
+        try:
+            more = self.read_ahead(ahead[fd])
+        except CommError as e:
+            e.op = e.op or op
+            raise
+        if not more:
+            poll.unregister(fd)
+            del ahead[fd]
+
+    # -- read-ahead, also while the rank waits on the ring (transports.tcp_idle) ---------------
+
+    def links_to_read(self, skip: int | None = None) -> dict[int, int]:
+        """fd -> peer of the accepted links to read ahead on now (all but ``skip``'s)."""
+        if self._announced is None:
+            return {}
+        links = {}
+        for peer, sock in list(self._in.items()):
+            if peer != skip and not self._ahead.setdefault(peer, Ahead()).halted:
+                links[sock.fileno()] = peer
+        return links
+
+    def read_ahead(self, peer: int) -> bool:
+        """Read ahead what ``peer``'s link holds now; False once there is nothing more to
+        read ahead there (it closed, or sent what no receive here can take next).  An abort
+        notice on it raises the error it reports."""
+        state, sock = self._ahead[peer], self._in[peer]
+        try:
+            state.pull(sock, peer, self._announced)
+        except Notice as notice:
+            raise self._notice(sock, notice.first, peer) from None
+        return not state.halted
+
