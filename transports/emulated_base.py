@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 # -- enums (the values of <infiniband/verbs.h>, names as in pyverbs.enums) -----------------
 enums = SimpleNamespace(
-    IBV_QPT_RC=2,
+    IBV_QPT_RC=2, IBV_QPT_UC=3, IBV_QPT_UD=4,
     IBV_QPS_RESET=0, IBV_QPS_INIT=1, IBV_QPS_RTR=2, IBV_QPS_RTS=3, IBV_QPS_SQD=4,
     IBV_QPS_SQE=5, IBV_QPS_ERR=6,
     IBV_WR_RDMA_WRITE=0, IBV_WR_RDMA_WRITE_WITH_IMM=1, IBV_WR_SEND=2, IBV_WR_SEND_WITH_IMM=3,
@@ -23,7 +23,13 @@ enums = SimpleNamespace(
     IBV_PORT_DOWN=1, IBV_PORT_ACTIVE=4,
 )
 e = enums
-e = enums
+
+# What the emulated device allows: Apple's documented limits for RDMA over Thunderbolt (TN3205,
+# docs/rdma-protocol.md "Limits"), so that the emulation refuses what those devices refuse.
+MAX_QPS_PER_DEVICE = 10          # unreliable-connected queue pairs per device
+MAX_MESSAGE_BYTES = 16_773_120   # one send
+MAX_WR = 4095                    # outstanding work requests per queue
+FRAME_UNIT = 4096                # a send and its receive span the same number of these
 
 
 class PyverbsError(Exception):
@@ -35,9 +41,6 @@ class PyverbsRDMAError(PyverbsError):
         super().__init__(f"{msg}. Errno: {error_code}, {os.strerror(error_code)}"
                          if error_code > 0 else msg)
         self.error_code = error_code
-
-
-# -- devices, contexts, protection domains, memory ------------------------------------------
 
 
 def view(addr: int, length: int) -> memoryview:

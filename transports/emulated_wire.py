@@ -1,31 +1,34 @@
 """EMULATED verbs, the wire: how emulated queue pairs of different processes reach each other.
 
 An emulation, not RDMA (see ``transports.emulated_verbs``, whose ``QP`` this mixin completes).
-Every queue pair listens on a Unix socket named after its GID and QP number; moving to RTR
-connects the pair (the lower of the two connects, the other accepts).  Frames on that socket
-(``_FRAME``: kind psn length imm remote_addr rkey, then the payload) carry what the wire would:
-sends, RDMA writes, cumulative ACKs, RNR NAKs and NAKs, with go-back-N after a refusal.  There
-is no helper thread: bytes land in registered memory and are acknowledged when the process posts
-or polls, and ``_hand_over`` returns only once posted frames are in the kernel's buffer.
+Every queue pair listens on a Unix socket named after its owner's process id (which both of its
+GIDs hold) and its QP number; moving to RTR connects the pair (the lower of the two connects,
+the other accepts).  Frames on that socket (``_FRAME``: kind number length imm, then the
+payload) carry what an unreliable-connected wire would: sends, nothing acknowledged.  The
+faults of ``RINGCOMM_EMULATED_LOSS`` are applied here, to what is put on the socket.  There is
+no helper thread: bytes land in registered memory when the process posts or polls, and
+``_hand_over`` returns only once posted frames are in the kernel's buffer.
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import random
 import select
 import socket
 import struct
 import tempfile
 import time
 
-from .emulated_base import WC, PyverbsRDMAError, e, view
+from . import settings
+from .emulated_base import FRAME_UNIT, WC, PyverbsRDMAError, e, view
 
 _SOCKET_DIR = os.path.join(tempfile.gettempdir(), f"ringcomm-emulated-verbs-{os.getuid()}")
-_FRAME = struct.Struct("!BIIIQI")  # kind psn length imm remote_addr rkey
-_DATA_SEND, _DATA_SEND_IMM, _DATA_WRITE, _ACK, _RNR_NAK, _NAK, _HELLO = range(1, 8)
-_RNR_DELAY = 0.0005               # min_rnr_timer stand-in: wait before resending after RNR
+_FRAME = struct.Struct("!BIII")  # kind number length imm
+_DATA_SEND, _DATA_SEND_IMM, _HELLO = 1, 2, 7
 _READ_BUDGET = 8 << 20             # bytes one poll may take from one queue pair
-_STALL_SECONDS = 30.0             # a peer that reads nothing this long counts as gone
+_STALL_SECONDS = 30.0             # a peer that reads nothing this long: its frames are lost
 
 open_qps: list["QPWire"] = []  # this process's queue pairs, all progressed while one waits
 
@@ -35,7 +38,7 @@ class QPWire:
 
     def _listen(self) -> None:
         """Listen on the Unix socket named after this queue pair's GID and number."""
-        self._path = _socket_path(self._gid, self.qp_num)
+        self._path = socket_path(self._gid, self.qp_num)
         os.makedirs(_SOCKET_DIR, mode=0o700, exist_ok=True)
         if not _swept:
             _sweep()
@@ -51,14 +54,14 @@ class QPWire:
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(_socket_path(*self._peer))
+            sock.connect(socket_path(*self._peer))
         except OSError as err:
             sock.close()
             raise PyverbsRDMAError(f"Failed to modify QP to RTR: no queue pair "
                                    f"{self._peer[1]} at GID {self._peer[0]} (emulated: its "
                                    f"owner is not running?)", err.errno or errno.EHOSTUNREACH)
         self._adopt(sock)
-        self._out.append(memoryview(_FRAME.pack(_HELLO, self.qp_num, self._peer[1], 0, 0, 0)
+        self._out.append(memoryview(_FRAME.pack(_HELLO, self.qp_num, self._peer[1], 0)
                                     + bytes.fromhex(self._gid.replace(":", ""))))
 
     def _adopt(self, sock: socket.socket) -> None:
@@ -67,32 +70,44 @@ class QPWire:
         self._listener.close()
         self._remove_path()
 
-    def _transmit(self, entry: list) -> None:
-        psn, wr, _ = entry
-        kind = {e.IBV_WR_SEND: _DATA_SEND, e.IBV_WR_SEND_WITH_IMM: _DATA_SEND_IMM,
-                e.IBV_WR_RDMA_WRITE: _DATA_WRITE}[wr.opcode]
+    def _fault_source(self) -> random.Random | None:
+        loss = settings.load().emulated_loss
+        return None if loss is None else random.Random(f"{loss.seed}-{os.getpid()}")
+
+    def _transmit(self, wr) -> None:
+        """Put the send on the wire, unless the fault injection drops, repeats or damages it."""
+        if self._sock is None:
+            return  # no peer (gone, or not connected yet): lost, as on UC
+        kind = _DATA_SEND_IMM if wr.opcode == e.IBV_WR_SEND_WITH_IMM else _DATA_SEND
         length = sum(s.length for s in wr.sg)
-        self._out.append(memoryview(_FRAME.pack(kind, psn, length, wr.imm_data,
-                                                wr._remote_addr, wr._rkey)))
-        self._out.extend(view(s.addr, s.length) for s in wr.sg if s.length)
-        entry[2] += 1
+        parts = [memoryview(_FRAME.pack(kind, 0, length, wr.imm_data))]
+        parts.extend(view(s.addr, s.length) for s in wr.sg if s.length)
+        copies = 1
+        if self._faults is not None:
+            loss, draw = settings.load().emulated_loss, self._faults.random()
+            if draw < loss.drop:
+                self.faults["dropped"] += 1
+                return
+            if draw < loss.drop + loss.duplicate:
+                self.faults["duplicated"] += 1
+                copies = 2
+            elif draw < loss.drop + loss.duplicate + loss.corrupt and length:
+                self.faults["corrupted"] += 1
+                data = bytearray(b"".join(parts[1:]))
+                data[self._faults.randrange(length)] ^= 1 << self._faults.randrange(8)
+                parts[1:] = [memoryview(data)]
+        for _ in range(copies):
+            self._out.extend(parts)
 
     # -- progress -------------------------------------------------------------------------
 
     def _progress(self) -> None:
         if self._closed:
             return
-        if self._fail_at is not None and time.monotonic() >= self._fail_at:
-            self._fail_at = None  # the retries of an unanswered request ran out
-            self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
         if self._waiting_for_peer():
             self._accept()
         if self._sock is None:
             return
-        if self._resend_at is not None and time.monotonic() >= self._resend_at:
-            self._resend_at = None
-            for entry in self._sq:
-                self._transmit(entry)
         self._flush_out()
         self._read()
         self._hand_over()
@@ -139,7 +154,7 @@ class QPWire:
         while self._out and self._sock is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._lose_peer()  # as a NIC whose retries ran out
+                self._lose_peer()  # a peer that reads nothing: what it missed is lost
                 return
             readers = [qp._sock or qp._listener for qp in open_qps if qp._sock is not None
                        or qp._waiting_for_peer()]
@@ -193,111 +208,48 @@ class QPWire:
                 return
 
     def _on_frame(self, fields: tuple) -> None:
-        kind, psn, length = fields[0], fields[1], fields[2]
-        if kind == _ACK:
-            while self._sq and _psn_le(self._sq[0][0], psn):
-                self._complete(self._sq.popleft()[1], e.IBV_WC_SUCCESS)
-            return
-        if kind == _RNR_NAK:
-            self._on_rnr(psn)
-            return
-        if kind == _NAK:
-            status = fields[3]
-            if status == e.IBV_WC_RETRY_EXC_ERR:  # the responder is in ERR: no answer comes
-                if self._fail_at is None and self._retry_seconds is not None:
-                    self._fail_at = time.monotonic() + self._retry_seconds
-                return
-            if self._sq and self._sq[0][0] == psn:
-                self._complete(self._sq.popleft()[1], status)
-            self._error()
-            return
-        # a request: check order, then where its bytes go
-        target = None
-        if self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
-            # A QP in ERR drops requests unanswered.  The requester would retry until its
-            # ACK timeouts run out: tell it so, and it fails when they would have.
-            self._send_control(_NAK, psn, e.IBV_WC_RETRY_EXC_ERR)
-            fields = (-1, *fields[1:])
-        elif psn != self._expected_psn:
-            pass  # a frame after a refused one (go-back-N): dropped below
-        elif kind == _DATA_WRITE:
-            mr = next((m for m in self.pd.mrs.values() if m.rkey == fields[5]), None)
-            if mr is None or not mr.covers(fields[4], length) or \
-                    not mr.access & e.IBV_ACCESS_REMOTE_WRITE:
-                # a responder error (IB class C): NAK, and this QP enters ERR too
-                self._send_control(_NAK, psn, e.IBV_WC_REM_ACCESS_ERR)
+        """A send arrives: into the oldest posted receive, or dropped (UC says nothing)."""
+        length, target = fields[2], None
+        if self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS) or not self._rq:
+            fields = (-1, *fields[1:])  # no receive: the message is lost
+        else:
+            wr = self._rq.popleft()
+            room = sum(s.length for s in wr.sg)
+            if length > room or \
+                    -(-max(length, 1) // FRAME_UNIT) != -(-max(room, 1) // FRAME_UNIT):
+                # longer than the receive; or (Thunderbolt) spanning another number of
+                # 4 KiB units than the receive
+                self.rcq._push(WC(wr.wr_id, e.IBV_WC_LOC_LEN_ERR, e.IBV_WC_RECV, 0,
+                                  self.qp_num))
                 self._error()
                 fields = (-1, *fields[1:])
             else:
-                target = view(fields[4], length) if length else None
-        elif not self._rq:
-            self._send_control(_RNR_NAK, psn)
-            fields = (-1, *fields[1:])
-        else:
-            wr = self._rq[0]
-            room = sum(s.length for s in wr.sg)
-            if length > room:
-                self._rq.popleft()
-                self.rcq._push(WC(wr.wr_id, e.IBV_WC_LOC_LEN_ERR, e.IBV_WC_RECV, 0,
-                                  self.qp_num))
-                self._send_control(_NAK, psn, e.IBV_WC_REM_INV_REQ_ERR)
-                self._error()
-                fields = (-1, *fields[1:])
-            elif length:
-                target = view(wr.sg[0].addr, length)  # one SGE per receive (max_recv_sge=1)
-        if psn != self._expected_psn:
-            fields = (-1, *fields[1:])
+                fields = (*fields, wr)
+                if length:
+                    target = view(wr.sg[0].addr, length)  # one SGE per receive
         self._in = (fields, target, 0)
         if length == 0:
             self._in = None
             self._land(fields)
 
     def _land(self, fields: tuple) -> None:
-        """A request's bytes are all in place: complete it and acknowledge."""
-        kind, psn = fields[0], fields[1]
-        if kind == -1:
+        """A send's bytes are all in place: complete its receive."""
+        kind = fields[0]
+        if kind == -1 or self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
             return
-        if self.qp_state not in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):  # entered ERR mid-frame
-            self._send_control(_NAK, psn, e.IBV_WC_RETRY_EXC_ERR)
-            return
-        self._expected_psn = (psn + 1) & 0xFFFFFF
-        if kind in (_DATA_SEND, _DATA_SEND_IMM):
-            wr = self._rq.popleft()
-            imm = kind == _DATA_SEND_IMM
-            self.rcq._push(WC(wr.wr_id, e.IBV_WC_SUCCESS, e.IBV_WC_RECV, fields[2],
-                              self.qp_num, fields[3] if imm else 0,
-                              e.IBV_WC_WITH_IMM if imm else 0))
-        self._send_control(_ACK, psn)
-
-    def _on_rnr(self, psn: int) -> None:
-        if not self._sq or self._sq[0][0] != psn:
-            return
-        entry = self._sq[0]
-        if self._rnr_retry != 7 and entry[2] > self._rnr_retry:
-            self._complete(self._sq.popleft()[1], e.IBV_WC_RNR_RETRY_EXC_ERR)
-            self._error()
-            return
-        self._resend_at = time.monotonic() + _RNR_DELAY
-
-    def _send_control(self, kind: int, psn: int, status: int = 0) -> None:
-        self._out.append(memoryview(_FRAME.pack(kind, psn, 0, status, 0, 0)))
-        self._flush_out()
+        wr, imm = fields[4], kind == _DATA_SEND_IMM
+        self.rcq._push(WC(wr.wr_id, e.IBV_WC_SUCCESS, e.IBV_WC_RECV, fields[2], self.qp_num,
+                          fields[3] if imm else 0, e.IBV_WC_WITH_IMM if imm else 0))
 
     # -- failure --------------------------------------------------------------------------
 
     def _lose_peer(self) -> None:
-        """The peer's process is gone: what it never acknowledged fails after 'retries'."""
+        """The peer's process is gone: what was queued for it is lost, and so is what follows."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         self._peer_gone = True
         self._out.clear()
-        self._fail_sends(e.IBV_WC_RETRY_EXC_ERR)
-
-    def _fail_sends(self, status: int) -> None:
-        if self._sq:
-            self._complete(self._sq.popleft()[1], status)
-            self._error()
 
     def _remove_path(self) -> None:
         try:
@@ -306,9 +258,20 @@ class QPWire:
             pass
 
 
-def _socket_path(gid: str, qpn: int) -> str:
-    """``<pid><device>-<qpn>`` in hex: the GID's last 8 bytes are its process id and device."""
-    return os.path.join(_SOCKET_DIR, f"{gid.replace(':', '')[16:]}-{qpn:06x}")
+def ipv4_mapped(pid: int) -> str:
+    """The IPv4-mapped GID ``::ffff:127.a.b.c`` that holds process id ``pid`` (24 bits)."""
+    raw = bytes(10) + b"\xff\xff\x7f" + (pid & 0xFFFFFF).to_bytes(3, "big")
+    return str(ipaddress.IPv6Address(raw).exploded)
+
+
+def socket_path(gid: str, qpn: int) -> str:
+    """``<pid>-<qpn>`` in hex: both GIDs of an emulated device hold their process's id (the
+    link-local one in bytes 8-11, the IPv4-mapped one in its last three), and QP numbers are
+    unique within a process."""
+    raw = bytes.fromhex(gid.replace(":", ""))
+    mapped = raw[:12] == bytes(10) + b"\xff\xff"
+    pid = int.from_bytes(raw[13:], "big") if mapped else int.from_bytes(raw[8:12], "big")
+    return os.path.join(_SOCKET_DIR, f"{pid:08x}-{qpn:06x}")
 
 
 _swept = False
@@ -339,8 +302,3 @@ def _sweep() -> None:
                 pass  # another process swept it first
         except OSError:
             pass  # it exists (another user's): not ours to judge
-
-
-def _psn_le(a: int, b: int) -> bool:
-    """a <= b in 24-bit sequence-number arithmetic."""
-    return ((b - a) & 0xFFFFFF) < 0x800000

@@ -1,23 +1,23 @@
 """RDMA verbs as a ring transport: moving bytes over the queue pairs ``rdma_setup`` opened.
 
-Data moves with two-sided sends (``IBV_WR_SEND``) between registered slots: each queue pair
-owns ``SLOTS`` receive slots and ``SLOTS`` send slots of ``SLOT_BYTES``.  A transfer is a byte
-stream, as on TCP: a send is cut into slot-sized messages, a receive takes bytes from arrived
-messages in order.  Credits make sure a send never meets a missing receive: every receive
-posted by a rank is counted, and the count is RDMA-written into its peer's credit word; a
-rank sends only while its messages sent are fewer than that word.  Queue pairs therefore run
-with ``rnr_retry = 0``: a receiver-not-ready would be a bug, and fails loudly.
+Unreliable-connected queue pairs and two-sided sends only (what Thunderbolt allows, on every
+stack): every message is one fixed-size frame (``transports.rdma_frames``) between registered
+slots, with a sequence number and checksums, and what was lost, damaged or repeated is found
+by the receiver and sent again by the sender from its copy (``transports.rdma_reliable``).
+A transfer is a byte stream, as on TCP: a send is cut into frames, a receive takes bytes from
+arrived frames in order (``transports.rdma_stream``).  Acknowledgements and credits travel
+in every frame's header, so a send never meets a missing receive and nothing is RDMA-written.
 
-Set-up: ``transports.rdma_setup`` opens the queue pairs; their numbers, GIDs, PSNs and keys
+Set-up: ``transports.rdma_setup`` opens the queue pairs; their numbers, GIDs and PSNs
 travel through the TCP side channel (``transports.sidechannel``, rank 0 the coordinator at
 ``MLX_JACCL_COORDINATOR``), which then carries failure notices.
 
-Waiting polls the completion queues, spins for at most ``SPIN_SECONDS`` after the last
-completion, then sleeps on the side channel in naps that double from ``FIRST_NAP`` to
-``MAX_NAP`` (``rdma_stream.Backoff``); a notice from another rank (or a rank's death) wakes
-it at once.  Protocol
-details: ``docs/rdma-protocol.md``.  The same code runs on real pyverbs or on the emulation
-in ``transports.emulated_verbs`` (``RINGCOMM_VERBS=emulated``).
+Waiting polls the completion queues, resends and reports what the links owe, spins for at
+most ``SPIN_SECONDS`` after the last completion, then sleeps on the side channel in naps that
+double from ``FIRST_NAP`` to ``MAX_NAP`` (``rdma_stream.Backoff``); a notice from another
+rank (or a rank's death) wakes it at once.  Protocol details: ``docs/rdma-protocol.md``.  The
+same code runs on real pyverbs or on the emulation in ``transports.emulated_verbs``
+(``RINGCOMM_VERBS=emulated``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from . import verbs
+from . import settings, verbs
 from .base import Channel, Kind, Side, Transport
 from .devicefile import ring_devices
 from .errors import CommError, CommTimeoutError, PeerLostError
@@ -35,32 +35,30 @@ from .hostfile import Address
 from .arrivals import HEAD
 from .posted import Posted
 from .rdma_idle import IdleLinks
-from .rdma_setup import RECV, SEND, SLOT_BYTES, SLOTS, Link, RdmaSetup
+from .rdma_keeper import Keeper, locked
+from .rdma_frames import FRAME_BYTES, PAYLOAD_BYTES, SLOTS
+from .rdma_setup import RECV, Link, RdmaSetup
 from .rdma_stream import FLUSH_SECONDS, Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
 
 if TYPE_CHECKING:
     from .rdma_direct import RdmaDirectLinks
 
-__all__ = ["RdmaTransport", "SLOT_BYTES", "SLOTS"]
+__all__ = ["RdmaTransport", "FRAME_BYTES", "PAYLOAD_BYTES", "SLOTS"]
 
 NOTICE_GRACE = 0.1       # after a failed completion, how long to wait for the root cause
 
 STATUS_HINTS = {
     "IBV_WC_RETRY_EXC_ERR": "the peer's adapter stopped answering (its process died, the "
                             "link is down, or its queue pair failed)",
-    "IBV_WC_RNR_RETRY_EXC_ERR": "the peer had no receive posted (a credit bug; please "
-                                "report it)",
     "IBV_WC_WR_FLUSH_ERR": "this queue pair failed before the request ran, with no error "
-                           "of its own (a local fault, or a refused write from the peer)",
-    "IBV_WC_REM_ACCESS_ERR": "the peer refused a write to its credit word (the two ranks "
-                             "disagree on set-up)",
-    "IBV_WC_LOC_LEN_ERR": "a message was longer than the receive slot (ranks built with "
-                          "different SLOT_BYTES?)",
-    "IBV_WC_REM_INV_REQ_ERR": "the peer could not take a message (longer than its slot?)",
+                           "of its own (a local fault)",
+    "IBV_WC_LOC_LEN_ERR": "a message did not fit its receive frame, or spanned another "
+                          "number of 4 KiB units (ranks built with different FRAME_BYTES?)",
+    "IBV_WC_REM_INV_REQ_ERR": "the peer could not take a message (longer than its frame?)",
     "IBV_WC_LOC_PROT_ERR": "a buffer was not registered memory",
-    "IBV_WC_REM_OP_ERR": "the peer's adapter failed the operation",
     "IBV_WC_LOC_QP_OP_ERR": "this queue pair rejected the request",
+    "IBV_WC_GENERAL_ERR": "the adapter failed the request",
 }
 # The statuses that mean the peer is gone.  A flush is the first failure of a queue pair only
 # when it failed on this side, so it blames no peer (relayed, it would name the wrong rank).
@@ -72,7 +70,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
 
     def __init__(self, rank: int, devices: Sequence[Sequence[Sequence[str]]],
                  coordinator: Address, *, timeout: float, verbs_provider: str | None = None,
-                 job_id: str = "", token: bytes | None = None, gid_index: int = 0,
+                 job_id: str = "", token: bytes | None = None, gid_index: int | None = None,
                  coordinator_listener: socket.socket | None = None) -> None:
         self.rank, self.size, self.job_id = rank, len(devices), job_id
         left_names, right_names = ring_devices(devices, rank)
@@ -87,6 +85,8 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         self._devices, self._token = devices, token
         self._listener: socket.socket | None = None  # for direct links' bootstrap (p2p)
         self._direct_addresses: list[Address] = []
+        self._direct: RdmaDirectLinks | None = None
+        self._keeper = Keeper(self._keep, f"ringcomm-rdma-keeper-{rank}")
         self._init_idle()
         if self.size == 1:
             return
@@ -97,10 +97,13 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         self._status_names = {getattr(e, n): n for n in (
             "IBV_WC_SUCCESS", *STATUS_HINTS) if hasattr(e, n)}
         deadline = time.monotonic() + timeout
+        if gid_index is None:
+            gid_index = settings.load().gid_index
         setup = self._setup = RdmaSetup(self._api, rank, self.connections, gid_index)
         self._links, self._by_number = setup.links, setup.by_number
         setup.check_devices({*left_names, *right_names}, verbs.device_names(self._api),
                             self.emulated)
+        setup.check_limits(left_names + right_names)  # before any queue pair exists
         try:
             for side, names in ((Side.LEFT, left_names), (Side.RIGHT, right_names)):
                 for i, name in enumerate(names):
@@ -116,6 +119,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             for link in self._by_number:
                 setup.connect(link, json.loads(table[link.peer]))
             self._side.all_gather(b"ready", deadline)  # nobody sends before all are in RTS
+            self._keeper.start()
         except BaseException:
             self.close()
             raise
@@ -126,8 +130,9 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         from .rdma_direct import RdmaDirectLinks
         if self._listener is None:
             return None
-        return RdmaDirectLinks(self, self._direct_addresses, self._listener,
-                               job_id=self.job_id, token=self._token)
+        self._direct = RdmaDirectLinks(self, self._direct_addresses, self._listener,
+                                       job_id=self.job_id, token=self._token)
+        return self._direct
 
     def address(self, rank: int) -> str | None:
         """Where ``rank`` listens (its side channel's IP and direct-link port), for errors:
@@ -141,6 +146,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
 
     # -- data ------------------------------------------------------------------------------
 
+    @locked
     def post_send(self, side: Side, conn: int, data: memoryview,
                   head: bytes | None = None) -> None:
         link = self._links[side][conn]
@@ -151,10 +157,11 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         if not len(data) and not head:
             self._done.append(Channel(side, conn, Kind.SEND))
             return
-        link.sending = Posted(data, head)  # a head fills a message of its own
+        link.sending = Posted(data, head)  # head and data share frames
         self._sending.add(link)
         self._push(link)
 
+    @locked
     def post_recv(self, side: Side, conn: int, into: memoryview,
                   head: bytearray | None = None) -> None:
         link = self._links[side][conn]
@@ -192,12 +199,19 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             if head is not None and head != expect:  # a byte differs: check it now
                 self._done.append(Channel(link.side, link.index, HEAD))
 
+    @locked
     def wait(self, deadline: float) -> list[Channel]:
+        if self._keeper.error is not None:  # found while this rank was outside ringcomm
+            error, self._keeper.error = self._keeper.error, None
+            raise error
         backoff = Backoff(deadline)
         while not self._done:
             progressed = self._poll()
-            for link in list(self._sending):  # a credit word may have grown
+            for link in list(self._sending):  # the window or the credits may have grown
                 progressed = self._push(link) or progressed
+            now = time.monotonic()
+            for link in self._by_number:  # resend on silence, report what is owed
+                progressed = self._service(link, now, not progressed) or progressed
             if self._done:
                 break
             if progressed:
@@ -207,35 +221,37 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         done, self._done = self._done, []
         return done
 
+    def _keep(self) -> None:
+        """The keeper's round, while this rank is outside ringcomm (``rdma_keeper``)."""
+        if self._side is not None and not self._closed:
+            self._progress()
+            if self._direct is not None:
+                self._direct.progress_idle()
+
     def _nap(self, seconds: float) -> None:
         if self._vet is not None:
             self._vet_links()
+        if self._direct is not None:  # their frames may be what a peer waits for
+            self._direct.progress_idle()
         self._side.watch(seconds)
 
     def _on_completion(self, wc) -> None:
         link = self._by_number[wc.wr_id >> 16]
-        kind, slot = (wc.wr_id >> 8) & 0xFF, wc.wr_id & 0xFF
+        kind = (wc.wr_id >> 8) & 0xFF
         if wc.status != self._ok:
-            # A peer that finished and closed fails our last credit write to it; that is no
-            # error unless this link is still needed, so it is raised when (or if) it is.
             if link.failure is None:
                 link.failure = (kind, wc.status)
             if link.sending is not None or link.receiving is not None:
                 raise self._failed(link)
             return
-        if kind == RECV:
-            link.arrived.append((slot, wc.byte_len))
+        self._book(wc)
+        if kind == RECV and link.arrived:
             if link.receiving is not None:
                 self._drain(link)
             elif self._stash and self._reading_ahead(link):
                 self._drain_ahead(link)
-        elif kind == SEND:
-            link.free_slots.append(slot)
-            if link.sending is not None:
-                self._push(link)
-        else:
-            link.credit_write_busy = False
-            self._advertise(link)
+        if link.sending is not None:  # its report may have opened the window
+            self._push(link)
 
     def _failed(self, link: Link) -> CommError:
         """The error for a failed completion: a notice's root cause if one comes, else this."""
@@ -246,7 +262,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             return notice
         kind, status = link.failure
         name = self._status_names.get(status, f"status {status}")
-        what = ("receive", "send", "credit update")[kind]
+        what = ("receive", "send")[kind]
         cls = PeerLostError if name in LOST_STATUSES else CommError
         return cls(f"{what} on {link.describe()} completed with {name}: "
                    f"{STATUS_HINTS.get(name, 'see the verbs documentation')}",
@@ -257,6 +273,8 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
                    for what, posted in (("send to", link.sending),
                                         ("receive from", link.receiving)) if posted is not None]
         detail = "; ".join(f"{what} rank {link.peer} on {link.describe()}"
+                           + (f" ({link.counts['resent']} frames sent again)"
+                              if link.counts["resent"] else "")
                            for link, what in pending)
         first = pending[0][0] if pending else None
         return CommTimeoutError(f"deadline passed while waiting to {detail or 'progress'}; a "
@@ -266,6 +284,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
 
     # -- failure and shutdown -----------------------------------------------------------------
 
+    @locked
     def abort(self, error: BaseException) -> None:
         if self._closed:
             return
@@ -277,6 +296,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
             self._side = None
         self._close(flush=False)
 
+    @locked
     def close(self) -> None:
         self._close(flush=True)
 
@@ -284,8 +304,11 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         if self._closed:
             return
         self._closed = True
+        self._keeper.stop()
         if flush and self._by_number:
-            wait_acknowledged(self._by_number, self._poll, FLUSH_SECONDS)
+            wait_acknowledged(self._by_number, self._progress, FLUSH_SECONDS)
+            for link in self._by_number:
+                self._say_bye(link)
         if self._side is not None:
             self._side.close()
         if self._listener is not None:

@@ -1,7 +1,7 @@
 """send/recv between RDMA ranks that are not ring neighbours: a queue pair per direction,
 opened on first use, the data over RDMA (issue 19).
 
-What the two queue pairs need of each other (number, GID, PSN, MTU, credit word and key)
+What the two queue pairs need of each other (number, GID, PSN, MTU, frame size)
 goes over a TCP bootstrap connection that ``transports.direct`` opens and authenticates with
 the ring's handshake (job digest, ranks, HMAC proof of ``RINGCOMM_TOKEN``; strays and forgeries
 refused) under the caller's deadline, to the listener every RDMA rank binds at set-up on its
@@ -10,13 +10,15 @@ pair and sends its description; the peer's acceptor thread (which serves whateve
 doing) creates its own, brings it to RTS and answers with its description; the opener brings
 its own to RTS.  Only this set-up runs in the acceptor thread (within ``HANDSHAKE_SECONDS``,
 for a peer that has proved itself); the bytes then move in the caller's thread over RDMA
-exactly as on a ring link (slots, credits, the operation header in a message of its own,
+exactly as on a ring link (frames, sequence, checksums, acknowledgements, credits,
 ``rdma_stream``), and the header is checked before any data byte is taken.
 Each queue pair carries one direction, opener to acceptor, as direct TCP connections do, so
 two ranks that send to each other at once never have to agree on who opens.
 
 Direct queue pairs have device contexts and completion queues of their own (a second
-``RdmaSetup``), polled only while a direct send or recv runs.  Waiting spins, then naps on
+``RdmaSetup``, sharing the ring's count of queue pairs per device and of locked memory),
+polled while a direct send or recv runs and while the ring's waits nap (a lost frame of
+theirs is sent again whatever this rank waits for).  Waiting spins, then naps on
 the ring's side channel (``rdma_stream.Backoff``), so another rank's failure notice or death
 ends the wait at once; failures are relayed there too.
 """
@@ -30,10 +32,10 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from .direct import HANDSHAKE_SECONDS, DirectLinks, HeadCheck
-from .errors import CommError, CommTimeoutError
+from .errors import CommError, CommTimeoutError, ConfigError
 from .hostfile import Address
 from .posted import Posted
-from .rdma_setup import RECV, SEND, Link, RdmaSetup
+from .rdma_setup import Link, RdmaSetup
 from .rdma_stream import (FIRST_NAP, FLUSH_SECONDS, MAX_NAP, Backoff, SlotStream,
                           wait_acknowledged)
 from .sockets import recv_exactly
@@ -60,8 +62,9 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                  listener: socket.socket, *, job_id: str, token: bytes | None) -> None:
         self._transport = transport  # its side channel carries notices; its devices, names
         self._api = transport._api
-        self._setup = RdmaSetup(self._api, transport.rank, transport.size,
-                                transport._setup.gid_index)
+        ring = transport._setup
+        self._setup = RdmaSetup(self._api, transport.rank, transport.size, ring.gid_index,
+                                budget=ring.budget)
         self._adding = threading.Lock()  # the acceptor thread adds queue pairs too
         self._qp_out: dict[int, DirectLink] = {}
         self._qp_in: dict[int, DirectLink] = {}
@@ -78,8 +81,12 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         return names[0]
 
     def _new_link(self, peer: int, sending: bool) -> DirectLink:
+        """A direct queue pair, within the devices' and the locked-memory limits (else
+        ConfigError, before it exists)."""
+        device = self._device(peer)
         with self._adding:
-            return self._setup.add(None, int(sending), peer, self._device(peer), DirectLink)
+            self._setup.check_limits([device])
+            return self._setup.add(None, int(sending), peer, device, DirectLink)
 
     def _link_to(self, peer: int, deadline: float, op: str) -> DirectLink:
         """The queue pair that carries this rank's messages to ``peer``, opened on first use."""
@@ -97,7 +104,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                                 f"{theirs['error']}", rank=self.rank, peer=peer,
                                 address=self.address(peer), op=op)
             self._setup.connect_to(link, theirs)
-        except CommError:
+        except (CommError, ConfigError):
             raise
         except TimeoutError as e:
             raise CommTimeoutError(f"rank {peer} did not describe its direct queue pair by "
@@ -144,6 +151,12 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                  deadline: float, op: str) -> None:
         """Send (peer, head, data) and receive (peer, head buffer, into, check) at once; the
         received head is checked (``check``) before any data byte is taken."""
+        with self._transport._keeper.lock:  # the links change only under it
+            self._exchange(send, recv, deadline, op)
+
+    def _exchange(self, send: tuple[int, bytes, memoryview] | None,
+                  recv: tuple[int, bytearray, memoryview, HeadCheck] | None,
+                  deadline: float, op: str) -> None:
         out = self._link_to(send[0], deadline, op) if send is not None else None
         into = self._link_from(recv[0], deadline, op) if recv is not None else None
         # a failed link still delivers what arrived before its failure (as the loop below)
@@ -152,14 +165,14 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         if into is not None and into.failure is not None and not into.arrived:
             raise self._failed(into, op)
         if out is not None:
-            out.sending = Posted(send[2], send[1])  # the head fills a message of its own
+            out.sending = Posted(send[2], send[1])  # head and data share frames
         unchecked = into is not None
         if unchecked:
             into.receiving = Posted(memoryview(recv[1]))
         backoff = Backoff(deadline)
         while (out is not None and out.sending is not None) or \
                 (into is not None and into.receiving is not None) or unchecked:
-            progressed = self._poll()
+            progressed = self._progress()
             if out is not None and out.sending is not None:
                 progressed = self._fill(out)[0] or progressed
             if into is not None and into.receiving is not None:
@@ -180,8 +193,22 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             elif not backoff.idle(self._nap):
                 raise self._timed_out(out, into, op)
 
+    def progress_idle(self) -> None:
+        """While the ring's wait naps: take what arrived, resend and report (a peer may be
+        waiting for a frame of these links that was lost)."""
+        try:
+            self._progress()
+        except CommError:
+            pass  # raised by the direct send or recv that needs the link, if one does
+
     def _nap(self, seconds: float) -> None:
-        """Sleep on the ring's side channel: another rank's notice (or death) raises here."""
+        """Sleep on the ring's side channel: another rank's notice (or death) raises here;
+        all links are served meanwhile (a peer may wait for a lost frame of any of them)."""
+        self.progress_idle()
+        try:
+            self._transport._progress()
+        except CommError:
+            pass  # recorded on the ring's link: its next send or recv raises it
         side = self._transport._side
         if side is None:
             time.sleep(seconds)
@@ -189,22 +216,13 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             side.watch(seconds)
 
     def _on_completion(self, wc) -> None:
-        link = self._setup.by_number[wc.wr_id >> 16]
-        kind, slot = (wc.wr_id >> 8) & 0xFF, wc.wr_id & 0xFF
         if wc.status != self._transport._ok:
-            # raised by ``exchange`` once nothing that arrived first is left to take: a peer
-            # that sent its last message and closed fails our credit write to it, and the
-            # message is still good
+            # raised by ``exchange`` once nothing that arrived first is left to take
+            link = self._setup.by_number[wc.wr_id >> 16]
             if link.failure is None:
-                link.failure = (kind, wc.status)
+                link.failure = ((wc.wr_id >> 8) & 0xFF, wc.status)
             return
-        if kind == RECV:
-            link.arrived.append((slot, wc.byte_len))
-        elif kind == SEND:
-            link.free_slots.append(slot)
-        else:
-            link.credit_write_busy = False
-            self._advertise(link)
+        self._book(wc)
 
     def _failed(self, link: Link, op: str) -> CommError:
         """A failed completion: its error, or the root cause a side-channel notice names."""
@@ -237,7 +255,9 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             return
         self._closed_qps = True
         if flush:
-            wait_acknowledged(self._qp_out.values(), self._poll, FLUSH_SECONDS)
+            wait_acknowledged(self._qp_out.values(), self._progress, FLUSH_SECONDS)
+            for link in self._setup.by_number:
+                self._say_bye(link)
         self._setup.release()
 
 

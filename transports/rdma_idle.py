@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable
 from .arrivals import HEAD, PEEK_BYTES, VET_AFTER, Stash, Vet
 from .base import Channel, Kind, Side
 from .posted import Posted
-from .rdma_setup import SLOT_BYTES
+from .rdma_keeper import locked
+from .rdma_stream import payload_at
 
 if TYPE_CHECKING:
     from .rdma_setup import Link
@@ -34,6 +35,7 @@ class IdleLinks:
         self._stash: dict[Link, Stash] = {}   # bytes read ahead (see read_ahead)
         self._expect: dict[Link, tuple[bytearray, bytes]] = {}  # a head, what it held: HEAD
 
+    @locked
     def vet_idle(self, sides: tuple[Side, ...], vet: Vet | None,
                  stuck: Callable[[], None] | None = None) -> None:
         """Until the next call, once wait() has napped ``VET_AFTER`` since its first nap after
@@ -71,11 +73,12 @@ class IdleLinks:
         for slot, length in link.arrived:
             if len(got) >= PEEK_BYTES:
                 break
-            at = slot * SLOT_BYTES + taken
+            at = payload_at(slot) + taken
             got += link.mem[at:at + min(length - taken, PEEK_BYTES - len(got))]
             taken = 0
         return bytes(got)
 
+    @locked
     def read_ahead(self, side: Side, conn: int, nbytes: int) -> None:
         """Take the next ``nbytes`` out of the link's slots as they come (the next receives
         get them first), so that a neighbour blocked sending them can go on."""
@@ -84,6 +87,7 @@ class IdleLinks:
         if link.receiving is None:
             self._drain_ahead(link)
 
+    @locked
     def discard(self, side: Side, conn: int, nbytes: int) -> None:
         """Drop the next ``nbytes``, which ``vet`` was just shown (so they are here)."""
         link = self._links[side][conn]
@@ -105,7 +109,7 @@ class IdleLinks:
         stash = self._stash[link]
         while link.arrived and stash.want > 0:
             slot, length = link.arrived[0]
-            at = slot * SLOT_BYTES + link.taken
+            at = payload_at(slot) + link.taken
             n = min(length - link.taken, stash.want)
             stash.add(link.mem[at:at + n])
             self._taken(link, n)

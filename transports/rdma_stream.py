@@ -1,15 +1,19 @@
-"""The byte stream over one queue pair's slots, shared by the ring's links (``rdma``) and the
-direct ones (``rdma_direct``): a posted send copied into free slots as credits allow, arrived
-bytes handed to a posted receive, emptied slots reposted and advertised to the peer
-(``docs/rdma-protocol.md``, "Framing" and "Credits"); and how both wait (``Backoff``) and
-flush at close (``wait_acknowledged``)."""
+"""The byte stream over one queue pair's frames, shared by the ring's links (``rdma``) and the
+direct ones (``rdma_direct``): a posted send copied into data frames as the window and credits
+allow, arrived bytes handed in order to a posted receive, emptied receives reposted
+(``docs/rdma-protocol.md``, "Framing"; what makes the frames reliable is
+``transports.rdma_reliable``); and how both wait (``Backoff``) and flush at close
+(``wait_acknowledged``)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .errors import CommError
-from .rdma_setup import SLOT_BYTES, SLOTS, Link, RdmaSetup
+from .rdma_frames import (DATA, FRAME_BYTES, HEADER_BYTES, PAYLOAD_BYTES, SEQ_MOD, WINDOW,
+                          payload_crc)
+from .rdma_reliable import Reliable
+from .rdma_setup import RECV, Link, RdmaSetup
 
 SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
 FIRST_NAP, MAX_NAP = 20e-6, 1e-3
@@ -41,22 +45,24 @@ class Backoff:
         return True
 
 
-def wait_acknowledged(links: Iterable[Link], poll: Callable[[], bool], seconds: float) -> None:
-    """Wait at most ``seconds`` until the peers acknowledged every message sent on ``links``.
+def wait_acknowledged(links: Iterable[Link], progress: Callable[[], bool],
+                      seconds: float) -> None:
+    """Wait at most ``seconds`` until the peers acknowledged every frame sent on ``links``
+    (``progress()`` polls and resends), or said they close.
 
-    A send is complete for its caller once its bytes are in a send slot, but a queue pair
-    destroyed before the peer's adapter acknowledged the message may never deliver it: the
-    peer would wait for bytes that are gone.  A peer that is gone or stuck (or a failed
-    completion) ends the wait: closing must not hang on it.
+    A send is complete for its caller once its bytes are in a send slot, but on UC nothing
+    delivers a lost frame except this side sending it again: the peer would wait for bytes
+    that are gone.  A peer that is gone or stuck (or a failed completion) ends the wait:
+    closing must not hang on it.
     """
     links = list(links)
     deadline = time.monotonic() + seconds
     nap = FIRST_NAP
-    while any(len(link.free_slots) < SLOTS and link.failure is None for link in links):
+    while any(link.unacked and link.failure is None and not link.peer_bye for link in links):
         if time.monotonic() >= deadline:
             return
         try:
-            if poll():
+            if progress():
                 nap = FIRST_NAP
                 continue
         except CommError:
@@ -65,14 +71,16 @@ def wait_acknowledged(links: Iterable[Link], poll: Callable[[], bool], seconds: 
         nap = min(nap * 2, MAX_NAP)
 
 
-class SlotStream:
+def payload_at(slot: int) -> int:
+    """Where receive frame ``slot``'s payload starts in its link's memory."""
+    return slot * FRAME_BYTES + HEADER_BYTES
+
+
+class SlotStream(Reliable):
     """Mixed into a class with ``rank``, ``_api`` (the verbs provider), ``_setup``,
     ``_on_completion(wc)`` and ``address(rank)`` (a peer's, for errors)."""
 
-    rank: int
-    _api: Any
     _setup: RdmaSetup | None
-    address: Callable[[int], str | None]
 
     def _poll(self) -> bool:
         """Hand every completion waiting on ``_setup``'s queues to ``_on_completion``."""
@@ -84,24 +92,47 @@ class SlotStream:
             got = got or n > 0
         return got
 
+    def _progress(self, quiet: bool = True) -> bool:
+        """Poll, then resend and report what each link owes (``Reliable._service``)."""
+        got = self._poll()
+        now = time.monotonic()
+        for link in list(self._setup.by_number):
+            got = self._service(link, now, quiet and not got) or got
+        return got
+
+    def _book(self, wc) -> Link:
+        """A successful completion: a frame in (``_on_frame``) or out (``_on_sent``)."""
+        link = self._setup.by_number[wc.wr_id >> 16]
+        if (wc.wr_id >> 8) & 0xFF == RECV:
+            self._on_frame(link, wc.wr_id & 0xFF, wc.byte_len)
+        else:
+            self._on_sent(link, wc.wr_id & 0xFF)
+        return link
+
     def _fill(self, link: Link) -> tuple[bool, bool]:
-        """Copy what credits and free slots allow of ``link.sending`` into slots and post it:
-        (anything posted, the whole send posted; ``link.sending`` is then None)."""
+        """Copy what the window and credits allow of ``link.sending`` into data frames and
+        post them: (anything posted, the whole send posted; ``link.sending`` is then None)."""
         p, pushed = link.sending, False
-        credits = link.credit_in.value - link.messages_sent
-        while credits > 0 and link.free_slots:
+        mem = link.mem
+        while link.free_slots and len(link.unacked) < WINDOW and self._credit(link, 1):
             slot = link.free_slots.pop()
-            n = min(SLOT_BYTES, len(p.view) - p.pos)
-            at = link.send_base + slot * SLOT_BYTES
-            link.mem[at:at + n] = p.view[p.pos:p.pos + n]
-            wr = link.send_wrs[slot] if n == SLOT_BYTES else self._setup.send_wr(link, slot, n)
-            self._post(link, "send", link.qp.post_send, wr)
-            link.messages_sent += 1
-            credits -= 1
+            at = link.send_base + slot * FRAME_BYTES + HEADER_BYTES
+            n, done = 0, False
+            while not done and n < PAYLOAD_BYTES:
+                k = min(PAYLOAD_BYTES - n, len(p.view) - p.pos)
+                mem[at + n:at + n + k] = p.view[p.pos:p.pos + k]
+                n += k
+                done = p.advance(k)
+            seq = link.next_seq
+            link.next_seq = (seq + 1) % SEQ_MOD
+            link.unacked.append((seq, slot, n))
+            self._send_frame(link, slot, DATA, seq, n, payload_crc(mem[at:at + n]))
+            self._arm(link)
             pushed = True
-            if p.advance(n):
+            if done:
                 link.sending = None
                 return True, True
+        self._arm(link)  # blocked: if no report comes, a timer asks for one
         return pushed, False
 
     def _copy_in(self, link: Link) -> tuple[bool, bool]:
@@ -110,7 +141,7 @@ class SlotStream:
         p, moved = link.receiving, False
         while link.arrived:
             slot, length = link.arrived[0]
-            at = slot * SLOT_BYTES + link.taken
+            at = payload_at(slot) + link.taken
             n = min(length - link.taken, len(p.view) - p.pos)
             p.view[p.pos:p.pos + n] = link.mem[at:at + n]
             self._taken(link, n)
@@ -121,28 +152,9 @@ class SlotStream:
         return moved, False
 
     def _taken(self, link: Link, n: int) -> None:
-        """``n`` more bytes of the oldest arrived message handed on; repost its slot when empty."""
+        """``n`` more bytes of the oldest arrived frame handed on; repost it when empty."""
         link.taken += n
         if link.taken == link.arrived[0][1]:
             slot = link.arrived.popleft()[0]
             link.taken = 0
-            self._post(link, "receive", link.qp.post_recv, link.recv_wrs[slot])
-            link.receives_posted += 1
-            self._advertise(link)
-
-    def _advertise(self, link: Link) -> None:
-        """Write our receive count into the peer's credit word (one write in flight at most)."""
-        if link.credit_write_busy or link.receives_posted == link.advertised:
-            return
-        link.credit_out.value = link.receives_posted
-        link.advertised = link.receives_posted
-        link.credit_write_busy = True
-        self._post(link, "credit update", link.qp.post_send, link.credit_wr)
-
-    def _post(self, link: Link, what: str, post, wr) -> None:
-        try:
-            post(wr)
-        except self._api.PyverbsError as err:
-            raise CommError(f"posting a {what} on {link.describe()} failed: {err}",
-                            rank=self.rank, peer=link.peer,
-                            address=self.address(link.peer)) from err
+            self._repost(link, slot)

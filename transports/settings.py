@@ -47,6 +47,8 @@ KNOWN = {
     "RINGCOMM_THREADS": "threads that move one large operation (auto: cores / local ranks)",
     "RINGCOMM_VERBS": "verbs provider: pyverbs or emulated",
     "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
+    "RINGCOMM_EMULATED_LOSS": "faults the verbs emulation injects (tests only)",
+    "RINGCOMM_GID_INDEX": "RDMA: the GID table entry to use (default: the IPv4-mapped one)",
     "MLX_RANK": "this process's rank",
     "MLX_HOSTFILE": "the ring hostfile (TCP)",
     "MLX_IBV_DEVICES": "the RDMA device file (alias JACCL_IBV_DEVICES)",
@@ -93,6 +95,22 @@ LAUNCHERS = (("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
 ALIASES = {"JACCL_IBV_DEVICES": "MLX_IBV_DEVICES", "JACCL_COORDINATOR": "MLX_JACCL_COORDINATOR"}
 
 
+MAX_GID_INDEX = 255               # a port's GID table has at most 256 entries (RoCE: 16-128)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulatedLoss:
+    """What the verbs emulation does to each message a queue pair sends (fault injection for
+    tests: real devices lose, and Thunderbolt's UC reports nothing): each rate is a
+    probability per message, drawn from a generator seeded with ``seed`` and the sender's
+    process id."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    seed: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The environment's settings; ``None`` where a variable is unset and has no default."""
@@ -108,6 +126,8 @@ class Settings:
     threads: int | None = None       # None: auto (ringcomm.lanes.auto_threads)
     verbs: str = "pyverbs"
     emulated_devices: tuple[str, ...] | None = None
+    emulated_loss: EmulatedLoss | None = None  # faults the verbs emulation injects (tests)
+    gid_index: int | None = None      # None: the IPv4-mapped entry, as JACCL finds it
     rank: str | None = None
     hostfile: str | None = None
     ibv_devices: str | None = None
@@ -163,6 +183,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
                      "verbs provider"),
         emulated_devices=None if not devices else
         tuple(n.strip() for n in devices.split(",") if n.strip()),
+        emulated_loss=_emulated_loss(get("RINGCOMM_EMULATED_LOSS")),
+        gid_index=_gid_index(get("RINGCOMM_GID_INDEX")),
         rank=get("MLX_RANK"), hostfile=get("MLX_HOSTFILE"),
         ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"),
         world=_world(env), master_addr=host_name(get("MASTER_ADDR"), "MASTER_ADDR"),
@@ -209,6 +231,36 @@ def _spin(text: str | None) -> float:
         raise ConfigError(f"RINGCOMM_SPIN_US must be between 0 and {MAX_SPIN_US:.0f} "
                           f"microseconds; got {text!r}")
     return micros * 1e-6
+
+
+def _emulated_loss(text: str | None) -> EmulatedLoss | None:
+    """``RATE`` (drops only) or ``drop=R,duplicate=R,corrupt=R,seed=N`` in any order."""
+    if text is None or not text.strip():
+        return None
+    fields: dict[str, float | int] = {}
+    usage = ("RINGCOMM_EMULATED_LOSS must be a drop rate (0.02) or comma-separated "
+             "drop=R,duplicate=R,corrupt=R,seed=N with rates from 0 to 0.5")
+    try:
+        for part in text.split(","):
+            name, _, value = part.strip().rpartition("=")
+            name = name.strip() or "drop"
+            if name not in ("drop", "duplicate", "corrupt", "seed") or name in fields:
+                raise ValueError(name)
+            fields[name] = int(value) if name == "seed" else float(value)
+    except ValueError:
+        raise ConfigError(f"{usage}; got {text!r}") from None
+    if not all(0 <= v <= 0.5 for k, v in fields.items() if k != "seed"):  # NaN fails too
+        raise ConfigError(f"{usage}; got {text!r}")
+    return EmulatedLoss(**fields)
+
+
+def _gid_index(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    if not _digits(text) or not 0 <= int(text) <= MAX_GID_INDEX:
+        raise ConfigError(f"RINGCOMM_GID_INDEX must be a GID table index from 0 to "
+                          f"{MAX_GID_INDEX} (`ibv_devinfo -v` lists them); got {text!r}")
+    return int(text)
 
 
 def _threads(text: str | None) -> int | None:
