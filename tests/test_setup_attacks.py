@@ -460,10 +460,18 @@ def test_ranks_that_disagree_on_the_warm_up_both_fail_at_once_naming_the_sides(t
 
 
 MLX_RANK = """
+import os
 import mlx.core as mx
 g = mx.distributed.init(strict=True, backend="ring")
-mx.eval(mx.distributed.all_sum(mx.ones((1000,))))
+mx.eval(mx.distributed.all_sum(mx.ones((int(os.environ.get("ELEMENTS", "1000")),))))
 """
+
+
+def start_mlx(hostfile, rank: int, elements: int = 1000) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", MLX_RANK], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env=env(MLX_RANK=str(rank), MLX_HOSTFILE=str(hostfile),
+                                    ELEMENTS=str(elements)))
 
 
 @pytest.mark.parametrize("mlx_rank", [0, 1])
@@ -473,9 +481,7 @@ def test_a_ringcomm_rank_tells_an_mlx_peer_to_use_protocol_mlx(tmp_path, mlx_ran
     pytest.importorskip("mlx.core")
     hostfile = tmp_path / "hostfile.json"
     write_hostfile(hostfile, localhost_hostfile(2, 1))
-    mlx = subprocess.Popen([sys.executable, "-c", MLX_RANK], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE,
-                           env=env(MLX_RANK=str(mlx_rank), MLX_HOSTFILE=str(hostfile)))
+    mlx = start_mlx(hostfile, mlx_rank)
     ours = Rank(hostfile, 1 - mlx_rank, RINGCOMM_TIMEOUT="4")
     try:
         ours.ready()
@@ -490,3 +496,60 @@ def test_a_ringcomm_rank_tells_an_mlx_peer_to_use_protocol_mlx(tmp_path, mlx_ran
     assert got.get("error") in ("CommError", "CommTimeoutError"), got
     assert "protocol='mlx'" in got["message"], got
     assert got["peer"] == mlx_rank and got["after"] < 4 + 1.5, got
+
+
+@pytest.mark.parametrize("elements", [1, 4, 12])
+def test_a_connector_tells_an_mlx_rank_that_sends_a_few_bytes_to_use_protocol_mlx(tmp_path,
+                                                                                elements):
+    """MLX's rank 0 accepts ringcomm's rank 1 and runs a small all_sum over the connection:
+    a few bytes come back where the HELLO should (4 elements: 4 bytes back), and the
+    connector must say at once that rank 0 is not a ringcomm rank and suggest
+    protocol='mlx', never wait for the deadline ("the peer is too slow").  With 1 element
+    MLX takes the HELLO's first bytes as its data, sends nothing back and exits: refused
+    connects follow, and the deadline error must say that rank 0 accepted and closed a
+    connection without answering, with the same hint."""
+    pytest.importorskip("mlx.core")
+    hostfile = tmp_path / "hostfile.json"
+    write_hostfile(hostfile, localhost_hostfile(2, 1))
+    mlx = start_mlx(hostfile, 0, elements)
+    ours = Rank(hostfile, 1, RINGCOMM_TIMEOUT="10")  # refused connects retried meanwhile
+    try:
+        ours.ready()
+        ours.go()
+        got = ours.result(60)
+    finally:
+        ours.kill()
+        mlx.kill()
+        mlx.communicate()
+    print(got)
+    assert "if rank 0 is an MLX process, use protocol='mlx'" in got["message"], got
+    assert got["peer"] == 0, got
+    if elements == 1:
+        assert got.get("error") == "CommTimeoutError", got
+        assert "rank 0 accepted 1 connection(s) and closed them" in got["message"], got
+        assert got["after"] < 10 + 1.5, got
+    else:
+        assert got.get("error") == "CommError", got
+        assert "rank 0 does not speak ringcomm's protocol" in got["message"], got
+        assert got["after"] < 10 - 3, got  # MLX's start-up, not the deadline
+
+
+def test_an_acceptor_tells_a_peer_that_sends_data_to_use_protocol_mlx():
+    """Where rank 1 should send its HELLO, data comes: an MLX rank's all_sum of 1000 ones
+    (float32), as MLX's ring sends it once its own connections formed.  Anyone may send
+    that, so rank 0 waits for its deadline; its error must name the bytes and suggest
+    protocol='mlx', as it does for a connection that sends nothing."""
+    hostfile = localhost_hostfile(2, 1)
+    rank0 = Join(0, hostfile, timeout=3)
+    data = dial(hostfile[0][0])
+    try:
+        data.sendall(np.ones(1000, np.float32).tobytes())
+        error = rank0.outcome(30)
+    finally:
+        data.close()
+    print(f"rank 0 failed after {rank0.elapsed:.2f} s: {error}")
+    assert isinstance(error, ringcomm.CommTimeoutError) and error.peer == 1, error
+    assert "sent bytes that are not a ringcomm HELLO (first bytes b'\\x00\\x00\\x80?" \
+        in str(error), error
+    assert "if rank 1 is an MLX process, use protocol='mlx'" in str(error), error
+    assert rank0.elapsed < 3 + 1.5, rank0.elapsed

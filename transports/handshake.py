@@ -38,6 +38,7 @@ FLAG_WARM_UP = 2  # the data connections carry the warm-up exchange (transports.
 HELLO = struct.Struct("!4sHH16sIII16s")
 MAC_SIZE = 32
 OK = b"\x01"
+MLX_HINT = "if rank {peer} is an MLX process, use protocol='mlx' on the ringcomm ranks"
 
 
 class Hello(NamedTuple):
@@ -156,7 +157,8 @@ def connect(sock: socket.socket, mine: Hello, want: Hello, token: bytes | None,
     from the wrong peer, raises ``refused(reason)``.  The deadline raises ``Unanswered``;
     bytes that are not this protocol ValueError or struct.error, and a connection that closes
     before any answer ConnectionError (the caller may try again: a busy acceptor drops what
-    it cannot verify in time).
+    it cannot verify in time).  A first byte or four that cannot start a HELLO or a refusal
+    (an MLX rank's data) is a ValueError at once, before the peer can close or go quiet.
 
     A warm-up disagreement is found after both proofs, so that each side knows it comes from
     the real peer (with a token) and both refuse at once.
@@ -177,9 +179,13 @@ def connect(sock: socket.socket, mine: Hello, want: Hello, token: bytes | None,
     sock.settimeout(max(deadline - time.monotonic(), 1e-3))
     sock.sendall(mine.pack())
     head = take(1)
+    if head != MAGIC[:1]:  # REJECT starts alike: anything else is not this protocol, at once
+        raise ValueError(f"it sent {head!r} where a ringcomm HELLO starts")
     head += take(3)
     if head == REJECT:
         raise refused(f"rank {want.rank} refused the connection: {read_reason(sock, deadline)}")
+    if head != MAGIC:
+        raise ValueError(f"it sent {head!r} where a ringcomm HELLO starts")
     theirs = parse_hello(head + take(HELLO.size - 4))
     why = identity_differs(theirs, want, mine.rank) or token_differs(theirs, want, mine.rank)
     if why is not None:

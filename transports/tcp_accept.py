@@ -37,8 +37,8 @@ import time
 from typing import Sequence
 
 from .errors import CommError, CommTimeoutError
-from .handshake import (HELLO, MAC_SIZE, MAGIC, OK, Hello, identity_differs, mac, new_hello,
-                        parse_hello, reject, token_differs, verify, warm_up_differs)
+from .handshake import (HELLO, MAC_SIZE, MAGIC, MLX_HINT, OK, Hello, identity_differs, mac,
+                        new_hello, parse_hello, reject, token_differs, verify, warm_up_differs)
 from .hostfile import Address
 
 HANDSHAKE_SECONDS = 5.0   # a connection must finish its half of the handshake within this
@@ -192,7 +192,8 @@ class Acceptor:
         if p.hello is None:
             if not MAGIC.startswith(bytes(p.buf[:len(MAGIC)])):
                 self._drop(p, sel, f"sent bytes that are not a ringcomm HELLO (first bytes "
-                                   f"{bytes(p.buf[:8])!r})")
+                                   f"{bytes(p.buf[:8])!r}: "
+                                   f"{MLX_HINT.format(peer=self.left)})")
             elif len(p.buf) == HELLO.size:
                 self._on_hello(p, sel)
         elif len(p.buf) == MAC_SIZE:

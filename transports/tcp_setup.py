@@ -41,7 +41,7 @@ from typing import Sequence
 from . import handshake, notices
 from .base import Side
 from .errors import CommError, CommTimeoutError, PeerLostError
-from .handshake import Hello, Unanswered, job_digest, new_hello
+from .handshake import MLX_HINT, Hello, Unanswered, job_digest, new_hello
 from .hostfile import Address
 from .sockets import resolve
 from .tcp_accept import Acceptor
@@ -181,7 +181,7 @@ class TcpSetup:
                      deadline: float) -> socket.socket:
         family, socktype, proto, _, sockaddr = resolve(addr, self.rank, passive=False)
         error: OSError | None = None
-        attempts = 0
+        attempts = dropped = 0  # dropped: accepted, then closed without an answer
         for wait in self._retry_waits():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -197,6 +197,7 @@ class TcpSetup:
                 sock.connect(sockaddr)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.secure:
+                    dropped += 1  # until the handshake passes
                     self._handshake_as_connector(sock, addr, right, index, deadline)
                 return sock
             except CommError:
@@ -215,7 +216,10 @@ class TcpSetup:
                 sock.close()
                 raise
         raise CommTimeoutError(f"timed out connecting to {addr}"
-                               + (f" (last error: {error.strerror or error})" if error else ""),
+                               + (f" (last error: {error.strerror or error})" if error else "")
+                               + (f"; rank {right} accepted {dropped} connection(s) and closed "
+                                  "them without answering the handshake (an MLX rank would: "
+                                  f"{MLX_HINT.format(peer=right)})" if dropped else ""),
                                rank=self.rank, peer=right, address=str(addr), op="init")
 
     def _handshake_as_connector(self, sock: socket.socket, addr: Address, right: int,
@@ -237,10 +241,11 @@ class TcpSetup:
                         "formed on this port" if not e.received else
                         f"the handshake with rank {right} did not finish by the deadline "
                         f"({e.received} bytes came back): the peer is too slow, or not a "
-                        "ringcomm rank", CommTimeoutError) from None
+                        f"ringcomm rank ({MLX_HINT.format(peer=right)})",
+                        CommTimeoutError) from None
         except (ValueError, struct.error) as e:
-            raise error(f"the peer does not speak ringcomm's protocol ({e}); if it is an MLX "
-                        "process, use protocol='mlx' on the ringcomm ranks") from None
+            raise error(f"rank {right} does not speak ringcomm's protocol ({e}); "
+                        + MLX_HINT.format(peer=right)) from None
         sock.settimeout(None)
 
 
