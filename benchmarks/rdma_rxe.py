@@ -27,7 +27,9 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 RUN = CHECKOUT / "tests" / "rxe" / "run.sh"
 SWEEP = ["-b", "4K", "-e", "4M", "-f", "4", "-w", "2", "--iters", "5", "--op",
          "all_sum,all_gather", "--progress", "0"]
-PASSES = (("rdma", "pyverbs"), ("rdma", "ctypes"), ("tcp", ""))
+# (transport, provider, veth MTU): rxe's path MTU follows the veth's (1500: 1024, 9000: 4096)
+PASSES = (("rdma", "pyverbs", 1500), ("rdma", "ctypes", 1500), ("rdma", "ctypes", 9000),
+          ("tcp", "", 9000), ("tcp", "", 1500))
 
 
 def rank_main(argv: list[str]) -> int:
@@ -48,10 +50,22 @@ def sh(command: str) -> None:
     subprocess.run(command, shell=True, check=True)
 
 
+def rxe_packets() -> int:
+    """Packets the rxe devices sent so far (all of them are this guest's)."""
+    total = 0
+    for path in Path("/sys/class/infiniband").glob("*/ports/1/hw_counters/sent_pkts"):
+        total += int(path.read_text())
+    return total
+
+
+def set_mtu(mtu: int, netns: bool) -> None:
+    sh(f"ip link set v01 mtu {mtu} && ip {'-n p1 ' if netns else ''}link set v10 mtu {mtu}")
+
+
 def one_pass(transport: str, provider: str, job: Path) -> tuple[str, list[dict]]:
     """Two ranks of ringcomm-bench over v01/v10: the table printed and the records."""
-    out = job / f"bench-{transport}{'-' + provider if provider else ''}.jsonl"
     port = 40000 + len(list(job.glob("bench-*")))
+    out = job / f"bench-{port}.jsonl"
     env = dict(os.environ, RINGCOMM_TIMEOUT="300")
     prefixes = [[], []]
     if transport == "rdma":
@@ -59,10 +73,11 @@ def one_pass(transport: str, provider: str, job: Path) -> tuple[str, list[dict]]
         devices.write_text(json.dumps([[None, "rxe01"], ["rxe10", None]]))
         env.update(MLX_IBV_DEVICES=str(devices), MLX_JACCL_COORDINATOR=f"127.0.0.1:{port}",
                    RINGCOMM_VERBS=provider, RINGCOMM_BACKEND="rdma")
-    else:  # v10 into a namespace of its own: the bytes cross the veth
+    elif not Path("/run/netns/p1").exists():  # v10 into a namespace: the bytes cross the veth
         sh("ip netns add p1 && ip link set v10 netns p1 && "
            "ip -n p1 addr add 10.30.0.2/24 dev v10 && ip -n p1 link set v10 up && "
            "ip -n p1 link set lo up && ip addr add 10.30.0.1/24 dev v01")
+    if transport == "tcp":
         hostfile = job / "hostfile.json"
         hostfile.write_text(json.dumps([[f"10.30.0.1:{port}"], [f"10.30.0.2:{port}"]]))
         env.update(MLX_HOSTFILE=str(hostfile))
@@ -81,16 +96,18 @@ def one_pass(transport: str, provider: str, job: Path) -> tuple[str, list[dict]]
 
 def side_by_side(runs: dict[str, list[dict]]) -> list[str]:
     names = list(runs)
-    lines = ["| op | bytes | " + " | ".join(f"{n} us (busbw GB/s)" for n in names)
-             + " | " + " | ".join(f"{n} / tcp" for n in names if n != "tcp") + " |",
-             "|---" * (2 + 2 * len(names) - 1) + "|"]
+    tcp_name = names[-1]  # TCP at MTU 1500: what RDMA at MTU 1500 is compared with
+    rdma = [n for n in names if not n.startswith("tcp")]
+    lines = ["| op | bytes | " + " | ".join(f"{n}: us (busbw GB/s)" for n in names)
+             + " | " + " | ".join(f"{n} / {tcp_name}" for n in rdma) + " |",
+             "|---" * (2 + len(names) + len(rdma)) + "|"]
     by = {n: {(r["op"], r["bytes"]): r for r in recs} for n, recs in runs.items()}
-    for key in sorted(by.get("tcp", {}), key=lambda k: (k[0], k[1])):
+    for key in sorted(by.get(tcp_name, {}), key=lambda k: (k[0], k[1])):
         cells = [f"{by[n][key]['time_us']:.0f} ({by[n][key]['busbw_gbps']:.3f})"
                  if key in by[n] else "-" for n in names]
-        tcp = by["tcp"][key]["time_us"]
+        tcp = by[tcp_name][key]["time_us"]
         ratios = [f"{by[n][key]['time_us'] / tcp:.2f}" if key in by[n] else "-"
-                  for n in names if n != "tcp"]
+                  for n in rdma]
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells + ratios) + " |")
     return lines
 
@@ -104,13 +121,17 @@ def in_guest(job: Path) -> int:
         (pv / "pyverbs").symlink_to("/usr/lib/python3/dist-packages/pyverbs")
     os.environ["PYTHONPATH"] = f"{CHECKOUT}:{pv}"
     runs, tables = {}, []
-    for transport, provider in PASSES:
-        name = f"{transport} ({provider})" if provider else transport
-        start = time.monotonic()
+    for transport, provider, mtu in PASSES:
+        name = f"{transport}{f' ({provider})' if provider else ''}, MTU {mtu}"
+        set_mtu(mtu, netns=Path("/run/netns/p1").exists())
+        if transport == "rdma":
+            time.sleep(1)  # rxe's port takes the new MTU
+        start, packets = time.monotonic(), rxe_packets()
         text, records = one_pass(transport, provider, job)
         runs[name] = records
-        tables += [f"## {name}: {time.monotonic() - start:.0f} s", "", "```", text.strip(),
-                   "```", ""]
+        sent = f", {rxe_packets() - packets} RoCE packets sent" if transport == "rdma" else ""
+        tables += [f"## {name}: {time.monotonic() - start:.0f} s{sent}", "", "```",
+                   text.strip(), "```", ""]
     (job / "bench.md").write_text("\n".join(
         ["## side by side (time per call; ratio < 1: faster than TCP)", "",
          *side_by_side(runs), "", *tables]) + "\n")

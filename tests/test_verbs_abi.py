@@ -114,3 +114,68 @@ def test_a_wrong_offset_would_be_caught(c_layout):
         _fields_ = [("wr_id", ctypes.c_uint64), ("status", ctypes.c_int),
                     ("pad", ctypes.c_int), ("opcode", ctypes.c_int)]
     assert [shifted.opcode.offset, shifted.opcode.size] != c_layout["ibv_wc.opcode"]
+
+
+# -- the ctypes provider's namespace, without a device ------------------------------------------
+
+NAMESPACE = ("Context", "PD", "MR", "CQ", "QP", "QPCap", "QPInitAttr", "QPAttr", "AHAttr",
+             "GlobalRoute", "GID", "SGE", "SendWR", "RecvWR", "get_device_list", "enums",
+             "PyverbsError", "PyverbsRDMAError", "EMULATED")
+
+
+@pytest.fixture(scope="module")
+def vc():
+    try:
+        from ringcomm.transports import verbs_ctypes
+    except ImportError as e:
+        pytest.skip(f"no verbs library to load here ({e}); apt install libibverbs1")
+    return verbs_ctypes
+
+
+@pytest.mark.timeout(60)
+def test_the_ctypes_provider_offers_the_pyverbs_namespace(vc):
+    assert [n for n in NAMESPACE if not hasattr(vc, n)] == []
+    assert vc.EMULATED is False
+    assert issubclass(vc.PyverbsRDMAError, vc.PyverbsError)
+    err = vc.PyverbsRDMAError("Failed to register a MR", 12)
+    assert err.error_code == 12 and "Errno: 12" in str(err)  # pyverbs' wording
+    defaults = vc.QPAttr()  # pyverbs' QPAttr() defaults (tests/test_rdma.py's QPATTR_DEFAULTS)
+    assert (defaults.qp_state, defaults.cur_qp_state, defaults.port_num, defaults.path_mtu,
+            defaults.rnr_retry, defaults.timeout) == (1, 0, 1, 3, 0, 0)
+    for cls in ("QPCap", "QPInitAttr", "QPAttr", "AHAttr", "GlobalRoute", "RecvWR"):
+        with pytest.raises(TypeError):
+            getattr(vc, cls)(not_a_pyverbs_keyword=1)
+
+
+@pytest.mark.timeout(60)
+def test_work_requests_and_attributes_land_in_the_c_structures(vc):
+    e = vc.enums
+    sge = vc.SGE(0x10000, 4096, 0x1234)
+    wr = vc.SendWR(wr_id=7, num_sge=1, sg=[sge], opcode=e.IBV_WR_SEND,
+                   send_flags=e.IBV_SEND_SIGNALED)
+    wr.wr_id = 9  # pyverbs lets fields be set after construction
+    c = wr._c
+    assert (c.wr_id, c.num_sge, c.opcode, c.send_flags) == (9, 1, e.IBV_WR_SEND, 2)
+    assert (c.sg_list[0].addr, c.sg_list[0].length, c.sg_list[0].lkey) == (0x10000, 4096, 0x1234)
+    attr = vc.QPAttr(qp_state=e.IBV_QPS_RTR)
+    attr.dest_qp_num, attr.rq_psn = 0x1234, 0xABCDEF
+    gid = "0000:0000:0000:0000:0000:ffff:0a00:0001"  # IPv4-mapped, as Thunderbolt's
+    attr.ah_attr = vc.AHAttr(port_num=1, is_global=1,
+                             gr=vc.GlobalRoute(dgid=vc.GID(gid), sgid_index=1, hop_limit=1))
+    c = attr._to_c()
+    assert (c.qp_state, c.dest_qp_num, c.rq_psn, c.ah_attr.is_global,
+            c.ah_attr.grh.sgid_index) == (e.IBV_QPS_RTR, 0x1234, 0xABCDEF, 1, 1)
+    assert bytes(c.ah_attr.grh.dgid.raw) == bytes.fromhex(gid.replace(":", ""))
+
+
+@pytest.mark.timeout(60)
+def test_unreliable_connected_moves_set_only_what_uc_takes(vc):
+    """Apple offers UC only: RTR and RTS without the RDMA-read, retry and RNR attributes
+    (a UC queue pair refuses them with EINVAL)."""
+    e, mask = vc.enums, vc._mask
+    rc_only = (e.IBV_QP_MAX_DEST_RD_ATOMIC | e.IBV_QP_MIN_RNR_TIMER | e.IBV_QP_TIMEOUT
+               | e.IBV_QP_RETRY_CNT | e.IBV_QP_RNR_RETRY | e.IBV_QP_MAX_QP_RD_ATOMIC)
+    for state in (e.IBV_QPS_INIT, e.IBV_QPS_RTR, e.IBV_QPS_RTS):
+        assert mask(e.IBV_QPT_UC, state) & rc_only == 0
+    assert mask(e.IBV_QPT_RC, e.IBV_QPS_RTR) & e.IBV_QP_MAX_DEST_RD_ATOMIC
+    assert mask(e.IBV_QPT_RC, e.IBV_QPS_RTS) & e.IBV_QP_RETRY_CNT
