@@ -644,6 +644,127 @@ def test_a_rank_that_dies_mid_collective_is_named_by_every_other_rank_emulated(
         assert res["at"] - died < 3, (rank, res)
 
 
+# -- unreliable links: loss, repeats and damage injected by the emulation ----------------------
+
+LOSSY = """
+rng = np.random.default_rng(1234)
+def data(rank, size, dtype=np.float32):
+    return np.random.default_rng(rank).integers(-50, 50, size).astype(dtype)
+wrong = []
+sizes = [1, 1000, 100_000, 700_001]   # under one frame, one, a few, dozens (with a tail)
+for size in sizes:
+    xs = [data(k, size) for k in range(n)]
+    checks = {
+        "all_sum": (ringcomm.all_sum(xs[r]), sum(xs)),
+        "all_max": (ringcomm.all_max(xs[r]), np.max(xs, axis=0)),
+        "all_min": (ringcomm.all_min(xs[r]), np.min(xs, axis=0)),
+        "all_gather": (ringcomm.all_gather(xs[r]), np.concatenate(xs)),
+        "broadcast": (ringcomm.broadcast(xs[r].copy(), size % n), xs[size % n]),
+    }
+    if size % n == 0:
+        checks["sum_scatter"] = (ringcomm.sum_scatter(xs[r]),
+                                 np.split(sum(xs), n)[r])
+    whole = np.concatenate([np.full(size, 10 * k + j, np.int64) for j in range(n)
+                            for k in [r]])
+    got = ringcomm.all_to_all(whole)
+    checks["all_to_all"] = (got, np.concatenate([np.full(size, 10 * j + r, np.int64)
+                                                 for j in range(n)]))
+    for src in range(n):                 # send/recv between every pair (direct links too)
+        for dst in range(n):
+            if src == dst:
+                continue
+            if r == src:
+                ringcomm.send(xs[r] + dst, dst)
+            elif r == dst:
+                checks[f"recv {src}->{dst}"] = (ringcomm.recv((size,), np.float32, src),
+                                                xs[src] + dst)
+    ringcomm.barrier()
+    wrong += [f"{name} of {size}" for name, (got, want) in checks.items()
+              if got.shape != want.shape or not np.array_equal(got, want)]
+links = list(t._by_number) + (list(t._direct._setup.by_number) if t._direct else [])
+counts = {}
+for link in links:
+    for k, v in link.counts.items():
+        counts[k] = counts.get(k, 0) + v
+faults = {}
+for link in links:
+    for k, v in link.qp.faults.items():
+        faults[k] = faults.get(k, 0) + v
+report(wrong=wrong, counts=counts, faults=faults)
+g.close()
+"""
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("size,loss", [
+    (3, "drop=0.01,seed=1"), (3, "drop=0.05,seed=2"), (4, "drop=0.03,seed=3"),
+    (3, "duplicate=0.03,seed=4"), (4, "corrupt=0.03,seed=5"),
+    (4, "drop=0.02,duplicate=0.02,corrupt=0.02,seed=6")])
+def test_every_collective_is_right_over_a_lossy_link_emulated(tmp_path, size, loss):
+    # every message a queue pair sends is dropped, repeated or damaged at these rates (UC
+    # says nothing of it): the frames' sequence and checksums find it, the sender's copies
+    # mend it; 4 ranks send to non-neighbours over direct queue pairs too
+    with emulated_ranks(tmp_path, size, LOSSY, rank_timeout=120,
+                        RINGCOMM_EMULATED_LOSS=loss) as procs:
+        got = results(procs, timeout=220)
+    faults = {k: sum(res["faults"].get(k, 0) for res in got) for k in
+              ("dropped", "duplicated", "corrupted")}
+    counts = {k: sum(res["counts"].get(k, 0) for res in got) for k in
+              ("resent", "duplicates", "damaged", "out_of_order")}
+    print(f"\n{size} ranks, {loss}: injected {faults}, seen {counts}")
+    for rank, res in enumerate(got):
+        assert res["wrong"] == [], (rank, res)
+    for kind, seen in (("dropped", "resent"), ("duplicated", "duplicates"),
+                       ("corrupted", "damaged")):
+        if kind[:4] in loss:
+            assert faults[kind] > 10 and counts[seen] > 0, (faults, counts)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_rank_is_named_in_time_over_a_lossy_link_emulated(tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGCOMM_EMULATED_LOSS", "drop=0.03,corrupt=0.01,seed=8")
+    got = run_fault(tmp_path, 4, "exit", culprit=2)
+    died = got[2]["injected"]
+    for rank in (0, 1, 3):
+        assert got[rank]["type"] == "PeerLostError", got[rank]
+        assert "rank 2" in got[rank]["message"], got[rank]
+        assert got[rank]["at"] - died < 3, got[rank]
+
+
+SILENT = """
+import signal
+x = np.ones(1 << 20, np.float32)
+ringcomm.all_sum(x)
+if r == 1:
+    os.kill(os.getpid(), signal.SIGSTOP)   # frozen: its process and sockets stay
+start = time.monotonic()
+try:
+    ringcomm.all_sum(x)
+    report(finished=True)
+except ringcomm.RingcommError as e:
+    report(seconds=time.monotonic() - start, **failure(e))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_peer_is_a_timeout_naming_it_at_the_deadline_emulated(tmp_path):
+    # UC acknowledges nothing: a frozen peer is heard of only by its silence; frames to it
+    # are sent again until the call's deadline, which then names it
+    with emulated_ranks(tmp_path, 3, SILENT, rank_timeout=3,
+                        RINGCOMM_EMULATED_LOSS="drop=0.02,seed=9") as procs:
+        got = {}
+        for rank in (0, 2):
+            out, err = procs[rank].communicate(timeout=40)
+            rows = [json.loads(line[7:]) for line in out.splitlines()
+                    if line.startswith("RESULT ")]
+            assert rows, (rank, out, err)
+            got[rank] = rows[-1]
+    for rank, res in got.items():
+        assert res["type"] in ("CommTimeoutError", "PeerLostError"), (rank, res)
+        assert "rank 1" in res["message"], (rank, res)
+        assert 2.5 < res["seconds"] < 10, (rank, res)
+
+
 # -- configuration errors: before any queue pair or socket ------------------------------------
 
 CONFIG = """
@@ -722,6 +843,89 @@ def test_a_wrong_device_file_is_a_config_error_saying_what_to_fix_emulated(
         assert fragment.format(path=str(tmp_path / "devices.json"), missing=missing) \
             in res["message"], res
     assert res["seconds"] < 10, res   # at once: it did not wait for the coordinator
+
+
+LOCKED = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (2 << 20, 2 << 20))   # 2 MiB, as `ulimit -l 2048`
+exec(CONFIG)
+from ringcomm.transports import emulated_verbs as EV
+try:   # the emulation pins what it registers, as the kernel does
+    EV.MR(EV.PD(EV.Context(name="emulated0")), 4 << 20, 1)
+    print("RESULT", json.dumps({"mr": None}))
+except EV.PyverbsRDMAError as e:
+    print("RESULT", json.dumps({"mr": str(e)}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_locked_memory_limit_too_small_is_a_config_error_saying_how_to_raise_it(tmp_path):
+    # an ordinary user's RLIMIT_MEMLOCK (root passes it by CAP_IPC_LOCK: dropped here)
+    drop = [] if os.geteuid() else ["setpriv", "--bounding-set=-ipc_lock",
+                                    "--inh-caps=-ipc_lock"]
+    if drop and subprocess.run(["which", "setpriv"], capture_output=True).returncode:
+        pytest.skip("running as root without setpriv: CAP_IPC_LOCK cannot be dropped")
+    path = tmp_path / "devices.json"
+    path.write_text(json.dumps(TWO))
+    environment = env(MLX_RANK="0", MLX_IBV_DEVICES=str(path),
+                      MLX_JACCL_COORDINATOR=f"127.0.0.1:{free_ports(1)[0]}",
+                      RINGCOMM_BACKEND="rdma", RINGCOMM_VERBS="emulated", RINGCOMM_TIMEOUT="60")
+    done = subprocess.run([*drop, sys.executable, "-c", LOCKED.replace("CONFIG", repr(CONFIG))],
+                          env=environment, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    rows = [json.loads(line[7:]) for line in done.stdout.splitlines()
+            if line.startswith("RESULT ")]
+    assert len(rows) == 2, (done.stdout, done.stderr)
+    res, mr = rows
+    assert res["type"] == "ConfigError", res
+    for fragment in ("rank 0: the RDMA transport must register about 2176 KiB", "2 queue pairs",
+                     "may lock only 2048 KiB (RLIMIT_MEMLOCK)", "ulimit -l unlimited",
+                     "/etc/security/limits.conf"):
+        assert fragment in res["message"], res
+    assert res["seconds"] < 10, res          # at once: before the side channel or a queue pair
+    assert mr["mr"] is not None and "Errno: 12" in mr["mr"], mr
+
+
+@pytest.mark.timeout(60)
+def test_more_than_10_queue_pairs_on_a_device_is_a_config_error_emulated(tmp_path):
+    six = ["emulated0"] * 6   # 6 connections to each neighbour: 12 queue pairs on emulated0
+    res = init_one_rank(tmp_path, [[None, six], [six, None]], 0)
+    assert res["type"] == "ConfigError", res
+    assert "12 queue pairs on device 'emulated0'" in res["message"], res
+    assert "at most 10 per device" in res["message"], res
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index,ok", [("0", True), ("1", True), ("2", False), ("x", False)])
+def test_rdma_gid_index_picks_the_gid_or_is_a_config_error_emulated(tmp_path, index, ok):
+    script = """
+link = t._by_number[0]
+report(index=link.context.gid_index, gid=str(link.context.gid), sum=float(ringcomm.all_sum(
+    np.ones(3, np.float32))[0]))
+g.close()
+"""
+    if ok:
+        with emulated_ranks(tmp_path, 2, script, RINGCOMM_GID_INDEX=index) as procs:
+            got = results(procs)
+        for res in got:
+            assert res["index"] == int(index) and res["sum"] == 2.0, res
+            assert res["gid"].startswith("fe80:" if index == "0" else "0000:0000:"), res
+    else:
+        res = init_one_rank(tmp_path, TWO, 0, RINGCOMM_GID_INDEX=index)
+        assert res["type"] == "ConfigError", res
+        assert ("no GID at index 2" if index == "2" else "RINGCOMM_GID_INDEX must be") \
+            in res["message"], res
+
+
+@pytest.mark.timeout(60)
+def test_the_ipv4_mapped_gid_is_found_as_jaccl_finds_it_emulated(tmp_path):
+    script = """
+link = t._by_number[0]
+report(index=link.context.gid_index, mtu=link.path_mtu)
+g.close()
+"""
+    with emulated_ranks(tmp_path, 2, script) as procs:
+        got = results(procs)
+    assert got == [{"index": 1, "mtu": E.IBV_MTU_4096}] * 2, got
 
 
 def pyverbs_here() -> tuple[object | None, list[str], str]:

@@ -221,6 +221,7 @@ class QP(QPWire):
         self._peer: tuple[str, int] | None = None
         self._peer_gone = False
         self._out: collections.deque[memoryview] = collections.deque()
+        self._stalled = False  # the peer read nothing during the last hand-over
         self._faults = self._fault_source()
         self.faults = collections.Counter()  # what the fault injection did to sends
         self._rq: collections.deque[RecvWR] = collections.deque()

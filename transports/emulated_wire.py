@@ -28,7 +28,8 @@ _SOCKET_DIR = os.path.join(tempfile.gettempdir(), f"ringcomm-emulated-verbs-{os.
 _FRAME = struct.Struct("!BIII")  # kind number length imm
 _DATA_SEND, _DATA_SEND_IMM, _HELLO = 1, 2, 7
 _READ_BUDGET = 8 << 20             # bytes one poll may take from one queue pair
-_STALL_SECONDS = 30.0             # a peer that reads nothing this long: its frames are lost
+_HAND_OVER_SECONDS = 0.2          # how long a post waits for a peer that reads nothing
+_MAX_QUEUED = 32 << 20             # bytes queued for such a peer; past this, sends are lost
 
 open_qps: list["QPWire"] = []  # this process's queue pairs, all progressed while one waits
 
@@ -82,6 +83,9 @@ class QPWire:
         length = sum(s.length for s in wr.sg)
         parts = [memoryview(_FRAME.pack(kind, 0, length, wr.imm_data))]
         parts.extend(view(s.addr, s.length) for s in wr.sg if s.length)
+        if sum(len(part) for part in self._out) > _MAX_QUEUED:
+            self.faults["overflowed"] += 1  # a peer that reads nothing: the wire drops it
+            return
         copies = 1
         if self._faults is not None:
             loss, draw = settings.load().emulated_loss, self._faults.random()
@@ -110,7 +114,7 @@ class QPWire:
             return
         self._flush_out()
         self._read()
-        self._hand_over()
+        self._flush_out()
 
     def _waiting_for_peer(self) -> bool:
         """In RTR or later, with the peer's connection not yet accepted."""
@@ -139,22 +143,26 @@ class QPWire:
                 self._out[0] = view[sent:]
 
     def _hand_over(self) -> None:
-        """Return only once every queued frame is in the kernel's socket buffer.
+        """Return once every queued frame is in the kernel's socket buffer, or after
+        ``_HAND_OVER_SECONDS`` when the peer reads nothing (a stopped process).
 
         A NIC keeps sending while its owner computes or sleeps; this emulation has no thread,
-        so a frame left queued here would wait for the owner's next verbs call, which may
-        never come (a rank that finished its part of a collective).  While the peer has not
-        read enough, every queue pair of this process is progressed, so ranks that all wait
-        on their right neighbours cannot block one another.
+        so a frame left queued here waits for the owner's next verbs call (the RDMA
+        transport's keeper thread polls while its rank is away).  While the peer has not read
+        enough, every queue pair of this process is progressed, so ranks that all wait on
+        their right neighbours cannot block one another.
         """
         if self._waiting_for_peer():
             self._accept()
         self._flush_out()
-        deadline = time.monotonic() + _STALL_SECONDS
+        if self._stalled and self._out:
+            return  # it read nothing the last time: do not wait on it again
+        self._stalled = False
+        deadline = time.monotonic() + _HAND_OVER_SECONDS
         while self._out and self._sock is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._lose_peer()  # a peer that reads nothing: what it missed is lost
+                self._stalled = True  # what is queued goes when it reads
                 return
             readers = [qp._sock or qp._listener for qp in open_qps if qp._sock is not None
                        or qp._waiting_for_peer()]

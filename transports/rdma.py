@@ -214,6 +214,8 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
                 progressed = self._service(link, now, not progressed) or progressed
             if self._done:
                 break
+            if now >= deadline:  # (busy resending to a silent peer counts as no progress)
+                raise self._timed_out()
             if progressed:
                 backoff.progressed()
             elif not backoff.idle(self._nap):

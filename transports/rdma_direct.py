@@ -188,7 +188,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
                         link.sending is not None or
                         (link.receiving is not None and not link.arrived)):
                     raise self._failed(link, op)
-            if progressed:
+            if progressed and time.monotonic() < deadline:
                 backoff.progressed()
             elif not backoff.idle(self._nap):
                 raise self._timed_out(out, into, op)
