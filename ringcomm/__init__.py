@@ -19,7 +19,7 @@ from .dtypes import SUPPORTED_DTYPES
 from .calls import (all_gather, all_max, all_min, all_sum, all_to_all, barrier, broadcast, recv,
                     recv_like, send, sum_scatter)
 from .group import Group
-from .init import default_group, init  # noqa: F401 (default_group: for ringcomm.layers)
+from .init import default_group, init, is_initialized  # noqa: F401 (default_group: layers)
 from .mlx_arrays import EagerCollectiveError
 from .mlx_patch import patch_mlx, unpatch_mlx  # imports mlx only when called
 from .work import WaitTimeoutError, Work
@@ -27,8 +27,8 @@ from .work import WaitTimeoutError, Work
 __all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError", "Group",
            "GroupBrokenError", "MismatchError", "PeerLostError", "RingcommError",
            "SUPPORTED_DTYPES", "WaitTimeoutError", "Work", "__version__", "all_gather", "all_max",
-           "all_min", "all_sum", "all_to_all", "barrier", "broadcast", "init", "patch_mlx", "recv",
-           "recv_like", "send", "sum_scatter", "unpatch_mlx"]
+           "all_min", "all_sum", "all_to_all", "barrier", "broadcast", "init", "is_initialized",
+           "patch_mlx", "recv", "recv_like", "send", "sum_scatter", "unpatch_mlx"]
 
 
 def __getattr__(name: str) -> Any:

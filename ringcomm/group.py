@@ -10,6 +10,7 @@ import numpy as np
 from .transports import CommError, GroupBrokenError, MismatchError, Side, Transport, settings
 
 from . import dropped, engine, memcopy, plans, small, spread
+from .plan_log import DEBUG, debug_on, operation as log_operation
 from .buffers import contiguous, disjoint_or_same, output, same_buffer
 from .dtypes import Combine, reducer, wire_dtype
 from .lanes import Lanes, auto_threads
@@ -58,6 +59,7 @@ class Group:
         self._progress: Progress | None = None  # async_op=True's queue and thread (``work``)
         self._gathered: tuple | None = None  # small all-reduces' buffer and plan (``small``)
         self._dropped = dropped.watch(self, self._direct, self._lanes, transport)  # no close()
+        self._log_plans = debug_on(DEBUG)  # RINGCOMM_LOG=debug, or the logger at DEBUG by now
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -309,6 +311,8 @@ class Group:
         try:
             lanes = 1 if len(plan) < 2 else \
                 self._lanes.count(plan, heads, header, vet is not None)
+            if self._log_plans:  # (off, this attribute is all the log costs a call)
+                log_operation(self.rank(), name, dtype, shape, plan, lanes, message)
             if lanes == 1 or not self._lanes.run(lanes, plan, work, combine, deadline, header,
                                                  check_header, source, source_at, meanwhile,
                                                  self._alone):

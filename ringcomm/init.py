@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Sequence
+import weakref
+from typing import Callable, Sequence
 
-from .transports import Address, ConfigError, parse_hostfile, read_hostfile, settings
+from .transports import Address, ConfigError, log, parse_hostfile, read_hostfile, settings
 from .transports.base import LoneTransport, Transport
 from .transports.devicefile import parse_devices, read_device_file
 from .transports.handshake import job_digest
 from .transports.tcp import TcpTransport
 
-from . import interrupted, rendezvous
+from . import init_args, interrupted, rendezvous
 from .group import Group
 from .split import Origin
 
@@ -23,6 +24,8 @@ BACKENDS = settings.BACKENDS
 PROTOCOLS = settings.PROTOCOLS
 
 _default_group: Group | None = None
+# what each group init() formed was formed with (by group: a test may swap _default_group)
+_formed_with: weakref.WeakKeyDictionary[Group, init_args.Formed] = weakref.WeakKeyDictionary()
 
 
 def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
@@ -54,10 +57,79 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     Slurm's first node, or MPI itself): see ``ringcomm.rendezvous``.
     ``backend="any"`` takes ``RINGCOMM_BACKEND`` when set (``ringcomm-launch --backend``
     sets it), else TCP.  The group becomes the default for calls made with ``group=None``.
+
+    Called again while the default group is open, ``init()`` returns that group when every
+    argument given agrees with it (one left out agrees with anything), and raises
+    ``ConfigError`` naming each difference when one does not.  Once the default group is
+    closed, or broken by a failure (it is then closed first, releasing its ports), ``init()``
+    forms a new one.  A default group of one rank is returned only to a call that resolves
+    to the same inputs; any other call forms a new group.  Calls on several threads at once
+    (ranks of one process, as tests run them) each form their own group; the last to finish
+    becomes the default.  See ``is_initialized()``.
     """
     global _default_group
     interrupted.install()  # under ringcomm-launch: a Ctrl-C is one line, not a traceback
     knobs = settings.load()
+    log.apply(knobs.log_level)
+    if timeout is not None:
+        timeout = settings.timeout_seconds(timeout)
+    inputs = (strict, knobs.backend if backend == "any" else backend,
+              knobs.rank if rank is None else rank,
+              init_args.path_or_entries(knobs.hostfile if hostfile is None else hostfile),
+              init_args.path_or_entries(knobs.ibv_devices if devices is None else devices),
+              knobs, timeout, protocol, token, job_id, coordinator, verbs)
+    existing = _open_default(inputs, lambda: init_args.given(
+        backend, rank, hostfile, devices, timeout=timeout, protocol=protocol, token=token,
+        job_id=job_id, coordinator=coordinator, verbs=verbs))
+    if existing is not None:
+        return existing
+    scope = log.setup_timeout.set(timeout if timeout is not None else knobs.timeout)
+    try:
+        group, values = _form(knobs, strict, backend, rank, hostfile, timeout, protocol,
+                              token, job_id, devices, coordinator, verbs)
+    finally:
+        log.setup_timeout.reset(scope)
+    _default_group = group
+    _formed_with[group] = init_args.Formed(inputs, values)
+    log.logger.debug("rank %d of %d: init done (%s)", group.rank(), group.size(),
+                     ", ".join(f"{k}={init_args.shown(k, v)}" for k, v in values.items()
+                               if k != "token"))
+    return group
+
+
+def is_initialized() -> bool:
+    """Whether ``init()`` formed the default group and it is open: neither closed nor broken
+    by a failure.  While it is, ``init()`` returns it (given agreeing arguments)."""
+    return _default_group is not None and _default_group._broken is None
+
+
+def _open_default(inputs: tuple, asked: Callable[[], dict]) -> Group | None:
+    """The open default group, when this call (``inputs``; ``asked()``, its arguments) agrees
+    with it; ConfigError when it does not; None when a new group is to be formed (a closed or
+    broken default group is closed)."""
+    group = _default_group
+    formed = _formed_with.get(group) if group is not None else None
+    if group is None or formed is None:
+        return None
+    if group._broken is not None:
+        group.close()  # (broken by a failure: its ports are released for the new group)
+        return None
+    if group.size() == 1:  # nothing held: reused only for the very same call
+        return group if inputs == formed.inputs else None
+    differ = init_args.differences(formed, asked())
+    if differ:
+        raise ConfigError(f"ringcomm.init(): already initialized, with different arguments: "
+                          f"{'; '.join(differ)}; close the default group first "
+                          "(ringcomm.default_group().close()) to form another, or form "
+                          "subgroups with Group.split")
+    return group
+
+
+def _form(knobs: settings.Settings, strict: bool, backend: str, rank: object, hostfile: object,
+          timeout: float | None, protocol: str | None, token: str | None, job_id: str | None,
+          devices: object, coordinator: str | None,
+          verbs: str | None) -> tuple[Group, dict[str, object]]:
+    """A new group, and what it was formed with (``init_args.Formed.values``)."""
     if backend == "any":  # what ringcomm-launch --backend asked for, else TCP
         backend = knobs.backend
     kind = BACKENDS.get(backend)
@@ -82,8 +154,8 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
                  Group(transport, timeout, headers=True,
                        job=int.from_bytes(job_digest(transport.job_id)[:4], "big")))
         group.origin = origin
-        _default_group = group
-        return group
+        return group, _values(kind, group, timeout, protocol, token, job_id, origin,
+                              coordinator, verbs, knobs)
     hostfile = knobs.hostfile if hostfile is None else hostfile
     deadline = time.monotonic() + timeout
     if rank_text is None and hostfile is None and knobs.world is not None \
@@ -119,8 +191,24 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
                       job=int.from_bytes(job_digest(job_id)[:4], "big"))
         group.origin = Origin("tcp", job_id, token.encode() if token is not None else None,
                               protocol, knobs, hostfile=addresses)
-    _default_group = group
-    return group
+    return group, _values(kind, group, timeout, protocol, token, job_id, group.origin,
+                          coordinator, verbs, knobs)
+
+
+def _values(kind: str, group: Group, timeout: float, protocol: str, token: str | None,
+            job_id: str | None, origin: Origin | None, coordinator: str | None,
+            verbs: str | None, knobs: settings.Settings) -> dict[str, object]:
+    """What ``group`` was formed with, named as ``init``'s arguments."""
+    values: dict[str, object] = {
+        "backend": kind, "rank": group.rank(), "timeout": timeout, "protocol": protocol,
+        "token": token, "job_id": origin.job_id if origin is not None else job_id}
+    if origin is not None and origin.hostfile:
+        values["hostfile"] = init_args.addresses(origin.hostfile)
+    if kind == "rdma":
+        values["devices"] = init_args.table(origin.devices) if origin is not None else None
+        values["coordinator"] = knobs.coordinator if coordinator is None else coordinator
+        values["verbs"] = verbs or knobs.verbs
+    return values
 
 
 def _rdma(knobs: settings.Settings, rank_text: object, devices: object,

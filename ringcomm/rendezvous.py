@@ -33,6 +33,7 @@ import uuid
 from .transports import (Address, CommError, CommTimeoutError, ConfigError, RingcommError,
                          settings)
 from .transports.interfaces import interface_ip, primary_ip
+from .transports.log import waiting
 from . import rendezvous_frames as frames
 from .nodelist import expand_nodelist, first_node, node_count
 from .ports import free_ports
@@ -62,7 +63,8 @@ def find_peers(rank: int, size: int, knobs: settings.Settings, deadline: float,
         return _through_mpi(rank, size, host or primary_ip(), port, deadline)
     if rank == 0:
         return Gathering(where, size, deadline, token).serve(host, port, knobs.job_id)
-    return _join(where, rank, size, host, port, deadline, token)
+    with waiting(rank, f"rank 0 and every other rank at the rendezvous {where}", deadline):
+        return _join(where, rank, size, host, port, deadline, token)
 
 
 def rendezvous_address(knobs: settings.Settings, size: int = 1) -> Address | None:

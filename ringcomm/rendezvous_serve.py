@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import logging
 import os
 import resource
 import selectors
@@ -21,6 +20,7 @@ import time
 import uuid
 
 from .transports import Address, CommError, CommTimeoutError, ConfigError
+from .transports.log import logger as log, ranks_text, waiting
 from . import rendezvous_frames as frames
 
 HANDSHAKE_SECONDS = 5.0        # a connection must register within this, or is dropped
@@ -29,7 +29,6 @@ HANDSHAKE_SECONDS = 5.0        # a connection must register within this, or is d
 # this finds the rendezvous closed and fails at its deadline (only a token closes that gap)
 DUPLICATE_GRACE = 0.5
 SPARE_FILES = 64               # rank 0's files beside the rendezvous' sockets
-log = logging.getLogger("ringcomm")
 
 
 def listen_address(where: Address) -> list[tuple[int, tuple]]:
@@ -72,10 +71,12 @@ class Gathering:
         try:
             self._listen()
             if self.token is None:
-                log.warning("ringcomm: the rendezvous at %s has no token: anyone who can reach "
+                log.warning("the rendezvous at %s has no token: anyone who can reach "
                             "that port can take a rank; set RINGCOMM_TOKEN to one secret on "
                             "every rank to keep outsiders out", self.where)
-            self._gather()
+            with waiting(0, lambda: f"{ranks_text(self._absent())} to join the rendezvous at "
+                         f"{self.where}", self.deadline):
+                self._gather()
             hostfile = [[Address(host or self._seen_as(), port)]]
             for r in range(1, self.size):
                 sock, hello = self.joined[r]
@@ -148,8 +149,11 @@ class Gathering:
                 else:
                     self._on_readable(key.fileobj)
 
+    def _absent(self) -> list[int]:
+        return sorted(set(range(1, self.size)) - set(self.joined))
+
     def _missing(self) -> None:
-        missing = sorted(set(range(1, self.size)) - set(self.joined))
+        missing = self._absent()
         why = (f"ranks {missing} did not reach the rendezvous at {self.where} within the "
                "timeout; are they running, with the same MASTER_ADDR/MASTER_PORT?")
         self._tell_everyone({"error": why, "missing": missing[0]})

@@ -2,6 +2,7 @@
 of docs/settings.md lists exactly the settings it knows."""
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -45,6 +46,8 @@ def test_values_are_parsed():
     assert got.verbs == "emulated"
     assert settings.load({"RINGCOMM_THREADS": "3"}).threads == 3
     assert settings.load({"RINGCOMM_THREADS": "auto"}).threads is None  # cores / local ranks
+    assert settings.load({"RINGCOMM_LOG": " Debug "}).log_level == logging.DEBUG
+    assert settings.load({"RINGCOMM_LOG": "off"}).log_level > logging.CRITICAL
 
 
 @pytest.mark.parametrize("name,value,says", [
@@ -63,6 +66,7 @@ def test_values_are_parsed():
     ("RINGCOMM_PROTOCOL", "gloo", "choose one of: ringcomm, mlx"),
     ("RINGCOMM_BACKEND", "mpi", "choose one of"),
     ("RINGCOMM_VERBS", "fake", "pyverbs, emulated"),
+    ("RINGCOMM_LOG", "loud", "debug, info, warning, error, off"),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_variable(name, value, says):
     with pytest.raises(ringcomm.ConfigError, match=name) as e:

@@ -19,6 +19,7 @@ import re
 import uuid
 from typing import Mapping
 
+from . import log, setting_names
 from .errors import ConfigError
 
 DEFAULT_TIMEOUT = 300.0
@@ -65,6 +66,7 @@ KNOWN = {
     "SLURM_JOB_ID": "with SLURM_STEP_ID, picks the rendezvous port under Slurm",
     "SLURM_STEP_ID": "see SLURM_JOB_ID",
     "RINGCOMM_IFNAME": "the network interface whose address a rank listens on",
+    "RINGCOMM_LOG": "level of the ringcomm logger: debug, info, warning, error or off",
     "TORCHELASTIC_RUN_ID": "set by torchrun, whose own store holds MASTER_PORT",
 }
 # Per-job random values that a launcher gives every rank it starts and that an outsider on
@@ -139,6 +141,7 @@ class Settings:
     slurm_nodelist: str | None = None
     slurm_step: tuple[int, int] | None = None  # (job id, step id)
     ifname: str | None = None
+    log_level: int | None = None     # RINGCOMM_LOG; None: as the program set the logger
     under_torchrun: bool = False  # torchrun's agent holds MASTER_PORT: rendezvous one above
     # (token, the variable it derives from) where a launcher hands every rank a per-job secret
     launcher_token: tuple[bytes, str] | None = dataclasses.field(default=None, repr=False)
@@ -151,6 +154,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     cached = _cache.get(key)
     if cached is None:
         _cache.clear()
+        setting_names.warn_unknown(env, KNOWN)  # (a misspelled name: once per process)
         cached = _cache[key] = _parse(env)
     return cached
 
@@ -192,6 +196,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         rendezvous=get("RINGCOMM_RENDEZVOUS") or None,
         slurm_nodelist=get("SLURM_STEP_NODELIST") or None,
         slurm_step=_slurm_step(env), ifname=get("RINGCOMM_IFNAME") or None,
+        log_level=log.level_named(get("RINGCOMM_LOG")),
         under_torchrun=bool(get("TORCHELASTIC_RUN_ID")), launcher_token=_launcher_token(env))
 
 

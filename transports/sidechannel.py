@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from . import handshake, notices
+from . import handshake, log, notices
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import (HELLO, MAC_SIZE, OK, Hello, mac, mismatch, new_hello,
                         parse_hello, reject, verify)
@@ -43,9 +43,12 @@ class SideChannel:
         self._sel = selectors.DefaultSelector()
         try:
             if rank == 0:
-                self._accept_all(deadline)
+                with log.waiting(0, lambda: f"{log.ranks_text(self._absent())} to reach the "
+                                 f"coordinator at {coordinator}", deadline):
+                    self._accept_all(deadline)
             else:
-                self._peers[0] = self._connect(deadline)
+                with log.waiting(rank, f"rank 0 (the coordinator) at {coordinator}", deadline):
+                    self._peers[0] = self._connect(deadline)
         except BaseException:
             self.close(goodbye=False)
             raise
@@ -53,6 +56,9 @@ class SideChannel:
             self._sel.register(sock, selectors.EVENT_READ, peer)
 
     # -- set-up ----------------------------------------------------------------------------
+
+    def _absent(self) -> list[int]:
+        return sorted(set(range(1, self.size)) - set(self._peers))
 
     def _accept_all(self, deadline: float) -> None:
         family, _, _, _, sockaddr = resolve(self.coordinator, self.rank, what="the coordinator host")

@@ -38,7 +38,7 @@ import struct
 import time
 from typing import Sequence
 
-from . import handshake, notices
+from . import handshake, log, notices
 from .base import Side
 from .errors import CommError, CommTimeoutError, PeerLostError
 from .handshake import MLX_HINT, Hello, Unanswered, job_digest, new_hello
@@ -87,14 +87,21 @@ class TcpSetup:
             resolve(addr, self.rank, passive=True)
         for addr in right_addrs:
             resolve(addr, self.rank, passive=False)
-        steps = (lambda: self._accept_all(own, deadline),
-                 lambda: self._connect_all(right_addrs, deadline))
+        steps = ((Side.LEFT, lambda: self._accept_all(own, deadline)),
+                 (Side.RIGHT, lambda: self._connect_all(right_addrs, deadline)))
         try:
             self.listeners.extend(self._bound)  # the caller's, bound before it published them
             for addr in own[len(self.listeners):]:
                 self.listeners.append(self._listen(addr))
-            for step in (steps if self.peer(Side.RIGHT) > self.rank else steps[::-1]):
-                step()
+            log.logger.debug("rank %d of %d: listening on %s", self.rank, self.size,
+                             ", ".join(map(str, own)))
+            for side, step in (steps if self.peer(Side.RIGHT) > self.rank else steps[::-1]):
+                peer = self.peer(side)
+                with log.waiting(self.rank, f"rank {peer} at {self._hostfile[peer][0]}",
+                                 deadline):
+                    step()
+                log.logger.debug("rank %d: connected to rank %d (%s), %d connection(s)",
+                                 self.rank, peer, side.name.lower(), self.connections)
         except BaseException as e:  # the neighbours already connected learn why (notices)
             notices.send((sock for sock, _ in self.control.values()),
                          notices.encode(e, self.rank))
