@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from .transports import Address, parse_hostfile, read_hostfile
 from .transports.devicefile import parse_devices, read_device_file
@@ -62,11 +62,11 @@ def differences(formed: Formed, asked: dict[str, Any]) -> list[str]:
     return found
 
 
-def addresses(hostfile: list[list[Address]]) -> tuple[tuple[str, ...], ...]:
+def addresses(hostfile: Sequence[Sequence[Address]]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(str(a) for a in entry) for entry in hostfile)
 
 
-def table(devices: list) -> tuple:
+def table(devices: Sequence) -> tuple:
     return tuple(tuple(tuple(names) if isinstance(names, list) else names for names in row)
                  for row in devices)
 
@@ -79,7 +79,7 @@ def _rank(value: object) -> object:
         return value
 
 
-def shown(name: str, value: object) -> str:
+def shown(name: str, value: Any) -> str:
     """``value`` of the argument ``name``, as a message shows it."""
     if value is None:
         return "none"
@@ -90,8 +90,8 @@ def shown(name: str, value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def path_or_entries(value: object) -> object:
+def path_or_entries(value: Any) -> object:
     """An input as compared for a group of one: a path made absolute, else the entries."""
     if value is None or isinstance(value, (list, tuple)):
         return repr(value)
-    return os.path.abspath(os.fspath(value))  # type: ignore[arg-type]
+    return os.path.abspath(os.fspath(value))
