@@ -13,14 +13,12 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
 from .arrivals import AHEAD_CHUNK, HEAD, PEEK_BYTES, VET_AFTER, Stash, Vet
 from .base import Channel, Side
 from .posted import Posted
-
-if TYPE_CHECKING:
-    from .tcp import _Conn
+from .tcp_conn import Conn
 
 _POLLIN = select.POLLIN
 
@@ -43,8 +41,8 @@ class IdleConnections:
         self._vet_sides: tuple[Side, ...] = ()
         self._vetting = False            # the idle connections are being watched
         self._vet_due = 0.0              # from when (monotonic)
-        self._idle: list[_Conn] = []     # watched by vet_idle in this operation
-        self._stash: dict[_Conn, Stash] = {}  # bytes read ahead (see read_ahead)
+        self._idle: list[Conn] = []     # watched by vet_idle in this operation
+        self._stash: dict[Conn, Stash] = {}  # bytes read ahead (see read_ahead)
         self._direct: DirectReader | None = None  # see read_direct
         self._direct_fds: dict[int, int] = {}     # fd -> peer, of the direct links watched
 
@@ -116,11 +114,11 @@ class IdleConnections:
                 return
             nbytes -= len(got)
 
-    def _reading_ahead(self, c: _Conn) -> bool:
+    def _reading_ahead(self, c: Conn) -> bool:
         stash = self._stash.get(c)
         return stash is not None and stash.want > 0
 
-    def _show(self, c: _Conn) -> None:
+    def _show(self, c: Conn) -> None:
         """Show ``vet`` what waits on ``c`` (read ahead first); stop watching unless it asks."""
         stash = self._stash.get(c)
         got = stash.peek(PEEK_BYTES) if stash is not None else b""
@@ -140,7 +138,7 @@ class IdleConnections:
             self._poll.unregister(fd)
             del self._direct_fds[fd]
 
-    def _on_idle(self, c: _Conn) -> None:
+    def _on_idle(self, c: Conn) -> None:
         stash = self._stash.get(c)
         if stash is None or not stash.want:  # watched by vet_idle
             return self._show(c)
@@ -159,7 +157,7 @@ class IdleConnections:
             if not (self._vetting and c.index == 0 and c.side in self._vet_sides):
                 self._watch(c, c.events & ~_POLLIN)  # else: go on, to show what follows
 
-    def _recv_stashed(self, c: _Conn, into: memoryview, head: bytearray | None) -> None:
+    def _recv_stashed(self, c: Conn, into: memoryview, head: bytearray | None) -> None:
         """A receive posted where bytes were read ahead: those first, then the socket's."""
         stash, p = self._stash[c], Posted(into, head)
         if head is not None:
