@@ -17,6 +17,7 @@ that broadcast from different roots fail as any other mismatch instead of timing
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import struct
 import zlib
@@ -52,10 +53,8 @@ class OpHeader(NamedTuple):
 
     def describe(self, name: str | None = None) -> str:
         """In words; ``name`` is this rank's call (``recv`` travels as a send's header)."""
-        counter = "message" if self.op == "send" else "call"
-        root = f", root {self.root}" if self.op == "broadcast" else ""
-        return (f"{name or self.op}({self.dtype}, shape {self.shape}{root}, "
-                f"{counter} #{self.seq})")
+        return _call(name or self.op, str(self.dtype), math.prod(self.shape),
+                     f"shape {self.shape}", self.root, self.seq, self.op)
 
 
 def pack_header(seq: int, op: str, dtype: np.dtype, shape: tuple[int, ...], job: int,
@@ -102,12 +101,38 @@ def describe(got: bytes, job: int, shape: tuple[int, ...] | None = None) -> str:
     op_name = OPS[op - 1] if 0 < op <= len(OPS) else f"op #{op}"
     dtype_name = str(SUPPORTED_DTYPES[dtype - 1]) if 0 < dtype <= len(SUPPORTED_DTYPES) \
         else f"dtype #{dtype}"
-    same_count = shape is not None and count == math.prod(shape)
-    shape_text = "a different shape with as many elements" if same_count and \
-        crc != _shape_crc(shape) else f"{count} element{'' if count == 1 else 's'}"
-    counter = "message" if op_name == "send" else "call"
-    root_text = f", root {root}" if op_name == "broadcast" else ""
-    return f"{op_name}({dtype_name}, {shape_text}{root_text}, {counter} #{seq})"
+    theirs = _shape_from_crc(count, crc, shape)
+    shape_text = f"shape {theirs}" if theirs is not None else \
+        "shape unknown" if shape is None else f"a shape other than {shape}"
+    return _call(op_name, dtype_name, count, shape_text, root, seq, op_name)
+
+
+def _call(name: str, dtype: str, count: int, shape_text: str, root: int, seq: int,
+          op: str) -> str:
+    """One call in words, the same for this rank's and a peer's, so that the two read side
+    by side: "all_sum(float32, 4 elements, shape (4,), call #3)"."""
+    counter = "message" if op == "send" else "call"
+    root_text = f", root {root}" if op == "broadcast" else ""
+    return (f"{name}({dtype}, {count} element{'' if count == 1 else 's'}, {shape_text}"
+            f"{root_text}, {counter} #{seq})")
+
+
+def _shape_from_crc(count: int, crc: int,
+                    ours: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """A peer's shape, which its header carries as a CRC only, when it is one of the likely
+    ones: of one to three axes, this rank's, or this rank's with one axis (a batch, say) or
+    order changed.  Only on the error path: a few thousand CRCs at most."""
+    candidates: list = [(), *_factorizations(count)]
+    if ours is not None:
+        candidates += [ours, (1, *ours), (*ours, 1), ours[1:], ours[:-1]]
+        for axis, n in enumerate(ours):  # every other axis kept: the count says this one
+            rest = math.prod(ours) // n if n else 0
+            if rest and count % rest == 0:
+                candidates.append((*ours[:axis], count // rest, *ours[axis + 1:]))
+        if len(ours) <= 4:
+            candidates += itertools.permutations(ours)
+    return next((tuple(c) for c in candidates
+                 if math.prod(c) == count and _shape_crc(tuple(c)) == crc), None)
 
 
 def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, int | None]:
@@ -135,6 +160,20 @@ def vet_next(got: bytes, *, job: int, call: int, message: int) -> tuple[bool, in
             continue
         return True, count * SUPPORTED_DTYPES[dtype - 1].itemsize
     return False, None
+
+
+def _factorizations(count: int) -> list[tuple[int, ...]]:
+    """Every shape of one, two or three axes with ``count`` elements (none of more than 64
+    divisors' worth of three-axis ones, and no factoring of counts past 2**36)."""
+    if count > 1 << 36:
+        return [(count,)]
+    small = [d for d in range(1, math.isqrt(count) + 1) if count % d == 0]
+    divisors = sorted({*small, *(count // d for d in small)})
+    shapes: list[tuple[int, ...]] = [(count,), *((d, count // d) for d in divisors)]
+    if len(divisors) <= 64:
+        shapes += [(a, b, count // a // b) for a in divisors for b in divisors
+                   if (count // a) % b == 0]
+    return shapes
 
 
 @functools.lru_cache(maxsize=256)

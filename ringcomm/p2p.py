@@ -99,9 +99,9 @@ class Direct:
         def check(got: bytes) -> None:
             if got != packed:
                 raise MismatchError(
-                    f"operations differ: this rank called {name}({want.dtype}, shape "
-                    f"{want.shape}, message #{want.seq} from rank {peer}) but rank {peer} "
-                    f"sent {describe(got, want.job, want.shape)} over their direct connection",
+                    f"operations differ: this rank called {want.describe(name)} from rank "
+                    f"{peer} but rank {peer} sent {describe(got, want.job, want.shape)} over "
+                    "their direct connection",
                     rank=rank, peer=peer, address=self.links.address(peer))
         return check
 

@@ -1,6 +1,6 @@
 """Rank side of tests/test_mismatch.py: join a fresh ring, make calls, say how each ended.
 
-A call is ``[op, dtype, count]`` (``op`` one of all_sum, all_max, all_gather, sum_scatter,
+A call is ``[op, dtype, count]`` (``count`` a list: all_sum of an array of that shape; ``op`` one of all_sum, all_max, all_gather, sum_scatter,
 all_to_all, barrier, send, recv; send goes to the right neighbour and recv comes from the left,
 which on two ranks are both the other rank), or ``["split", "uint8", 0]`` (``split(0)``, every
 rank one color) or ``["all_gather_split_record", "uint8", 0]``: an all_gather of an array
@@ -9,6 +9,7 @@ call, so a call that returns can be checked against what the same call on every 
 """
 from __future__ import annotations
 
+import math
 import select
 import sys
 import time
@@ -21,13 +22,14 @@ from ringcomm import split
 from ringcomm.header import pack_header
 from ringcomm.transports import Side
 
-Call = list  # [op, dtype, count]
+Call = list  # [op, dtype, count or shape]
 
 
 def join(ring: dict, rank: int, timeout: float) -> ringcomm.Group:
     """A new group on ``ring``; the process's default group stays what it was."""
     module = sys.modules["ringcomm.init"]
     default = module._default_group
+    module._default_group = None  # a new group, not init()'s answer of the default one
     try:
         if ring["backend"] == "rdma":
             return ringcomm.init(rank=rank, backend="rdma", verbs="emulated",
@@ -64,6 +66,8 @@ def expect(op: str, dtype: str, count: int, size: int, rank: int) -> np.ndarray 
 def perform(group: ringcomm.Group, call: Call) -> bool:
     """Make ``call``; True when what it returned is right (always, for send and barrier)."""
     op, dtype, count = call
+    shape = tuple(count) if isinstance(count, list) else None  # all_sum of that shape
+    count = math.prod(shape) if shape is not None else count
     n, r = group.size(), group.rank()
     if op == "barrier":
         group.barrier()
@@ -84,8 +88,9 @@ def perform(group: ringcomm.Group, call: Call) -> bool:
     if op == "recv":
         got = group.recv((count,), np.dtype(dtype), (r - 1) % n)
     else:
-        got = getattr(group, op)(x)
-    return np.array_equal(got, expect(op, dtype, count, n, r))
+        got = getattr(group, op)(x if shape is None else x.reshape(shape))
+    want = expect(op, dtype, count, n, r)
+    return np.array_equal(got, want if shape is None else want.reshape(shape))
 
 
 def calls(_cluster_group: Any, ring: dict, rank: int, todo: list[Call],

@@ -24,7 +24,7 @@ import ringcomm
 from ringcomm.launch import localhost_hostfile
 from ringcomm.transports.hostfile import write_hostfile
 from ringcomm.transports.tcp_setup import TcpSetup
-from tests.procs import env
+from tests.procs import env, start_ranks
 
 # Every rank imports ringcomm, says so, and waits for the test's "go" on stdin, so that the
 # deadlines of the ranks' init() start together (as they would under a launcher).
@@ -283,3 +283,72 @@ def test_a_mismatch_error_carries_the_peer_address():
             assert e.peer == 1 - r, (r, str(e))
         assert e.address == hostfile[e.peer][0], (r, e.peer, e.address)
         assert f"[peer rank {e.peer} ({hostfile[e.peer][0]})]" in str(e), str(e)
+
+
+# -- ranks that wait for each other: a likely deadlock in the program, nobody's failure -------
+
+WAIT_FOR_EACH_OTHER = textwrap.dedent("""
+    import json, os, time
+    import numpy as np, ringcomm
+    g = ringcomm.init(strict=True, timeout=3)
+    r, n = g.rank(), g.size()
+    time.sleep(float(os.environ.get("LATE", "0")) if r == 1 else 0)
+    start = time.monotonic()
+    try:
+        g.recv((4,), "float32", (r + n // 2) % n)  # from the rank that receives from this one
+        print(json.dumps({"message": "returned"}))
+    except ringcomm.RingcommError as e:
+        print(json.dumps({"type": type(e).__name__, "peer": e.peer, "message": str(e),
+                          "after": round(time.monotonic() - start, 3)}))
+""")
+
+
+def wait_for_each_other(tmp_path: Path, size: int, late: float = 0.0) -> list[dict]:
+    procs = start_ranks(tmp_path, size, WAIT_FOR_EACH_OTHER, LATE=str(late))
+    outs = [p.communicate(timeout=60) for p in procs]
+    results = []
+    for r, (out, err) in enumerate(outs):
+        lines = out.strip().splitlines()
+        assert lines, f"rank {r} printed nothing: {err}"
+        results.append(json.loads(lines[-1]))
+        print(f"  rank {r}: {results[-1]}")
+    return results
+
+
+@pytest.mark.parametrize("late", [0.0, 1.0], ids=["together", "one-second-apart"])
+def test_two_neighbours_that_both_wait_in_recv_are_told_they_wait_for_each_other(tmp_path,
+                                                                                  late):
+    """Both ranks of a ring of two call recv from the other.  Each must be told that it
+    waited to receive from the other while the other was waiting to receive from it (a
+    likely deadlock), blaming the other rank, never "rank <itself> failed first".  Apart:
+    rank 0's deadline passes first, and rank 1 hears it through rank 0's notice."""
+    results = wait_for_each_other(tmp_path, 2, late)
+    for r, got in enumerate(results):
+        message = got["message"]
+        assert got.get("type") == "CommTimeoutError" and got["peer"] == 1 - r, (r, got)
+        assert f"rank {r} failed first" not in message, (r, message)
+        assert "each waits for the other, a likely deadlock in the program" in message, \
+            (r, message)
+        assert got["after"] < 3 + 2, (r, got)
+        assert (f"rank {1 - r} was itself waiting to receive from rank {r}" in message or
+                f"this rank was waiting to receive from rank {1 - r}, which reached its "
+                "deadline waiting for this rank" in message), (r, message)
+    if late:  # rank 0 saw it first hand; rank 1's own deadline was still a second away
+        assert ("deadline passed while waiting to receive from rank 1 on left[0]; rank 1 was "
+                "itself waiting to receive from rank 0") in results[0]["message"], results[0]
+        assert ("this rank was waiting to receive from rank 0, which reached its deadline "
+                "waiting for this rank") in results[1]["message"], results[1]
+
+
+def test_non_neighbours_that_both_wait_in_recv_are_never_blamed_for_themselves(tmp_path):
+    """Four ranks, each waiting to receive from the rank opposite (a direct link that
+    neither side opens, since a sender opens it): every rank names the other one, says
+    that a recv of its own would make this a likely deadlock, and none is told that it
+    failed first itself."""
+    results = wait_for_each_other(tmp_path, 4)
+    for r, got in enumerate(results):
+        message = got["message"]
+        assert got.get("type") == "CommTimeoutError", (r, got)
+        assert f"rank {r} failed first" not in message, (r, message)
+        assert "a likely deadlock in the program" in message, (r, message)
+        assert got["after"] < 3 + 2, (r, got)

@@ -61,6 +61,7 @@ def assert_mismatch(outcomes: list, *names: str | tuple[str, ...]) -> None:
         op, outcome, message, seconds, _ = result[-1]
         assert outcome == "MismatchError", (rank, result)
         assert seconds < BOUND, (rank, result)
+        assert f"rank {rank} failed first" not in message, (rank, message)  # itself: never
         for name in names:
             assert any(n in message for n in ((name,) if isinstance(name, str) else name)), \
                 (rank, name, message)
@@ -83,7 +84,26 @@ def test_all_sum_of_fewer_elements_than_ranks_against_more(ranks, backend):
     # 1 element runs in one direction only, 4 in the other: no data channel is shared
     got = play(ranks, [calls(("all_sum", "float32", 1)), calls(("all_sum", "float32", 4))],
                backend)
-    assert_mismatch(got, ("shape (1,)", "1 element,"), ("shape (4,)", "4 elements"))
+    assert_mismatch(got, "all_sum(float32, 1 element, shape (1,), call #",
+                    "all_sum(float32, 4 elements, shape (4,), call #")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mine,theirs,words", [
+    ([2, 2], [4], ("all_sum(float32, 4 elements, shape (2, 2), call #",
+                   "all_sum(float32, 4 elements, shape (4,), call #")),
+    ([8, 16], [5, 16], ("all_sum(float32, 128 elements, shape (8, 16), call #",
+                        "all_sum(float32, 80 elements, shape (5, 16), call #")),
+    ([2, 3], [7], ("all_sum(float32, 6 elements, shape (2, 3), call #",
+                   "all_sum(float32, 7 elements, shape (7,), call #")),
+], ids=["same-count", "batch", "flat"])
+def test_both_calls_are_described_alike(ranks, backend, mine, theirs, words):
+    """Each side of a mismatch reads "op(dtype, N elements, shape S, call #k)", its own call
+    and its peer's alike (the peer's shape recovered from its header's CRC), never a shape
+    on one side and a count on the other."""
+    got = play(ranks, [calls(("all_sum", "float32", mine)),
+                       calls(("all_sum", "float32", theirs))], backend)
+    assert_mismatch(got, *words)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -99,7 +119,7 @@ def test_send_against_recv_of_one_more_element(ranks, backend, count):
     # sender's next call hears of the mismatch (the barrier here)
     got = play(ranks, [calls(("send", "float32", count), BARRIER),
                        calls(("recv", "float32", count + 1))], backend)
-    assert_mismatch(got, ("send(float32", "barrier("), f"recv(float32, shape ({count + 1},)")
+    assert_mismatch(got, ("send(float32", "barrier("), f"recv(float32, {count + 1} elements, shape ({count + 1},)")
     assert got[1][0][0] == "recv", got  # the receiver raised in its recv
 
 
@@ -135,7 +155,7 @@ def test_a_peer_that_sends_only_a_header_or_a_few_random_bytes(ranks, sides, pay
                        {"rogue": {"sides": sides, "payload": data, "hold": BOUND + 1}}])
     op, outcome, message, seconds, _ = got[0][-1]
     assert outcome == "MismatchError" and seconds < BOUND, got[0]
-    assert ("all_gather(float32, 3 elements, call #5)" if payload == "header"
+    assert ("all_gather(float32, 3 elements, shape (3,), call #5)" if payload == "header"
             else "not an operation header") in message, message
 
 

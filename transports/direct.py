@@ -218,9 +218,11 @@ class DirectLinks(DirectAcceptor, ReadsAhead):
                    op: str) -> CommTimeoutError:
         if recv is not None and into is None:
             peer = recv[0]
-            return CommTimeoutError(f"rank {peer} opened no direct connection to this rank "
-                                    "by the deadline", rank=self.rank, peer=peer,
-                                    address=self.address(peer), op=op)
+            return CommTimeoutError(f"rank {peer} opened no direct connection to rank "
+                                    f"{self.rank} by the deadline: it never reached a send to "
+                                    f"it (if rank {peer} is waiting to receive from rank "
+                                    f"{self.rank}, {notices.DEADLOCK})", rank=self.rank,
+                                    peer=peer, address=self.address(peer), op=op)
         who, what = (send[0], "send to") if sent < total_out else (recv[0], "receive from")
         return CommTimeoutError(
             f"the direct {what} rank {who} did not finish by the deadline ({sent} of "

@@ -10,13 +10,18 @@ the frozen rank is further along the ring: its own neighbours find it the same w
 their abort notice, which this rank waits for up to ``NOTICE_SECONDS`` in all.  A notice
 that arrives meanwhile wins at once, since its sender saw the failure first.  So a timeout
 is raised at most ``NOTICE_SECONDS`` after the deadline.
+
+Each answer lists the ranks its sender waits to receive from (``notices.alive``): a
+neighbour that this rank waits to receive from, and that waits to receive from this rank,
+is half of a likely deadlock in the program, and both ranks' errors say so
+(``waiting_for_each_other``).
 """
 from __future__ import annotations
 
 import selectors
 import socket
 import time
-from typing import NamedTuple, Sequence
+from typing import Collection, NamedTuple, Sequence
 
 from . import notices
 from .errors import CommError
@@ -31,21 +36,24 @@ class Verdict(NamedTuple):
     notice: CommError | None    # the failure a neighbour reported meanwhile
     silent: list[int]           # neighbours that did not answer
     closed: list[int]           # neighbours whose control connection closed
+    waits: dict[int, frozenset[int]]  # neighbour -> whom it waits to receive from, answering
 
 
 def listen(rank: int, size: int, links: Sequence[Link], address: notices.Address, *,
-           probe: bool, seconds: float) -> Verdict:
+           probe: bool, seconds: float, receiving_from: Collection[int] = ()) -> Verdict:
     """Read the control connections for up to ``seconds``, answering probes.
 
     With ``probe``, first ask every neighbour whether it is alive, and stop once each has
     answered or closed, or ``seconds`` pass; without, wait for a notice (or for every
     connection to close).  Once every neighbour has answered, keep listening for a notice
-    until ``NOTICE_SECONDS``.
+    until ``NOTICE_SECONDS``.  ``receiving_from``: the ranks this rank waits to receive from,
+    told to a neighbour that probes.
     """
     start = time.monotonic()
     if probe:
         notices.send((sock for _, sock in links), notices.probe(rank))
     answered: set[int] = set()
+    waits: dict[int, frozenset[int]] = {}
     closed: list[int] = []
     sel = selectors.DefaultSelector()
     try:
@@ -65,13 +73,25 @@ def listen(rank: int, size: int, links: Sequence[Link], address: notices.Address
                     closed.append(peer)
                 elif message.kind == notices.PROBE:
                     answered.add(peer)  # asking is answering: it is alive
-                    notices.send((sock,), notices.alive(rank))
+                    notices.send((sock,), notices.alive(rank, receiving_from))
                 elif message.kind == notices.ALIVE:
                     answered.add(peer)
+                    waits[peer] = waits.get(peer, frozenset()) | \
+                        notices.receiving_from(message, size)
                 else:
                     return Verdict(notices.to_error(message, rank=rank, size=size,
-                                                    sender=peer, address=address), [], [])
+                                                    sender=peer, address=address,
+                                                    receiving_from=receiving_from),
+                                   [], [], waits)
         silent = [peer for peer, _ in links if peer not in answered and peer not in closed]
-        return Verdict(None, list(dict.fromkeys(silent)) if probe else [], closed)
+        return Verdict(None, list(dict.fromkeys(silent)) if probe else [], closed, waits)
     finally:
         sel.close()
+
+
+def waiting_for_each_other(rank: int, receiving_from: Collection[int],
+                           verdict: Verdict) -> int | None:
+    """A neighbour this rank waits to receive from that answered it waits to receive from
+    this rank too (the first such), or None."""
+    return next((peer for peer in receiving_from
+                 if rank in verdict.waits.get(peer, frozenset())), None)

@@ -11,7 +11,9 @@ UTF-8 text (big-endian).
   that notice unchanged, so however many hops it travels, every rank reads one layer:
   "rank 3: all_sum: rank 1 failed first; rank 0 reported: <text> [peer rank 1 (address)]".
 - A probe (kind 16) asks a neighbour whether it is alive; the answer is kind 17.  Both have
-  ``failed`` = ``NO_RANK`` and no text.
+  ``failed`` = ``NO_RANK``; a probe has no text, and an answer's text lists the ranks its
+  sender is waiting to receive from (decimal, space-separated, maybe none), so that two
+  ranks that each wait to receive from the other can say so (``transports.liveness``).
 - A goodbye (kind 18, ``failed`` = ``NO_RANK``, no text) goes just before a rank closes its
   group normally, so that a connection closing without one tells its death
   (``transports.tcp_control``).
@@ -88,8 +90,28 @@ def probe(rank: int) -> bytes:
     return pack(PROBE, rank, None)
 
 
-def alive(rank: int) -> bytes:
-    return pack(ALIVE, rank, None)
+def alive(rank: int, receiving_from: Iterable[int] = ()) -> bytes:
+    """The answer to a probe: ``rank`` is alive, waiting to receive from ``receiving_from``."""
+    return pack(ALIVE, rank, None, " ".join(map(str, sorted(set(receiving_from)))))
+
+
+def receiving_from(answer: Notice, size: int) -> frozenset[int]:
+    """The ranks a probe's answer says its sender waits to receive from: none when the text
+    is not such a list (an older ringcomm sends none), never a rank outside the group."""
+    words = answer.text.split()
+    if len(words) > size or not all(w.isdigit() and len(w) < 10 for w in words):
+        return frozenset()
+    return frozenset(r for r in map(int, words) if r < size)
+
+
+DEADLOCK = "each waits for the other, a likely deadlock in the program"
+
+
+def each_waits(rank: int, peer: int) -> str:
+    """Words for neighbour ``peer`` waiting to receive from ``rank``, which waits for it."""
+    return (f"rank {peer} was itself waiting to receive from rank {rank}: {DEADLOCK} (a recv, "
+            "or a send too large for the socket buffers, that the other rank never matches "
+            "before its own recv)")
 
 
 def goodbye(rank: int) -> bytes:
@@ -138,10 +160,15 @@ def malformed(notice: Notice, size: int) -> str | None:
     return None
 
 
-def to_error(notice: Notice, *, rank: int, size: int, sender: int,
-             address: Address) -> CommError:
+def to_error(notice: Notice, *, rank: int, size: int, sender: int, address: Address,
+             receiving_from: Iterable[int] = ()) -> CommError:
     """The error an abort notice from neighbour ``sender`` reports on ``rank`` (a
-    MismatchError naming ``sender`` when the message is not a valid notice)."""
+    MismatchError naming ``sender`` when the message is not a valid notice).
+
+    A notice that blames ``rank`` itself (its origin waited for this rank, or disagreed with
+    it) names the origin instead, never "rank <this rank> failed first"; when the origin
+    reached its deadline and this rank is waiting to receive from it (``receiving_from``),
+    the two wait for each other, and the error says so."""
     why = malformed(notice, size)
     if why is None and notice.kind == BYE:  # it closed its group while this rank needed it
         return PeerLostError(f"rank {notice.origin} closed its group (or its program ended) "
@@ -154,8 +181,18 @@ def to_error(notice: Notice, *, rank: int, size: int, sender: int,
                              f"take ({why}): a peer of another ringcomm version, or not a "
                              "ringcomm peer", rank=rank, peer=sender, address=address(sender))
     kind, origin, failed, text = notice
-    error = ABORT_KINDS[kind](f"rank {failed} failed first; rank {origin} reported: {text}",
-                              rank=rank, peer=failed, address=address(failed))
+    if failed != rank:
+        error = ABORT_KINDS[kind](f"rank {failed} failed first; rank {origin} reported: {text}",
+                                  rank=rank, peer=failed, address=address(failed))
+    else:  # about this rank: whom it concerns is the origin
+        timed_out = ABORT_KINDS[kind] is CommTimeoutError and origin != rank
+        both = "" if DEADLOCK in text else f": {DEADLOCK}"
+        what = (f"this rank was waiting to receive from rank {origin}, which reached its "
+                f"deadline waiting for this rank{both}; rank {origin} reported: {text}"
+                if timed_out and origin in set(receiving_from) else
+                f"rank {origin} reached its deadline waiting for this rank; it reported: {text}"
+                if timed_out else f"rank {origin} reported: {text}")
+        error = ABORT_KINDS[kind](what, rank=rank, peer=origin, address=address(origin))
     error.origin, error.failed, error.reported = origin, failed, text
     return error
 

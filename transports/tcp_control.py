@@ -106,12 +106,17 @@ class ControlConnections:
             if strict and not said_goodbye:
                 raise self._departure(c.peer)
         elif message.kind == notices.PROBE:
-            notices.send((c.sock,), notices.alive(self.rank))
+            notices.send((c.sock,), notices.alive(self.rank, self._receiving_from()))
         elif message.kind == notices.BYE:
             self._heard.goodbyes.add(c.side)
         elif message.kind != notices.ALIVE:  # a late answer to a probe of ours: nothing to do
             raise notices.to_error(message, rank=self.rank, size=self.size, sender=c.peer,
-                                   address=self._address)
+                                   address=self._address,
+                                   receiving_from=self._receiving_from())
+
+    def _receiving_from(self) -> set[int]:
+        """The neighbours a receive of this rank waits for now (told to a probe)."""
+        return {c.peer for conns in self._conns for c in conns if c.receiving is not None}
 
     def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
         """The error for a broken data connection: the neighbour's abort notice if it sent
@@ -143,12 +148,17 @@ class ControlConnections:
         peer = pending[0][0].peer if pending else None
         why = "a peer may be frozen, overloaded or in a different operation"
         if self.secure and self._control:
+            receiving = self._receiving_from()
             heard = liveness.listen(self.rank, self.size,
                                     [(c.peer, c.sock) for c in self._control.values()],
-                                    self._address, probe=True, seconds=liveness.PROBE_SECONDS)
+                                    self._address, probe=True, seconds=liveness.PROBE_SECONDS,
+                                    receiving_from=receiving)
             if heard.notice is not None:
                 return heard.notice
-            if heard.silent or heard.closed:
+            both = liveness.waiting_for_each_other(self.rank, receiving, heard)
+            if both is not None and not heard.silent:
+                peer, why = both, notices.each_waits(self.rank, both)
+            elif heard.silent or heard.closed:
                 peer = next((c.peer for c, _ in pending if c.peer in heard.silent),
                             (heard.silent or heard.closed)[0])
                 why = (f"rank {peer} did not answer a liveness probe within "
