@@ -180,7 +180,8 @@ class Group:
 
     @asynchronous
     def send(self, x: Any, dst: int, *, stream: Any = None) -> np.ndarray:
-        """Send ``x`` to neighbour ``dst``, which must call ``recv``/``recv_like`` with the same shape."""
+        """Send ``x`` to rank ``dst`` (a non-neighbour over a direct connection), which must
+        call ``recv``/``recv_like`` with the same shape and dtype."""
         dst = rank_argument(dst, "dst", "send", self.rank(), self.size())
         a = contiguous(to_numpy(x) if is_mlx_array(x) else x)
         if self._direct is not None and self._direct.reaches(self._transport, dst):
@@ -195,7 +196,8 @@ class Group:
     @asynchronous
     def recv(self, shape: Sequence[int] | int, dtype: Any, src: int, *,
              out: np.ndarray | None = None, stream: Any = None) -> np.ndarray:
-        """Receive an array of ``shape`` and ``dtype`` from neighbour ``src``.
+        """Receive an array of ``shape`` and ``dtype`` from rank ``src`` (any rank of the
+        group: a non-neighbour over a direct connection).
 
         An ``mx.Dtype`` gives an ``mx.array`` (numpy's dtypes give numpy arrays).
         """
@@ -222,7 +224,8 @@ class Group:
     @asynchronous
     def recv_like(self, x: Any, src: int, *, out: np.ndarray | None = None,
                   stream: Any = None) -> np.ndarray:
-        """Receive an array shaped and typed like ``x`` (numpy or MLX) from neighbour ``src``."""
+        """Receive an array shaped and typed like ``x`` (numpy or MLX) from rank ``src`` (any
+        rank of the group: a non-neighbour over a direct connection)."""
         if is_mlx_array(x):
             return self.recv(tuple(x.shape), x.dtype, src, out=out)
         a = np.asarray(x)
