@@ -16,17 +16,27 @@ exact in any order).  MLX-protocol rings keep MLX's schedule throughout.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from . import memcopy, plans
-from .dtypes import quiet, reducer, restore
-
-if TYPE_CHECKING:
-    from .group import Group
+from .dtypes import Combine, quiet, reducer, restore
+from .transports import Transport
 
 GATHER_BYTES = 256 << 10  # an all-reduce gathers when the n inputs together fit in this
+
+
+class Gathering(Protocol):
+    """What ``gather_reduce`` needs of a group (``ringcomm.group.Group`` is one): its ring,
+    a slot to keep the gathered buffer and plan in, and running a plan.  Owned here, so this
+    module never imports the group that calls it."""
+
+    _transport: Transport
+    _gathered: tuple | None
+
+    def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
+             dtype: np.dtype, shape: tuple[int, ...]) -> None: ...
 
 
 def fits(nbytes: int, size: int, dtype: np.dtype) -> bool:
@@ -34,7 +44,7 @@ def fits(nbytes: int, size: int, dtype: np.dtype) -> bool:
     return 0 < nbytes and nbytes * size <= GATHER_BYTES and (size == 2 or dtype.kind in "biu")
 
 
-def gather_reduce(group: Group, name: str, op: str, source: np.ndarray,
+def gather_reduce(group: Gathering, name: str, op: str, source: np.ndarray,
                   result: np.ndarray, shape: tuple[int, ...]) -> None:
     """``result`` (flat) = ``op`` over every rank's ``source`` (flat, same dtype), with the
     bytes of MLX's ring."""

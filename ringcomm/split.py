@@ -21,7 +21,9 @@ rank binds a coordinator listener on its side channel's IP, and the subgroup's r
 its own (the others close theirs once the table is in).
 
 A subgroup is a ``Group`` like any other: closing or breaking it leaves the parent as it was,
-and a failure inside it is reported on its own connections only.
+and a failure inside it is reported on its own connections only.  This module sees groups
+through ``SplitGroup`` (what it needs of one) and makes them with the ``make_group`` that
+``Group.split`` passes down (its own class), so it never imports ``ringcomm.group``.
 """
 from __future__ import annotations
 
@@ -29,21 +31,21 @@ import dataclasses
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 import numpy as np
 
-from .transports import Address, ConfigError, settings
+from .transports import Address, ConfigError, Transport, settings
 
 from . import plans, split_form
+from .dtypes import Combine
 from .transports.base import LoneTransport
 from .transports.errors import CommError, CommTimeoutError, GroupBrokenError
 from .transports.handshake import job_digest
 from .transports.sockets import resolve
+from .transports.tcp import TcpTransport
 from .ranks import integer_argument
-
-if TYPE_CHECKING:
-    from .group import Group
+from .work import Progress
 
 HOST_BYTES = 64  # an IPv6 address in text, with room to spare
 
@@ -66,16 +68,54 @@ class Origin:
         return dataclasses.replace(self, job_id=job_id, splits=0, **changes)
 
 
-def split(parent: Group, color: int, key: int = -1) -> Group | None:
+class SplitGroup(Protocol):
+    """What split needs of a group, the parent and those it makes (``ringcomm.group.Group``
+    is one): how it was formed, its ring and state, running a plan over it, breaking it."""
+
+    origin: Origin | None
+    timeout: float
+    _transport: Transport
+    _broken: BaseException | None
+    _progress: Progress | None
+
+    def rank(self) -> int: ...
+
+    def size(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def _connections(self) -> int: ...
+
+    def _fail(self, error: BaseException) -> None: ...
+
+    def _run(self, name: str, plan: plans.Plan, work: np.ndarray, combine: Combine | None,
+             dtype: np.dtype, shape: tuple[int, ...], *,
+             deadline: float | None = None) -> None: ...
+
+
+GroupT = TypeVar("GroupT", bound=SplitGroup)  # the parent's class, and its subgroups'
+MadeT = TypeVar("MadeT", bound=SplitGroup, covariant=True)
+
+
+class MakeGroup(Protocol[MadeT]):
+    """How split makes a group from a transport: ``Group.split`` passes its own class."""
+
+    def __call__(self, transport: Transport, timeout: float, *, headers: bool = False,
+                 job: int = 0) -> MadeT: ...
+
+
+def split(parent: GroupT, color: int, key: int = -1, *,
+          make_group: MakeGroup[GroupT]) -> GroupT | None:
     """The subgroup of the ranks that pass ``color`` (``None`` for a negative color), ranked
     by ``key`` (negative: the parent rank), ties broken by parent rank.  A collective: every
-    rank of ``parent`` must call it, those with a negative color included."""
+    rank of ``parent`` must call it, those with a negative color included.  ``make_group``
+    makes the subgroup from its transport (``Group.split`` passes ``type(self)``)."""
     color, key = _integer(color, "color", parent), _integer(key, "key", parent)
     if key < 0:
         key = parent.rank()
     origin: Origin | None = parent.origin
     if parent.size() == 1:  # nobody to ask: this rank alone, or in no group
-        return None if color < 0 else _lone(parent, origin, color)
+        return None if color < 0 else _lone(parent, make_group, origin, color)
     if origin is None:
         raise ConfigError(f"rank {parent.rank()}: Group.split: this group was not made by "
                           "ringcomm.init() (or split), so ringcomm does not know how to "
@@ -90,12 +130,13 @@ def split(parent: Group, color: int, key: int = -1) -> Group | None:
     deadline = time.monotonic() + parent.timeout  # the whole call's, every step under it
     mine = _bind(parent, origin)  # listening before the exchange: nobody can take the ports
     kept: list[socket.socket] = []  # those the new transport owns (and closes with the group)
-    sub: Group | None = None
+    sub: GroupT | None = None
     try:
         table = _exchange(parent, origin, color, key, mine, deadline)
         origin.splits += 1
         try:
-            sub, timed_out = _subgroup(parent, origin, color, table, mine, kept, deadline), None
+            sub, timed_out = _subgroup(parent, make_group, origin, color, table, mine, kept,
+                                       deadline), None
         except split_form.SetupTimedOut as e:
             timed_out = e.error
         # every rank listens to the parent until all have formed theirs (or failed), so that
@@ -120,9 +161,9 @@ def split(parent: Group, color: int, key: int = -1) -> Group | None:
                 sock.close()
 
 
-def _subgroup(parent: Group, origin: Origin, color: int, table: list[tuple],
-              mine: list[socket.socket], kept: list[socket.socket],
-              deadline: float) -> Group | None:
+def _subgroup(parent: GroupT, make_group: MakeGroup[GroupT], origin: Origin, color: int,
+              table: list[tuple], mine: list[socket.socket], kept: list[socket.socket],
+              deadline: float) -> GroupT | None:
     """This rank's subgroup (None for a negative color), formed from the exchanged ``table``
     under the call's ``deadline`` while listening to the parent (``split_form``)."""
     if color < 0:
@@ -131,25 +172,26 @@ def _subgroup(parent: Group, origin: Origin, color: int, table: list[tuple],
                      key=lambda i: (table[i][1], i))
     job_id = f"{origin.job_id}/split{origin.splits}:color{color}"
     if len(members) == 1:
-        return _lone(parent, origin, color, job_id)
+        return _lone(parent, make_group, origin, color, job_id)
     build = _tcp if origin.kind == "tcp" else _rdma
     remaining = max(deadline - time.monotonic(), 1e-3)
     addresses = [str(Address(origin.hostfile[m][0].host, table[m][4])) if origin.kind == "tcp"
                  else str(Address(table[m][2].rstrip(b"\0").decode(), table[m][3]))
                  for m in members]
     return split_form.form(
-        parent, lambda: build(parent, origin, members, table, mine, kept, job_id, remaining),
+        parent, lambda: build(parent, make_group, origin, members, table, mine, kept, job_id,
+                              remaining),
         deadline, lambda e: split_form.in_parent_terms(e, parent.rank(), members, color,
                                                        addresses))
 
 
-def _integer(value: object, name: str, parent: Group) -> int:
+def _integer(value: object, name: str, parent: SplitGroup) -> int:
     return integer_argument(value, name, f"rank {parent.rank()}: Group.split")
 
 
-def _lone(parent: Group, origin: Origin | None, color: int, job_id: str | None = None) -> Group:
-    from .group import Group
-    group = Group(LoneTransport(), parent.timeout)
+def _lone(parent: GroupT, make_group: MakeGroup[GroupT], origin: Origin | None, color: int,
+          job_id: str | None = None) -> GroupT:
+    group = make_group(LoneTransport(), parent.timeout)
     if origin is not None:
         group.origin = origin.child(job_id or f"{origin.job_id}/lone:color{color}",
                                     hostfile=(), devices=())
@@ -163,7 +205,7 @@ def _record(connections: int) -> struct.Struct:
     return struct.Struct(f"!qq{HOST_BYTES}sH{connections}H")
 
 
-def _bind(parent: Group, origin: Origin) -> list[socket.socket]:
+def _bind(parent: SplitGroup, origin: Origin) -> list[socket.socket]:
     """This rank's listening sockets for the subgroup, on port 0 of its parent IPs: K for
     TCP (one per hostfile address), one coordinator listener for RDMA."""
     rank = parent.rank()
@@ -187,7 +229,7 @@ def _bind(parent: Group, origin: Origin) -> list[socket.socket]:
     return socks
 
 
-def _exchange(parent: Group, origin: Origin, color: int, key: int,
+def _exchange(parent: SplitGroup, origin: Origin, color: int, key: int,
               mine: list[socket.socket], deadline: float) -> list[tuple]:
     """Every rank's (color, key, host, coordinator port, ports), in parent rank order."""
     k = parent._connections()
@@ -201,7 +243,7 @@ def _exchange(parent: Group, origin: Origin, color: int, key: int,
     return [record.unpack(row.tobytes()) for row in _gather(parent, raw, deadline)]
 
 
-def _gather(parent: Group, raw: np.ndarray, deadline: float) -> np.ndarray:
+def _gather(parent: SplitGroup, raw: np.ndarray, deadline: float) -> np.ndarray:
     """Every rank's ``raw`` record, one row per parent rank, by ``deadline``: an all_gather
     whose operation header says ``split``, so that a rank in any other call (an all_gather of
     the same shape included) gets a ``MismatchError`` naming both calls, never the other's
@@ -219,11 +261,9 @@ def _gather(parent: Group, raw: np.ndarray, deadline: float) -> np.ndarray:
 
 # -- the subgroup's transport ----------------------------------------------------------------
 
-def _tcp(parent: Group, origin: Origin, members: list[int], table: list[tuple],
-         mine: list[socket.socket], kept: list[socket.socket], job_id: str,
-         timeout: float) -> Group:
-    from .group import Group
-    from .transports.tcp import TcpTransport
+def _tcp(parent: GroupT, make_group: MakeGroup[GroupT], origin: Origin, members: list[int],
+         table: list[tuple], mine: list[socket.socket], kept: list[socket.socket],
+         job_id: str, timeout: float) -> GroupT:
     k = parent._connections()
     hostfile = [[Address(origin.hostfile[m][i].host, table[m][4 + i]) for i in range(k)]
                 for m in members]
@@ -231,15 +271,17 @@ def _tcp(parent: Group, origin: Origin, members: list[int], table: list[tuple],
                              protocol=origin.protocol, job_id=job_id, token=origin.token,
                              knobs=origin.knobs, listeners=mine)
     kept.extend(mine)  # closed with the group (a failed set-up has closed them already)
-    group = Group(transport, parent.timeout, headers=True, job=_job(job_id))
+    group = make_group(transport, parent.timeout, headers=True, job=_job(job_id))
     group.origin = origin.child(job_id, hostfile=hostfile)
     return group
 
 
-def _rdma(parent: Group, origin: Origin, members: list[int], table: list[tuple],
-          mine: list[socket.socket], kept: list[socket.socket], job_id: str,
-          timeout: float) -> Group:
-    from .group import Group
+def _rdma(parent: GroupT, make_group: MakeGroup[GroupT], origin: Origin, members: list[int],
+          table: list[tuple], mine: list[socket.socket], kept: list[socket.socket],
+          job_id: str, timeout: float) -> GroupT:
+    # imported here, as ringcomm.init does, so that a program on TCP never loads the RDMA
+    # transport (about 35 ms of every rank's start-up); no circle: transports import nothing
+    # of ringcomm
     from .transports.rdma import RdmaTransport
     devices = [[origin.devices[a][b] for b in members] for a in members]
     first = members[0]
@@ -250,7 +292,7 @@ def _rdma(parent: Group, origin: Origin, members: list[int], table: list[tuple],
     transport = RdmaTransport(rank, devices, coordinator, timeout=timeout,
                               verbs_provider=origin.verbs, job_id=job_id, token=origin.token,
                               coordinator_listener=listener)
-    group = Group(transport, parent.timeout, headers=True, job=_job(job_id))
+    group = make_group(transport, parent.timeout, headers=True, job=_job(job_id))
     group.origin = origin.child(job_id, devices=devices)
     return group
 

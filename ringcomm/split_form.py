@@ -21,12 +21,10 @@ import select
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
+from .transports import Transport
 from .transports.errors import CommError, CommTimeoutError
-
-if TYPE_CHECKING:
-    from .group import Group
 
 LATE = 2.0      # seconds past the deadline a set-up may take to report (a probe, a notice)
 RDMA_NAP = 0.005  # the side channel's watch has no wake-up: check the set-up this often
@@ -36,8 +34,29 @@ _RANKS = re.compile(r"\branks \[([\d, ]+)\]")  # RDMA's set-up: "ranks [3] did n
 _ADVICE = re.compile(r";? (?:is rank \d+|are they) running(?: with the same [\w ]+)?\?")
 
 
-def form(parent: Group, build: Callable[[], Group], deadline: float,
-         retell: Callable[[CommError], CommError]) -> Group:
+class Parent(Protocol):
+    """What ``form`` needs of the parent group (``ringcomm.group.Group`` is one): its rank,
+    its transport to listen to, and breaking it.  Owned here, so this module never imports
+    the group module that calls it."""
+
+    _transport: Transport
+
+    def rank(self) -> int: ...
+
+    def _fail(self, error: BaseException) -> None: ...
+
+
+class Closes(Protocol):
+    """What ``form`` needs of the subgroup ``build`` makes: closing it when nobody takes it."""
+
+    def close(self) -> None: ...
+
+
+Formed = TypeVar("Formed", bound=Closes)
+
+
+def form(parent: Parent, build: Callable[[], Formed], deadline: float,
+         retell: Callable[[CommError], CommError]) -> Formed:
     """``build()`` (the subgroup's set-up, under ``deadline``) on a thread of its own, while
     this thread listens to the parent.  The failure the parent reports first is raised, else
     ``build``'s own (``retell`` puts a ``CommError`` in the parent's terms); either breaks the
@@ -77,11 +96,11 @@ class SetupTimedOut(Exception):
         self.error = error
 
 
-class _Forming:
+class _Forming(Generic[Formed]):
     """The set-up's thread and what it produced; ``wake`` becomes readable when it ends."""
 
-    def __init__(self, build: Callable[[], Group]) -> None:
-        self.group: Group | None = None
+    def __init__(self, build: Callable[[], Formed]) -> None:
+        self.group: Formed | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.wake, self._wake_w = socket.socketpair()
@@ -90,7 +109,7 @@ class _Forming:
         threading.Thread(target=self._run, args=(build,), daemon=True,
                          name="ringcomm-split-form").start()
 
-    def _run(self, build: Callable[[], Group]) -> None:
+    def _run(self, build: Callable[[], Formed]) -> None:
         try:
             group = build()
         except BaseException as e:  # handed to the caller (it is not raised on this thread)
@@ -122,7 +141,7 @@ class _Forming:
         self.wake.close()
 
 
-def _listen(parent: Group, forming: _Forming, until: float) -> None:
+def _listen(parent: Parent, forming: _Forming, until: float) -> None:
     """Wait for ``forming`` to end; raise the failure the parent reports first, if any."""
     transport: Any = parent._transport
     hear = getattr(transport, "hear", None)  # TCP: its control connections
