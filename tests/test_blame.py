@@ -22,6 +22,7 @@ import pytest
 
 import ringcomm
 from ringcomm.launch import localhost_hostfile
+from ringcomm.transports import notices
 from ringcomm.transports.hostfile import write_hostfile
 from ringcomm.transports.tcp_setup import TcpSetup
 from tests.procs import env, start_ranks
@@ -352,3 +353,16 @@ def test_non_neighbours_that_both_wait_in_recv_are_never_blamed_for_themselves(t
         assert f"rank {r} failed first" not in message, (r, message)
         assert "a likely deadlock in the program" in message, (r, message)
         assert got["after"] < 3 + 2, (r, got)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("1", {1}), ("0 3", {0, 3}), ("", set()), ("3 9", {3}), ("x", set()), ("\u00b2", set()),
+    ("-1", set()), ("1 " * 9, set()), ("9" * 40, set())])
+def test_a_probe_answer_lists_whom_its_sender_waits_for_or_nothing(text, want):
+    """What a neighbour's probe answer says it waits to receive from (4 ranks): ranks of the
+    group only, and nothing at all from text that is not such a list."""
+    answer = notices.Notice(notices.ALIVE, 1, notices.NO_RANK, text)
+    assert notices.receiving_from(answer, 4) == want
+    assert notices.receiving_from(notices.decode(
+        notices.alive(1, want)[:notices.ABORT.size],
+        lambda n: notices.alive(1, want)[notices.ABORT.size:][:n]), 4) == want

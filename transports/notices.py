@@ -99,7 +99,8 @@ def receiving_from(answer: Notice, size: int) -> frozenset[int]:
     """The ranks a probe's answer says its sender waits to receive from: none when the text
     is not such a list (an older ringcomm sends none), never a rank outside the group."""
     words = answer.text.split()
-    if len(words) > size or not all(w.isdigit() and len(w) < 10 for w in words):
+    if len(words) > size or not all(w.isascii() and w.isdigit() and len(w) < 10
+                                    for w in words):
         return frozenset()
     return frozenset(r for r in map(int, words) if r < size)
 
