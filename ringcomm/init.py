@@ -73,11 +73,13 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     log.apply(knobs.log_level)
     if timeout is not None:
         timeout = settings.timeout_seconds(timeout)
-    inputs = (strict, knobs.backend if backend == "any" else backend,
-              knobs.rank if rank is None else rank,
-              init_args.path_or_entries(knobs.hostfile if hostfile is None else hostfile),
-              init_args.path_or_entries(knobs.ibv_devices if devices is None else devices),
-              knobs, timeout, protocol, token, job_id, coordinator, verbs)
+
+    def inputs() -> tuple:  # (only where compared, and once formed: a list is parsed)
+        return (strict, knobs.backend if backend == "any" else backend,
+                knobs.rank if rank is None else rank,
+                init_args.entries(knobs.hostfile if hostfile is None else hostfile, "hostfile"),
+                init_args.entries(knobs.ibv_devices if devices is None else devices, "devices"),
+                knobs, timeout, protocol, token, job_id, coordinator, verbs)
     existing = _open_default(inputs, lambda: init_args.given(
         backend, rank, hostfile, devices, timeout=timeout, protocol=protocol, token=token,
         job_id=job_id, coordinator=coordinator, verbs=verbs))
@@ -90,7 +92,7 @@ def init(strict: bool = False, backend: str = "any", *, rank: int | None = None,
     finally:
         log.setup_timeout.reset(scope)
     _default_group = group
-    _formed_with[group] = init_args.Formed(inputs, values)
+    _formed_with[group] = init_args.Formed(inputs(), values)
     log.logger.debug("rank %d of %d: init done (%s)", group.rank(), group.size(),
                      ", ".join(f"{k}={init_args.shown(k, v)}" for k, v in values.items()
                                if k != "token"))
@@ -103,8 +105,8 @@ def is_initialized() -> bool:
     return _default_group is not None and _default_group._broken is None
 
 
-def _open_default(inputs: tuple, asked: Callable[[], dict]) -> Group | None:
-    """The open default group, when this call (``inputs``; ``asked()``, its arguments) agrees
+def _open_default(inputs: Callable[[], tuple], asked: Callable[[], dict]) -> Group | None:
+    """The open default group, when this call (``inputs()``; ``asked()``, its arguments) agrees
     with it; ConfigError when it does not; None when a new group is to be formed (a closed or
     broken default group is closed)."""
     group = _default_group
@@ -115,7 +117,7 @@ def _open_default(inputs: tuple, asked: Callable[[], dict]) -> Group | None:
         group.close()  # (broken by a failure: its ports are released for the new group)
         return None
     if group.size() == 1:  # nothing held: reused only for the very same call
-        return group if inputs == formed.inputs else None
+        return group if inputs() == formed.inputs else None
     differ = init_args.differences(formed, asked())
     if differ:
         raise ConfigError(f"ringcomm.init(): already initialized, with different arguments: "

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from .transports import Address, parse_hostfile, read_hostfile
+from .transports import Address, ConfigError, parse_hostfile, read_hostfile
 from .transports.devicefile import parse_devices, read_device_file
 
 
@@ -90,8 +90,17 @@ def shown(name: str, value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def path_or_entries(value: Any) -> object:
-    """An input as compared for a group of one: a path made absolute, else the entries."""
-    if value is None or isinstance(value, (list, tuple)):
-        return repr(value)
-    return os.path.abspath(os.fspath(value))
+def entries(value: Any, kind: str) -> object:
+    """A hostfile or device file input as compared for a group of one: a path made absolute,
+    the parsed entries of a list (never its repr: a list may be nested past the recursion
+    limit, which parsing refuses); one that does not parse is equal to nothing."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        return os.path.abspath(os.fspath(value))
+    try:
+        if kind == "hostfile":
+            return addresses(parse_hostfile(value, source="hostfile argument"))
+        return table(parse_devices(value, source="devices argument"))
+    except ConfigError:  # (an argument the backend ignores; else forming refuses it)
+        return object()
