@@ -16,9 +16,13 @@ from .transports.errors import (CommError, CommTimeoutError, ConfigError, GroupB
                                MismatchError, PeerLostError, RingcommError)
 
 from .dtypes import SUPPORTED_DTYPES
-from .calls import (all_gather, all_max, all_min, all_sum, all_to_all, barrier, broadcast, recv,
-                    recv_like, send, sum_scatter)
+from .calls import (all_gather, all_gather_object, all_max, all_min, all_sum, all_to_all, barrier,
+                    broadcast, broadcast_object, gather, recv, recv_like, reduce, scatter, send,
+                    sum_scatter)
 from .group import Group
+from .group_info import GroupInfo
+from .objects import ObjectError
+from .waiting import wait_all
 from .init import default_group, init, is_initialized  # noqa: F401 (default_group: layers)
 from .mlx_arrays import EagerCollectiveError
 from .mlx_patch import patch_mlx, unpatch_mlx  # imports mlx only when called
@@ -28,7 +32,10 @@ __all__ = ["CommError", "CommTimeoutError", "ConfigError", "EagerCollectiveError
            "GroupBrokenError", "MismatchError", "PeerLostError", "RingcommError",
            "SUPPORTED_DTYPES", "WaitTimeoutError", "Work", "__version__", "all_gather", "all_max",
            "all_min", "all_sum", "all_to_all", "barrier", "broadcast", "init", "is_initialized",
-           "patch_mlx", "recv", "recv_like", "send", "sum_scatter", "unpatch_mlx"]
+           "patch_mlx", "recv", "recv_like", "send", "sum_scatter", "unpatch_mlx",
+           # issue 31 item 10 (rooted, objects, waiting) and item 3 (group_info)
+           "GroupInfo", "ObjectError", "all_gather_object", "broadcast_object", "gather",
+           "reduce", "scatter", "wait_all"]
 
 
 def __getattr__(name: str) -> Any:

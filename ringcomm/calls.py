@@ -153,3 +153,65 @@ def barrier(*, group: _Group = None, stream: Any = None,
             async_op: bool = False) -> Work | None:
     """Block until every rank of ``group`` has reached the barrier."""
     return _group(group).barrier(async_op=async_op)
+
+
+@overload
+def reduce(x: Any, root: int, op: str = "sum", *, group: _Group = None, out: _Out = None,
+           stream: Any = None, async_op: Literal[False] = False) -> np.ndarray | None: ...
+@overload
+def reduce(x: Any, root: int, op: str = "sum", *, group: _Group = None, out: _Out = None,
+           stream: Any = None, async_op: Literal[True]) -> Work: ...
+def reduce(x: Any, root: int, op: str = "sum", *, group: _Group = None, out: _Out = None,
+           stream: Any = None, async_op: bool = False) -> np.ndarray | None | Work:
+    """``op`` ("sum", "max", "min") of ``x`` over every rank, on ``root`` (None elsewhere)."""
+    return _group(group).reduce(x, root, op, out=out, async_op=async_op)
+
+
+@overload
+def gather(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+           async_op: Literal[False] = False) -> np.ndarray | None: ...
+@overload
+def gather(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+           async_op: Literal[True]) -> Work: ...
+def gather(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+           async_op: bool = False) -> np.ndarray | None | Work:
+    """Every rank's ``x`` concatenated along axis 0, on ``root`` (None elsewhere)."""
+    return _group(group).gather(x, root, out=out, async_op=async_op)
+
+
+@overload
+def scatter(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+            async_op: Literal[False] = False) -> np.ndarray: ...
+@overload
+def scatter(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+            async_op: Literal[True]) -> Work: ...
+def scatter(x: Any, root: int, *, group: _Group = None, out: _Out = None, stream: Any = None,
+            async_op: bool = False) -> np.ndarray | Work:
+    """Block j of the root's ``x`` (axis 0 cut into ``size`` blocks) on rank j."""
+    return _group(group).scatter(x, root, out=out, async_op=async_op)
+
+
+@overload
+def broadcast_object(obj: Any, root: int, *, group: _Group = None, stream: Any = None,
+                     async_op: Literal[False] = False) -> Any: ...
+@overload
+def broadcast_object(obj: Any, root: int, *, group: _Group = None, stream: Any = None,
+                     async_op: Literal[True]) -> Work: ...
+def broadcast_object(obj: Any, root: int, *, group: _Group = None, stream: Any = None,
+                     async_op: bool = False) -> Any:
+    """The root's ``obj`` on every rank, pickled.  Unpickling runs code: use only within an
+    authenticated group (one with a token)."""
+    return _group(group).broadcast_object(obj, root, async_op=async_op)
+
+
+@overload
+def all_gather_object(obj: Any, *, group: _Group = None, stream: Any = None,
+                      async_op: Literal[False] = False) -> list[Any]: ...
+@overload
+def all_gather_object(obj: Any, *, group: _Group = None, stream: Any = None,
+                      async_op: Literal[True]) -> Work: ...
+def all_gather_object(obj: Any, *, group: _Group = None, stream: Any = None,
+                      async_op: bool = False) -> list[Any] | Work:
+    """Every rank's ``obj``, in rank order, pickled.  Unpickling runs code: use only within
+    an authenticated group (one with a token)."""
+    return _group(group).all_gather_object(obj, async_op=async_op)

@@ -52,8 +52,10 @@ checks = {
     "send/recv": pingpong,
 }
 failed = [name for name, check in checks.items() if not check()]
+described = str(g.describe())  # what the group runs on (Group.describe), for the report
 g.close()
 print(f"{time.perf_counter() - start:.3f} " + ",".join(failed), flush=True)
+print(described, flush=True)
 sys.exit(1 if failed else 0)
 """
 
@@ -127,14 +129,16 @@ def self_test(timeout: float = SELF_TEST_TIMEOUT) -> tuple[bool, str]:
         elapsed = time.perf_counter() - start
     for r, (proc, (out, err)) in enumerate(zip(ranks, outputs)):
         if proc.returncode != 0:
-            failed = out.split()[1] if len(out.split()) > 1 else ""
+            first = out.splitlines()[0].split() if out else []  # seconds, then what failed
+            failed = first[1] if len(first) > 1 else ""
             why = (f"wrong results: {failed}" if failed
                    else (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
             return False, f"rank {r} failed: {why}"
     inside = max(float(out.split()[0]) for out, _ in outputs)
+    described = outputs[0][0].splitlines()[1:2] or ["?"]  # rank 0's Group.describe()
     return True, (f"2 ranks on 127.0.0.1 over TCP: all_sum, all_gather, broadcast, send/recv "
                   f"right; {inside * 1e3:.0f} ms inside the ranks (set-up included), "
-                  f"{elapsed:.2f} s with interpreter start")
+                  f"{elapsed:.2f} s with interpreter start\n  group: {described[0]}")
 
 
 def _package_root() -> str:

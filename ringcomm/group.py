@@ -15,6 +15,8 @@ from .buffers import contiguous, disjoint_or_same, output, same_buffer
 from .dtypes import Combine, reducer, wire_dtype
 from .lanes import Lanes, auto_threads
 from .header import OpHeader, check, describe, pack_header, vet_next
+from .group_info import GroupInfo, describe as describe_group
+from .group_rooted import RootedMethods
 from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 from .p2p import Direct
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from .split import Origin
 
 
-class Group:
+class Group(RootedMethods):
     """The ranks of one ring.  Collectives are eager: they run when called and block until done.
 
     Every call shares the group's ``timeout`` (seconds).  After any communication failure the
@@ -97,8 +99,12 @@ class Group:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def describe(self) -> GroupInfo:
+        """What this group runs on: transport, protocol, addresses, threads... (``GroupInfo``)."""
+        return describe_group(self)
+
     def __repr__(self) -> str:
-        return f"<ringcomm.Group rank {self.rank()} of {self.size()}>"
+        return f"<ringcomm.Group {describe_group(self)}>"
 
     # -- collectives ---------------------------------------------------------------------------
 
@@ -259,7 +265,9 @@ class Group:
                              "a new mx.array")
         return collective(self, op, x)  # the result written straight into a new mx.array
 
-    def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None) -> np.ndarray:
+    def _all_reduce(self, name: str, op: str, x: Any, out: np.ndarray | None,
+                    root: int | None = None) -> np.ndarray:
+        """``root``: a reduce's (``rooted``), carried in the header; never gathers (``small``)."""
         if type(x) is not np.ndarray and is_mlx_array(x):
             return self._mlx_call(name, x, out)
         a = contiguous(x)
@@ -267,7 +275,7 @@ class Group:
         result = output(out, a.shape, a.dtype, name)
         flat = result if result.ndim == 1 else result.reshape(-1)
         source = a if a.ndim == 1 else a.reshape(-1)
-        if self._headers and n > 1 and small.fits(flat.nbytes, n, a.dtype):
+        if self._headers and n > 1 and root is None and small.fits(flat.nbytes, n, a.dtype):
             small.gather_reduce(self, name, op, source, flat, a.shape)
             return result
         if flat.size < n:  # MLX pads fewer elements than ranks with zeros to one element per rank
@@ -280,7 +288,8 @@ class Group:
             memcopy.copy(flat, source)
             work, source = flat, None
         plan = plans.all_reduce(flat.size, a.itemsize, n, self.rank(), self._connections())
-        self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape, source=source)
+        self._run(name, plan, work, reducer(op, a.dtype), a.dtype, a.shape, source=source,
+                  root=root or 0)
         if work is not flat:
             flat[...] = work[:flat.size]
         return result

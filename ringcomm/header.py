@@ -10,8 +10,9 @@ a different number of operations get a ``MismatchError`` naming both sides, neve
 ``seq`` counts the group's collectives; for send/recv it counts the messages on that
 connection (sends to one side on this rank, receives from it on the other).  ``count`` is the
 number of elements, ``shape`` a CRC-32 of the shape, ``job`` the first 4 bytes of the job id's
-digest.  ``root`` is a broadcast's root (modulo 65536; 0 for every other operation), so ranks
-that broadcast from different roots fail as any other mismatch instead of timing out.
+digest.  ``root`` is the root of a rooted collective (broadcast, reduce_*, gather, scatter,
+broadcast_object; modulo 65536; 0 for every other operation), so ranks that name different
+roots fail as any other mismatch instead of timing out.
 ``vet_next`` judges a header that arrives where this rank is not reading now.
 """
 from __future__ import annotations
@@ -33,7 +34,11 @@ HEADER = struct.Struct("!4sQBBHQII")
 _LEAD, _REST = struct.Struct("!4sQ"), struct.Struct("!BBHQII")  # HEADER: up to seq, and after
 MAGIC = b"RCOP"
 OPS = ("all_sum", "all_max", "all_min", "all_gather", "sum_scatter", "send", "barrier",
-       "broadcast", "all_to_all", "split")  # split: its exchange (``split``), told apart
+       "broadcast", "all_to_all", "split",  # split: its exchange (``split``), told apart
+       "reduce_sum", "reduce_max", "reduce_min", "gather", "scatter",  # ``rooted``: 11-15
+       "broadcast_object", "all_gather_object")  # ``objects``: 16, 17
+ROOTED = frozenset({"broadcast", "reduce_sum", "reduce_max", "reduce_min", "gather", "scatter",
+                    "broadcast_object"})  # the operations whose header carries a root
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}
 _DTYPE_CODE = DTYPE_CODES  # reads no bfloat16 entry: ml_dtypes is imported when one is met
 _SEND_CODE = frozenset({_OP_CODE["send"]})
@@ -46,7 +51,7 @@ class OpHeader(NamedTuple):
     dtype: np.dtype
     shape: tuple[int, ...]
     job: int
-    root: int = 0  # broadcast only
+    root: int = 0  # rooted operations only (``ROOTED``)
 
     def pack(self) -> bytes:
         return pack_header(self.seq, self.op, self.dtype, self.shape, self.job, self.root)
@@ -112,7 +117,7 @@ def _call(name: str, dtype: str, count: int, shape_text: str, root: int, seq: in
     """One call in words, the same for this rank's and a peer's, so that the two read side
     by side: "all_sum(float32, 4 elements, shape (4,), call #3)"."""
     counter = "message" if op == "send" else "call"
-    root_text = f", root {root}" if op == "broadcast" else ""
+    root_text = f", root {root}" if op in ROOTED else ""
     return (f"{name}({dtype}, {count} element{'' if count == 1 else 's'}, {shape_text}"
             f"{root_text}, {counter} #{seq})")
 

@@ -243,3 +243,73 @@ def pairwise(size: int, rank: int) -> tuple[tuple[int, int, int], ...]:
     """ringcomm's all_to_all beyond the neighbours: (k, send to, receive from) for the steps
     k = 2 .. size - 2, in order, each over the direct connections (``transports.direct``)."""
     return tuple((k, (rank + k) % size, (rank - k) % size) for k in range(2, size - 1))
+
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE)
+def gather(nbytes: int, size: int, rank: int, root: int, connections: int) -> Plan:
+    """ringcomm's chain gather of ``nbytes`` per rank into ``root``'s buffer of ``size *
+    nbytes`` (block j: rank j's; each rank copies its own block in first).  Each block is cut
+    as all_gather cuts it (range ``i`` on pair ``i // 2``, direction +1 for even ``i``, -1 for
+    odd), and each range flows down a chain into the root (direction d: ``root + (n-1)d ->
+    ... -> root + d -> root``).  The rank at position p of the chain sends its own block and
+    receives the next one's, then forwards each block the step after it came: ``n - p``
+    steps; the root only receives (n-1 steps).  The links into the root carry (n-1) blocks,
+    half each way, which no schedule can beat; no rank touches a direct link."""
+    if size == 1:
+        return ()
+    return _chains(nbytes, size, rank, root, connections, _gather_stream)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE)
+def scatter(nbytes: int, size: int, rank: int, root: int, connections: int) -> Plan:
+    """ringcomm's chain scatter of ``root``'s buffer of ``size * nbytes`` (block j for rank
+    j), the gather's mirror: ranges and chains as ``gather``; the root sends the farthest
+    rank's block first, each rank forwards what it received the step before and keeps its
+    own, which comes last: ``n - p`` steps at position p, ``n - 1`` sends at the root,
+    after a first step that carries only the operation header."""
+    if size == 1:
+        return ()
+    return _chains(nbytes, size, rank, root, connections, _scatter_stream)
+
+
+def _chains(nbytes: int, size: int, rank: int, root: int, connections: int,
+            stream: Callable[..., Stream]) -> Plan:
+    m = _sub_op_count(nbytes, connections)
+    length = _ceil(nbytes, m)
+    return tuple(stream(_block_mover(i // 2, nbytes, min(i * length, nbytes),
+                                     min((i + 1) * length, nbytes)),
+                        _direction(i), size, rank, root) for i in range(m))
+
+
+def _gather_stream(move: Mover, direction: int, size: int, rank: int, root: int) -> Stream:
+    """Position p (``rank = root + p * direction``: direction +1 sends left, toward the
+    root) sends block p + s and receives block p + s + 1 at step s, one hop a step."""
+    send_side, recv_side = _sides(direction)
+    position = ((rank - root) * direction) % size
+    block = lambda q: (root + q * direction) % size  # the rank at position q
+    return tuple(Step(move(send_side, block(q)) if position else None,
+                      move(recv_side, block(q + 1)) if q + 1 < size else None)
+                 for q in range(position, size) if q + 1 < size or position)
+
+
+def _scatter_stream(move: Mover, direction: int, size: int, rank: int, root: int) -> Stream:
+    """The root sends the blocks of positions n-1 .. 1 (``rank = root - p * direction``:
+    direction +1 sends left); position p receives them in that order down to its own,
+    sending each on (but its own) the step after.  A first step moves only the operation
+    header (as in ``broadcast``): a rank in the middle sends from its second data step on,
+    and the engine sends the header with a stream's first send, takes it with its first
+    receive."""
+    send_side, recv_side = _sides(direction)
+    position = ((root - rank) * direction) % size  # away from the root, on the send side
+    block = lambda q: (root - q * direction) % size  # the rank at position q
+    first = move(send_side, block(size - 1))
+    head_out = None if position == size - 1 else Move(send_side, first.conn, first.start,
+                                                      first.start)
+    head_in = None if position == 0 else Move(recv_side, first.conn, first.start, first.start)
+    if position == 0:
+        return (Step(head_out, None),) + tuple(Step(move(send_side, block(q)), None)
+                                               for q in range(size - 1, 0, -1))
+    return ((Step(head_out, head_in), Step(None, move(recv_side, block(size - 1))))
+            + tuple(Step(move(send_side, block(q + 1)), move(recv_side, block(q)))
+                    for q in range(size - 2, position - 1, -1)))

@@ -20,6 +20,7 @@ that the operation fills, outside MLX's autodiff.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import inspect
 import math
@@ -46,6 +47,9 @@ class WaitTimeoutError(RingcommError, TimeoutError):
 
 class Work:
     """One operation issued with ``async_op=True`` (torch.distributed's ``Work``)."""
+
+    _future: concurrent.futures.Future[Any] | None = None  # made by get_future, on first call
+    _future_settled = False
 
     def __init__(self, rank: int, name: str, number: int, result: Any = None) -> None:
         self.name = name
@@ -86,12 +90,45 @@ class Work:
         """The error the operation failed with; ``None`` if it succeeded or is still running."""
         return self._error
 
+    def get_future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` completed when the operation completes, with its
+        result or its exception (torch's ``Work.get_future``; ``concurrent.futures.wait``
+        and ``as_completed`` take it).  The same Future on every call; it cannot be
+        cancelled (the operation runs in order whatever happens)."""
+        with _FUTURES:
+            if self._future is None:
+                self._future = concurrent.futures.Future()
+                self._future.set_running_or_notify_cancel()
+            settle = self._done.is_set() and not self._future_settled
+            self._future_settled |= settle
+        if settle:
+            _settle(self._future, self._result, self._error)
+        return self._future
+
     def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
         if error is not None:
             self._error = error
         elif self._result is None:
             self._result = result
         self._done.set()
+        if self._future is not None:  # (unlocked: get_future sees _done set from here on)
+            with _FUTURES:
+                settle = not self._future_settled
+                self._future_settled = True
+            if settle:
+                _settle(self._future, self._result, self._error)
+
+
+_FUTURES = threading.Lock()  # who completes a Work's Future: get_future or _finish, once
+
+
+def _settle(future: concurrent.futures.Future[Any], result: Any,
+            error: BaseException | None) -> None:
+    """Complete ``future`` (outside the lock: its callbacks run here)."""
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _limit(timeout: float | None) -> float | None:
@@ -231,14 +268,20 @@ def _issue(group: Any, progress: Progress, name: str, method: Callable[..., Any]
                            result)
 
 
+_OBJECTS = frozenset({"broadcast_object", "all_gather_object"})  # pickled as they are
+_NUMPY_RESULTS = frozenset({"reduce", "gather", "scatter"})
+
+
 def _from_mlx(group: Any, name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict, Any]:
     """MLX inputs of an async call, made numpy on the caller's thread: the input evaluated and
     exported, the result a new mx.array the operation writes into (returned as the third
     item; ``None`` when nothing is MLX)."""
     first = args[0] if args else None
     mlx_dtype = name == "recv" and len(args) > 1 and type(args[1]).__module__.startswith("mlx")
-    if not (is_mlx_array(first) or mlx_dtype):
+    if name in _OBJECTS or not (is_mlx_array(first) or mlx_dtype):
         return args, kwargs, None
+    if name in _NUMPY_RESULTS:  # ``rooted``: numpy results (None off the root)
+        return (to_numpy(first), *args[1:]), kwargs, None
     if kwargs.get("out") is not None:
         raise ValueError(f"{name}: out= takes numpy arrays; for MLX the result is a new "
                          "mx.array")

@@ -2,6 +2,8 @@
 types it returns (tests/test_typing.py runs mypy --strict on this file; it is never run)."""
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import numpy.typing as npt
 
@@ -38,6 +40,30 @@ def main() -> None:
                                   ringcomm.broadcast(x, 0, async_op=True)]
     for w in works:
         w.wait()
+
+    # issue 31 items 3 and 10: rooted and object collectives, futures, the description
+    reduced: np.ndarray | None = ringcomm.reduce(x, 0, "max")
+    gathered: np.ndarray | None = ringcomm.gather(x, 0, group=group)
+    block: np.ndarray = ringcomm.scatter(np.ones(size * 2, np.float32), 0)
+    by_method: np.ndarray | None = group.reduce(x, 0, op="min", out=np.empty_like(x))
+    config: object = ringcomm.broadcast_object({"lr": 0.1}, 0)
+    names: list[object] = ringcomm.all_gather_object(f"rank {rank}")
+    pending: list[ringcomm.Work] = [ringcomm.reduce(x, 0, async_op=True),
+                                    ringcomm.gather(x, 0, async_op=True),
+                                    ringcomm.scatter(x, 0, async_op=True),
+                                    ringcomm.broadcast_object(1, 0, async_op=True),
+                                    ringcomm.all_gather_object(1, async_op=True)]
+    results: list[object] = ringcomm.wait_all(pending, timeout=10.0)
+    future: Future[object] = pending[0].get_future()
+    info: ringcomm.GroupInfo = group.describe()
+    transport: str = info.transport
+    has_token: bool = info.has_token
+    print(reduced, gathered, block, by_method, config, names, results, future.result(),
+          transport, has_token, info.address, info.direct_links)
+    try:
+        ringcomm.broadcast_object(lambda: 0, 0)
+    except ringcomm.ObjectError as e:
+        print(e)
 
     subgroup: ringcomm.Group | None = group.split(rank % 2)
     if subgroup is not None:
