@@ -201,3 +201,66 @@ def test_loss_costs_speed_never_a_wrong_byte(provider, tmp_path, netem):
            lost_packets=lost, counters=delta, seconds=round(time.monotonic() - start, 1))
     assert_all_right(ranks)
     assert lost > 0, f"no packet was lost ({delta}): the test proved nothing"
+
+
+def load_provider(name: str):
+    """The provider namespace, as the transport gets it (ctypes loadable before its wiring)."""
+    from tests.rxe_work import provider
+    os.environ["RXE_VERBS"] = name
+    provider()
+    from ringcomm.transports import verbs
+    return verbs.load(name)
+
+
+@pytest.mark.timeout(300)
+def test_uc_queue_pairs_carry_sends_through_the_operations_table(provider):
+    """Below the transport: two unreliable-connected queue pairs (the only type Thunderbolt
+    offers) on rxe01 and rxe10, 64 messages of 4 KiB sent and received, each checked; the
+    posts and polls go through the device's operations table (ctypes) or pyverbs."""
+    api = load_provider(provider)
+    e = api.enums
+    ends = []
+    for name in ("rxe01", "rxe10"):
+        ctx = api.Context(name=name)
+        pd = api.PD(ctx)
+        mr = api.MR(pd, 1 << 20, e.IBV_ACCESS_LOCAL_WRITE)
+        cq = api.CQ(ctx, 256)
+        cap = api.QPCap(max_send_wr=64, max_recv_wr=64, max_send_sge=1, max_recv_sge=1)
+        qp = api.QP(pd, api.QPInitAttr(qp_type=e.IBV_QPT_UC, scq=cq, rcq=cq, cap=cap,
+                                       sq_sig_all=1))
+        attr = api.QPAttr(qp_state=e.IBV_QPS_INIT, port_num=1)
+        attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE
+        qp.to_init(attr)
+        ends.append((ctx, pd, mr, cq, qp, ctx.query_gid(1, 0).gid))
+    for (ctx, _, _, _, qp, _), (_, _, _, _, peer, gid) in zip(ends, ends[::-1]):
+        attr = api.QPAttr(qp_state=e.IBV_QPS_RTR, port_num=1)
+        attr.path_mtu, attr.dest_qp_num, attr.rq_psn = e.IBV_MTU_1024, peer.qp_num, 0
+        attr.ah_attr = api.AHAttr(port_num=1, is_global=1, dlid=0, sl=0,
+                                  gr=api.GlobalRoute(dgid=api.GID(gid), sgid_index=0,
+                                                     hop_limit=1))
+        qp.to_rtr(attr)
+        attr.qp_state, attr.sq_psn = e.IBV_QPS_RTS, 0
+        qp.to_rts(attr)
+    (_, _, smr, scq, sqp, _), (_, _, rmr, rcq, rqp, _) = ends
+    n, size = 64, 4096
+    for i in range(n):
+        rqp.post_recv(api.RecvWR(wr_id=i, num_sge=1,
+                                 sg=[api.SGE(rmr.buf + i * size, size, rmr.lkey)]))
+    payload = bytes(range(256)) * (n * size // 256)
+    smr.write(payload, len(payload))
+    for i in range(n):
+        sqp.post_send(api.SendWR(wr_id=1000 + i, num_sge=1, opcode=e.IBV_WR_SEND,
+                                 send_flags=e.IBV_SEND_SIGNALED,
+                                 sg=[api.SGE(smr.buf + i * size, size, smr.lkey)]))
+    got, deadline = {}, time.monotonic() + 60
+    while len(got) < 2 * n and time.monotonic() < deadline:
+        for cq in (scq, rcq):
+            _, wcs = cq.poll(16)
+            got.update({wc.wr_id: (wc.status, wc.byte_len) for wc in wcs})
+    assert all(got.get(i) == (e.IBV_WC_SUCCESS, size) for i in range(n)), got
+    assert all(got.get(1000 + i, (None,))[0] == e.IBV_WC_SUCCESS for i in range(n)), got
+    assert rmr.read(len(payload), 0) == payload
+    for ctx, pd, mr, cq, qp, _ in ends:
+        for obj in (qp, mr, cq, pd, ctx):
+            obj.close()
+    record("UC queue pairs", provider, messages=n, bytes=size, qp_type="UC")

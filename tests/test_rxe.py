@@ -34,8 +34,8 @@ def why_no_guest() -> str | None:
         return "the rxe guest needs Linux (QEMU with 9p, Debian's kernel)"
     if os.geteuid() != 0:
         return "the rxe guest needs root (apt-get for QEMU and the kernel package)"
-    if os.environ.get("RINGCOMM_NO_GUEST"):
-        return "RINGCOMM_NO_GUEST is set"
+    if os.environ.get("RXE_SKIP"):
+        return "RXE_SKIP is set"
     if shutil.which("qemu-system-x86_64") is None and shutil.which("apt-get") is None:
         return "neither QEMU nor apt-get to install it"
     return None
