@@ -201,3 +201,17 @@ def rooted_errors(group) -> list:
     got = group.gather(np.int64(group.rank()), 0)
     out.append(None if got is None else got.tolist())
     return out
+
+
+def mlx_rooted(group, root: int) -> list:
+    """reduce, gather and scatter of an mx.array, blocking and with async_op: numpy results
+    (None off the root), the same either way."""
+    import mlx.core as mx
+    r, n = group.rank(), group.size()
+    x = mx.array(np.arange(2 * n, dtype=np.float32) + 10 * r)
+    calls = (lambda **k: group.reduce(x, root, **k), lambda **k: group.gather(x, root, **k),
+             lambda **k: group.scatter(x, root, **k))
+    blocking = [call() for call in calls]
+    waited = ringcomm.wait_all([call(async_op=True) for call in calls])
+    return [[None if v is None else (type(v).__module__, v.tolist()) for v in got]
+            for got in (blocking, waited)]

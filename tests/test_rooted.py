@@ -113,3 +113,19 @@ def test_bad_arguments_are_typed_errors_on_every_rank_and_the_group_goes_on(clus
         assert rows.startswith("ValueError") and "divide by the group size 3" in rows, rows
         assert scalar.startswith("ValueError"), scalar
         assert after == [0, 1, 2] if rank == 0 else after is None
+
+
+def test_mlx_arrays_blocking_and_async_give_numpy_results(clusters):
+    pytest.importorskip("mlx.core")
+    size, root = 3, 1
+    got = clusters.get(size).run(w.mlx_rooted, root)
+    xs = [np.arange(2 * size, dtype=np.float32) + 10 * r for r in range(size)]
+    for rank, (blocking, waited) in enumerate(got):
+        assert blocking == waited, (blocking, waited)
+        reduced, gathered, scattered = blocking
+        if rank == root:
+            assert reduced == ("numpy", sum(xs).tolist())
+            assert gathered == ("numpy", np.concatenate(xs).tolist())
+        else:
+            assert reduced is None and gathered is None
+        assert scattered == ("numpy", xs[root][2 * rank:2 * rank + 2].tolist())
