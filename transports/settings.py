@@ -33,7 +33,7 @@ MAX_THREADS = 256                 # threads moving one operation (a plan has 2K 
 MAX_WORLD_SIZE = 1 << 16
 PROTOCOLS = ("ringcomm", "mlx")
 BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
-VERBS_PROVIDERS = ("pyverbs", "emulated")
+VERBS_PROVIDERS = ("pyverbs", "emulated", "ctypes", "auto")  # auto: pyverbs, else ctypes
 
 # variable -> what it sets (the order of docs/settings.md's knob table)
 KNOWN = {
@@ -46,7 +46,8 @@ KNOWN = {
     "RINGCOMM_TCP_WARMUP": "warm-up exchange at set-up (1) or none (0)",
     "RINGCOMM_SPIN_US": "bounded busy-poll of a TCP wait, microseconds",
     "RINGCOMM_THREADS": "threads that move one large operation (auto: cores / local ranks)",
-    "RINGCOMM_VERBS": "verbs provider: pyverbs or emulated",
+    "RINGCOMM_VERBS": "verbs provider: auto (pyverbs if it imports, else ctypes), pyverbs, "
+                      "ctypes or emulated",
     "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
     "RINGCOMM_EMULATED_LOSS": "faults the verbs emulation injects (tests only)",
     "RINGCOMM_GID_INDEX": "RDMA: the GID table entry to use (default: the IPv4-mapped one)",
@@ -126,7 +127,7 @@ class Settings:
     tcp_warmup: bool = True
     spin_seconds: float = 50e-6
     threads: int | None = None       # None: auto (ringcomm.lanes.auto_threads)
-    verbs: str = "pyverbs"
+    verbs: str = "auto"
     emulated_devices: tuple[str, ...] | None = None
     emulated_loss: EmulatedLoss | None = None  # faults the verbs emulation injects (tests)
     gid_index: int | None = None      # None: the IPv4-mapped entry, as JACCL finds it
@@ -183,7 +184,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
                           "1", "warm-up setting") == "1",
         spin_seconds=_spin(get("RINGCOMM_SPIN_US")),
         threads=_threads(get("RINGCOMM_THREADS")),
-        verbs=choice(get("RINGCOMM_VERBS"), "RINGCOMM_VERBS", VERBS_PROVIDERS, "pyverbs",
+        verbs=choice(get("RINGCOMM_VERBS"), "RINGCOMM_VERBS", VERBS_PROVIDERS, "auto",
                      "verbs provider"),
         emulated_devices=None if not devices else
         tuple(n.strip() for n in devices.split(",") if n.strip()),

@@ -3,8 +3,10 @@
 Both are returned as one namespace with the same names (``Context``, ``PD``, ``MR``, ``CQ``,
 ``QP``, ``QPCap``, ``QPInitAttr``, ``QPAttr``, ``AHAttr``, ``GlobalRoute``, ``GID``, ``SGE``,
 ``SendWR``, ``RecvWR``, ``get_device_list``, ``enums``, ``PyverbsError``, ``EMULATED``), so
-``transports.rdma`` never knows which one it drives.  ``RINGCOMM_VERBS`` picks: ``pyverbs``
-(the default) or ``emulated`` (``transports.emulated_verbs``: no RDMA, for tests).
+``transports.rdma`` never knows which one it drives.  ``RINGCOMM_VERBS`` picks: ``pyverbs``,
+``ctypes`` (``transports.verbs_ctypes``: the verbs C library through ctypes, for macOS),
+``emulated`` (``transports.emulated_verbs``: no RDMA, for tests), or ``auto`` (the default:
+pyverbs if it imports, else ctypes).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from . import settings
 from .errors import ConfigError
 
 PROVIDERS = settings.VERBS_PROVIDERS
+REAL_PROVIDERS = ("pyverbs", "ctypes")  # what "auto" (the default) tries, in order
 
 
 def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
@@ -21,6 +24,24 @@ def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
     if provider == "emulated":
         from . import emulated_verbs
         return emulated_verbs
+    if provider == "auto":  # the default: the first real provider that imports
+        why = []
+        for name in REAL_PROVIDERS:
+            try:
+                return load(name)
+            except ConfigError as e:
+                why.append(str(e))
+        raise ConfigError("no verbs provider imports here: " + " / ".join(why))
+    if provider == "ctypes":
+        try:
+            from . import verbs_ctypes
+        except ImportError as e:
+            raise ConfigError(
+                f"RINGCOMM_VERBS=ctypes needs the verbs C library, which does not load here "
+                f"({e}). On Linux: apt install libibverbs1 ibverbs-providers; on macOS 26.2 "
+                "or later Apple's librdma.dylib is part of the system. To run the RDMA "
+                "protocol without RDMA, set RINGCOMM_VERBS=emulated.") from None
+        return verbs_ctypes
     if provider != "pyverbs":
         raise ConfigError(f"unknown verbs provider {provider!r} (from RINGCOMM_VERBS or "
                           f"verbs=); choose one of: {', '.join(PROVIDERS)}")
