@@ -7,7 +7,8 @@ provider written for this measurement, whose posts cost nothing but the one ``me
 NIC's DMA would make), each joining through ``ringcomm.init(backend="rdma")`` as any rank
 does: whatever the transport's protocol (frame size, credits, acknowledgements, checksums),
 its whole Python path runs, and only the wire is gone.  Measured for a one-way stream
-(send/recv) and all_sum: wall time, the frames posted (counted in the provider), and each
+(send/recv) and all_sum: wall time, the frames posted (every send the provider saw: data,
+and acknowledgements or credits where the protocol sends them apart), and each
 rank thread's CPU time (``time.thread_time``) per frame.  The two threads share one
 interpreter lock, so the wall-clock rate is a floor (both ranks' work on one core) and the
 busier thread's CPU per frame gives the ceiling (each rank on a core of its own, as on two
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at start",
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"memmove of 256 KiB on one core: {memmove_rate() / 1e9:.1f} GB/s (NULL verbs' copy)",
-        "", "| what | MiB moved | data frames | KiB/frame | wall s | wall GB/s (both ranks on "
+        "", "| what | MiB moved | frames sent (data and control) | KiB moved per frame | wall s | wall GB/s (both ranks on "
         "one core) | rank 0 CPU us/frame | rank 1 CPU us/frame | frames/s ceiling (busier "
         "rank) | GB/s ceiling | posts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, work in (("send/recv 64 MiB", stream(64 << 20)),
