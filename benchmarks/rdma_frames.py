@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at start",
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"memmove of 256 KiB on one core: {memmove_rate() / 1e9:.1f} GB/s (NULL verbs' copy)",
-        "", "| what | MiB moved | frames sent (data and control) | KiB moved per frame | wall s | wall GB/s (both ranks on "
+        "", "| what | MiB moved | frames sent (data and control) | KiB moved per frame | wall s | "
+        "wall GB/s (both ranks on "
         "one core) | rank 0 CPU us/frame | rank 1 CPU us/frame | frames/s ceiling (busier "
         "rank) | GB/s ceiling | posts |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, work in (("send/recv 64 MiB", stream(64 << 20)),

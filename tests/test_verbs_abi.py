@@ -172,7 +172,7 @@ def test_work_requests_and_attributes_land_in_the_c_structures(vc):
 def test_unreliable_connected_moves_set_only_what_uc_takes(vc):
     """Apple offers UC only: RTR and RTS without the RDMA-read, retry and RNR attributes
     (a UC queue pair refuses them with EINVAL)."""
-    e, mask = vc.enums, vc._mask
+    e, mask = vc.enums, vc.qp_attr_mask
     rc_only = (e.IBV_QP_MAX_DEST_RD_ATOMIC | e.IBV_QP_MIN_RNR_TIMER | e.IBV_QP_TIMEOUT
                | e.IBV_QP_RETRY_CNT | e.IBV_QP_RNR_RETRY | e.IBV_QP_MAX_QP_RD_ATOMIC)
     for state in (e.IBV_QPS_INIT, e.IBV_QPS_RTR, e.IBV_QPS_RTS):
