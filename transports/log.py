@@ -113,15 +113,17 @@ class waiting:
             left = self.deadline - now
             if left <= 0:
                 return
-            what = self.what() if callable(self.what) else self.what
-            limit = f"RINGCOMM_TIMEOUT={self.timeout:g} s, " if self.timeout else ""
-            logger.warning("rank %d: waiting for %s (%s%.0f s left)", self.rank, what, limit,
-                           left)
             self._after(max(2 * (now - self.start), 1.0) - (now - self.start))
+        # outside the lock: a slow handler never holds up the end of the wait
+        what = self.what() if callable(self.what) else self.what
+        limit = f"RINGCOMM_TIMEOUT={self.timeout:g} s, " if self.timeout else ""
+        logger.warning("rank %d: waiting for %s (%s%.0f s left)", self.rank, what, limit, left)
 
 
 def ranks_text(ranks: list[int], most: int = 8) -> str:
     """"rank 3" or "ranks 1, 2, 5" (at most ``most`` named, then how many more)."""
+    if not ranks:
+        return "no rank (all have arrived)"
     shown = ", ".join(map(str, ranks[:most]))
     more = f" and {len(ranks) - most} more" if len(ranks) > most else ""
     return f"rank{'s' if len(ranks) > 1 else ''} {shown}{more}"
