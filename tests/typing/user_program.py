@@ -12,6 +12,7 @@ import ringcomm
 
 def main() -> None:
     group: ringcomm.Group = ringcomm.init(strict=False, timeout=30.0)
+    ready: bool = ringcomm.is_initialized()
     x: npt.NDArray[np.float32] = np.ones(8, np.float32)
     rank: int = group.rank()
     size: int = group.size()
@@ -76,7 +77,7 @@ def main() -> None:
         print(e)
     version: str = ringcomm.__version__
     dtypes = ringcomm.SUPPORTED_DTYPES
-    print(total, largest, smallest, rows, mine, everyone, swapped, done, error, version, dtypes)
+    print(total, largest, smallest, rows, mine, everyone, swapped, done, error, version, dtypes, ready)
     group.close()
 
 
