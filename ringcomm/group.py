@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,10 +21,8 @@ from .lone import Alone
 from .mlx_arrays import collective, is_mlx_array, recv as recv_mlx, to_numpy
 from .p2p import Direct
 from .ranks import neighbour_side, rank_argument
+from .split import Origin, split as split_group
 from .work import Progress, asynchronous
-
-if TYPE_CHECKING:
-    from .split import Origin
 
 
 class Group(RootedMethods):
@@ -76,8 +74,7 @@ class Group(RootedMethods):
         group with a ring of its own, ranked by ``key`` (negative: by this group's rank; ties
         too).  A negative color joins no group and returns ``None`` (MPI's MPI_UNDEFINED).
         Closing or breaking the subgroup leaves this group as it was (``ringcomm.split``)."""
-        from .split import split
-        return split(self, color, key)
+        return split_group(self, color, key, make_group=type(self))
 
     def close(self) -> None:
         """Close every connection.  Later calls raise ``GroupBrokenError``.  Pending async work
