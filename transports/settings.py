@@ -33,7 +33,7 @@ MAX_THREADS = 256                 # threads moving one operation (a plan has 2K 
 MAX_WORLD_SIZE = 1 << 16
 PROTOCOLS = ("ringcomm", "mlx")
 BACKENDS = {"any": "tcp", "tcp": "tcp", "ring": "tcp", "rdma": "rdma", "jaccl": "rdma"}
-VERBS_PROVIDERS = ("pyverbs", "emulated", "ctypes", "auto")  # auto: pyverbs, else ctypes
+VERBS_PROVIDERS = ("pyverbs", "emulated", "ctypes", "auto")  # auto: transports.verbs.load
 
 # variable -> what it sets (the order of docs/settings.md's knob table)
 KNOWN = {
@@ -46,7 +46,8 @@ KNOWN = {
     "RINGCOMM_TCP_WARMUP": "warm-up exchange at set-up (1) or none (0)",
     "RINGCOMM_SPIN_US": "bounded busy-poll of a TCP wait, microseconds",
     "RINGCOMM_THREADS": "threads that move one large operation (auto: cores / local ranks)",
-    "RINGCOMM_VERBS": "verbs provider: auto (pyverbs if it imports, else ctypes), pyverbs, "
+    "RINGCOMM_VERBS": "verbs provider: auto (pyverbs if it imports, else ctypes if it lists a "
+                      "device), pyverbs, "
                       "ctypes or emulated",
     "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
     "RINGCOMM_EMULATED_LOSS": "faults the verbs emulation injects (tests only)",

@@ -6,7 +6,7 @@ Both are returned as one namespace with the same names (``Context``, ``PD``, ``M
 ``transports.rdma`` never knows which one it drives.  ``RINGCOMM_VERBS`` picks: ``pyverbs``,
 ``ctypes`` (``transports.verbs_ctypes``: the verbs C library through ctypes, for macOS),
 ``emulated`` (``transports.emulated_verbs``: no RDMA, for tests), or ``auto`` (the default:
-pyverbs if it imports, else ctypes).
+pyverbs if it imports, else ctypes if the verbs library loads and lists a device).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from . import settings
 from .errors import ConfigError
 
 PROVIDERS = settings.VERBS_PROVIDERS
-REAL_PROVIDERS = ("pyverbs", "ctypes")  # what "auto" (the default) tries, in order
 
 
 def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
@@ -24,14 +23,18 @@ def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
     if provider == "emulated":
         from . import emulated_verbs
         return emulated_verbs
-    if provider == "auto":  # the default: the first real provider that imports
-        why = []
-        for name in REAL_PROVIDERS:
+    if provider == "auto":  # the default: pyverbs, else ctypes where it lists a device
+        try:
+            return load("pyverbs")
+        except ConfigError as no_pyverbs:
             try:
-                return load(name)
-            except ConfigError as e:
-                why.append(str(e))
-        raise ConfigError("no verbs provider imports here: " + " / ".join(why))
+                api = load("ctypes")
+            except ConfigError:
+                raise no_pyverbs from None
+            if device_names(api):
+                return api
+            raise ConfigError(f"{no_pyverbs} (The verbs library loads for RINGCOMM_VERBS="
+                              "ctypes, but lists no RDMA device.)") from None
     if provider == "ctypes":
         try:
             from . import verbs_ctypes
