@@ -73,6 +73,7 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
                  job_id: str = "", token: bytes | None = None, gid_index: int | None = None,
                  coordinator_listener: socket.socket | None = None) -> None:
         self.rank, self.size, self.job_id = rank, len(devices), job_id
+        self.flush_seconds = max(FLUSH_SECONDS, timeout)  # close waits for acks as a call would
         left_names, right_names = ring_devices(devices, rank)
         self.connections = max(len(right_names), 1)
         self._done: list[Channel] = []
@@ -308,7 +309,8 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         self._closed = True
         self._keeper.stop()
         if flush and self._by_number:
-            wait_acknowledged(self._by_number, self._progress, FLUSH_SECONDS)
+            wait_acknowledged(self._by_number, self._progress, self.flush_seconds,
+                              self._side.watch if self._side is not None else time.sleep)
             for link in self._by_number:
                 self._say_bye(link)
         if self._side is not None:

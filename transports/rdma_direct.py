@@ -36,7 +36,7 @@ from .errors import CommError, CommTimeoutError, ConfigError
 from .hostfile import Address
 from .posted import Posted
 from .rdma_setup import Link, RdmaSetup
-from .rdma_stream import (FIRST_NAP, FLUSH_SECONDS, MAX_NAP, Backoff, SlotStream,
+from .rdma_stream import (FIRST_NAP, MAX_NAP, Backoff, SlotStream,
                           wait_acknowledged)
 from .sockets import recv_exactly
 
@@ -255,7 +255,8 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
             return
         self._closed_qps = True
         if flush:
-            wait_acknowledged(self._qp_out.values(), self._progress, FLUSH_SECONDS)
+            wait_acknowledged(self._qp_out.values(), self._progress,
+                              self._transport.flush_seconds, self._nap)
             for link in self._setup.by_number:
                 self._say_bye(link)
         self._setup.release()

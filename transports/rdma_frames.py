@@ -6,7 +6,8 @@ message without a word, and the next message lands in the receive meant for it. 
 message is one fixed-size frame, ``FRAME_BYTES`` on both sides (Thunderbolt wants a send and
 its receive to span the same number of 4 KiB units), whose 64-byte header says which frame it
 is (``seq``, data frames only; ``msg``, every message), what its sender has received
-(``ack``: every data frame before it; ``seen``, ``free``: the credits, below) and two CRC-32s:
+(``ack``: every data frame before it; ``held``: a bit per frame after it that arrived ahead
+of the gap; ``seen``, ``free``: the credits) and two CRC-32s:
 one of the payload, one of the header.  A frame whose header or payload does not match its
 checksum is dropped, as if lost, and sent again from the sender's copy.
 
@@ -34,8 +35,8 @@ NAK = 2       # a gap: resend frame ``ack`` now
 POKE = 4      # the sender heard nothing for a while: report back at once
 BYE = 8       # the sender closes: it wants nothing more
 
-# magic flags seq length msg ack seen free payload_crc | header_crc (of the 36 bytes before)
-_HEADER = struct.Struct("<9I")
+# magic flags seq length msg ack seen free payload_crc held | header_crc (of the 40 before)
+_HEADER = struct.Struct("<10I")
 _CRC = struct.Struct("<I")
 SEQ_MOD = 1 << 32
 
@@ -46,14 +47,15 @@ def newer(a: int, b: int) -> bool:
 
 
 def write_header(mem: memoryview, at: int, flags: int, seq: int, length: int, msg: int,
-                 ack: int, seen: int, free: int, payload_crc: int) -> None:
+                 ack: int, seen: int, free: int, payload_crc: int, held: int) -> None:
     """Write a frame's header at ``mem[at:]``, its own checksum last."""
-    _HEADER.pack_into(mem, at, MAGIC, flags, seq, length, msg, ack, seen, free, payload_crc)
+    _HEADER.pack_into(mem, at, MAGIC, flags, seq, length, msg, ack, seen, free, payload_crc,
+                      held)
     _CRC.pack_into(mem, at + _HEADER.size, zlib.crc32(mem[at:at + _HEADER.size]))
 
 
 def read_header(mem: memoryview, at: int) -> tuple[int, ...] | None:
-    """The fields after ``magic`` (flags seq length msg ack seen free payload_crc) of the
+    """The fields after ``magic`` (flags seq length msg ack seen free payload_crc held) of the
     header at ``mem[at:]``, or None when it is damaged (checksum, magic, length)."""
     (crc,) = _CRC.unpack_from(mem, at + _HEADER.size)
     if zlib.crc32(mem[at:at + _HEADER.size]) != crc:

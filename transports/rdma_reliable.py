@@ -6,8 +6,8 @@ Each link (``rdma_setup.Link``) sends data frames numbered ``seq`` 0, 1, 2, ... 
 in its send slot until the peer acknowledges it (``ack``: every frame before it arrived
 intact).  The receiver hands frames on strictly in ``seq`` order: one that arrives ahead of a
 gap is held in its receive slot (selective repeat, within the window) and the gap is reported
-at once (``NAK``), so the sender resends that frame alone; a duplicate is dropped and
-re-acknowledged; a damaged one is dropped.  Where nothing is heard for ``rto`` the sender
+at once (``NAK``, with ``held``: which later frames are in), so the sender resends the
+missing frames alone; a duplicate is dropped and re-acknowledged; a damaged one is dropped.  Where nothing is heard for ``rto`` the sender
 resends its oldest unacknowledged frame (or, blocked on credits, a bare report) marked
 ``POKE``, doubling ``rto`` up to ``RTO_MAX``, until the deadline of the call.
 
@@ -30,7 +30,8 @@ from .rdma_frames import (BYE, DATA, FRAME_BYTES, HEADER_BYTES, NAK, POKE, REPOR
 from .rdma_setup import Link
 
 RTO_FIRST = 0.05     # resend the oldest unacknowledged frame after this long without an ack
-RTO_MAX = 0.5        # ... doubling each time up to this
+RTO_MAX = 0.25       # ... doubling each time up to this
+RTO_SLOW = 1.0       # the first timeout on the slowest links (4 round trips, at most this)
 ACK_EVERY = 2        # frames taken or arrived unreported before a report goes alone
 
 
@@ -57,10 +58,10 @@ class Reliable:
             link.counts["damaged"] += 1
             self._repost(link, slot)
             return
-        flags, seq, length, msg, ack, seen, free, _ = fields
+        flags, seq, length, msg, ack, seen, free, _, held = fields
         if newer(msg, link.report_msg):  # (a repeated old message must not undo a report)
             link.report_msg, link.peer_seen, link.peer_free = msg, seen, free
-            self._on_ack(link, ack, flags & NAK)
+            self._on_ack(link, ack, flags & NAK, held)
         if newer(msg, link.seen):
             link.seen = msg
         if flags & BYE:
@@ -93,17 +94,32 @@ class Reliable:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _on_ack(self, link: Link, ack: int, nak: int) -> None:
-        """The peer has every data frame before ``ack``: their slots are free once sent."""
+    def _on_ack(self, link: Link, ack: int, nak: int, held: int) -> None:
+        """The peer has every data frame before ``ack``: their slots are free once sent.
+        With a gap reported (``nak``), the frames missing below the newest one ``held`` (a
+        bit per frame after ``ack``) are sent again: on a link that keeps order, they are
+        lost (each at most once per ``rto``, so a repeated report does not repeat them)."""
         if link.unacked and newer(ack, link.unacked[0][0]):
+            now = time.monotonic()
             while link.unacked and newer(ack, link.unacked[0][0]):
                 slot = link.unacked.popleft()[1]
                 if not link.in_flight[slot]:
                     link.free_slots.append(slot)
-            link.acked, link.rto = ack, RTO_FIRST
-            link.resend_at = time.monotonic() + RTO_FIRST if link.unacked else None
+                if slot not in link.resent_slots:  # a round trip, to time the resends by
+                    link.srtt += (now - link.sent_at[slot] - link.srtt) / 8
+                link.resent_slots.discard(slot)
+            link.acked, link.rto = ack, self._rto_first(link)
+            link.resend_at = now + link.rto if link.unacked else None
         if nak and link.unacked and link.unacked[0][0] == ack:
-            self._resend(link, link.unacked[0], 0)
+            newest = held.bit_length()  # frames up to ack + newest are accounted for
+            now = time.monotonic()
+            for entry in list(link.unacked):
+                after = (entry[0] - ack) % SEQ_MOD
+                if after > newest:
+                    break
+                if (after == 0 or not held >> (after - 1) & 1) and \
+                        now - link.sent_at[entry[1]] >= link.rto / 2:
+                    self._resend(link, entry, 0)
 
     def _on_sent(self, link: Link, slot: int) -> None:
         """A send completed (UC: it left; nothing says it arrived)."""
@@ -123,10 +139,16 @@ class Reliable:
         rides on every frame."""
         link.msgs_sent = (link.msgs_sent + 1) % SEQ_MOD
         flags |= link.urgent & NAK
+        if link.held:  # every report names the gap while there is one
+            flags |= NAK
         if flags & NAK:
             link.naked = link.expected
+        held = 0
+        for frame in link.held:
+            held |= 1 << ((frame - link.expected - 1) % SEQ_MOD)
         write_header(link.mem, link.send_base + slot * FRAME_BYTES, flags, seq, length,
-                     link.msgs_sent, link.expected, link.seen, link.free, crc)
+                     link.msgs_sent, link.expected, link.seen, link.free, crc, held)
+        link.sent_at[slot] = time.monotonic()
         link.reported, link.urgent = (link.expected, link.free), 0
         link.in_flight[slot] += 1
         self._post(link, "send", link.qp.post_send, link.send_wrs[slot])
@@ -139,6 +161,7 @@ class Reliable:
             return False
         crc = stored_payload_crc(link.mem, link.send_base + slot * FRAME_BYTES)
         self._send_frame(link, slot, DATA | flags, seq, length, crc)
+        link.resent_slots.add(slot)
         link.counts["resent"] += 1
         return True
 
@@ -162,7 +185,7 @@ class Reliable:
                 # no credits: the report that would give some may be lost; ask for one
                 # (if the peer has no receive free, this is lost too, and asked again later)
                 did = self._report(link, POKE)
-            link.rto = min(2 * link.rto or RTO_FIRST, RTO_MAX)
+            link.rto = min(2 * link.rto or RTO_FIRST, max(RTO_MAX, 2 * self._rto_first(link)))
             busy = link.unacked or link.sending is not None
             link.resend_at = now + link.rto if busy else None
         expected, free = link.reported
@@ -176,8 +199,14 @@ class Reliable:
         """Frames went out, or a send waits for credits: make sure a timer runs (it resends,
         or asks for a report, if nothing is heard)."""
         if link.resend_at is None:
-            link.rto = link.rto or RTO_FIRST
+            link.rto = link.rto or self._rto_first(link)
             link.resend_at = time.monotonic() + link.rto
+
+    @staticmethod
+    def _rto_first(link: Link) -> float:
+        """The first resend timeout: ``RTO_FIRST``, or 4 smoothed round trips where the link
+        is slower (a software RDMA device under emulation takes milliseconds a frame)."""
+        return min(max(RTO_FIRST, 4 * link.srtt), RTO_SLOW)
 
     def _say_bye(self, link: Link) -> None:
         """Tell the peer this side closes (it need not wait for acknowledgements)."""

@@ -53,6 +53,9 @@ class Link:
         self.acked = 0                         # the peer has every data frame before this
         self.unacked: collections.deque[tuple[int, int, int]] = collections.deque()
         self.in_flight = [0] * SEND_SLOTS      # posted sends per slot not yet completed
+        self.sent_at = [0.0] * SEND_SLOTS      # when each slot was last posted
+        self.resent_slots: set[int] = set()    # slots whose frame was sent more than once
+        self.srtt = 0.0                        # smoothed round trip of a frame, seconds
         self.msgs_sent = 0                     # messages posted: the last one's number
         self.peer_seen, self.peer_free = 0, SLOTS  # the peer's report: credits
         self.report_msg = 0                    # the message whose report was applied last

@@ -18,7 +18,7 @@ from .rdma_setup import RECV, Link, RdmaSetup
 SPIN_SECONDS = 50e-6     # poll without sleeping this long after the last completion
 FIRST_NAP, MAX_NAP = 20e-6, 1e-3
 POLL_BATCH = 16          # completions taken per poll of a queue
-FLUSH_SECONDS = 5.0      # at close, how long to wait for the peers to acknowledge our sends
+FLUSH_SECONDS = 5.0      # at close, the least time to wait for the peers' acknowledgements
 
 
 class Backoff:
@@ -45,30 +45,33 @@ class Backoff:
         return True
 
 
-def wait_acknowledged(links: Iterable[Link], progress: Callable[[], bool],
-                      seconds: float) -> None:
+def wait_acknowledged(links: Iterable[Link], progress: Callable[[], bool], seconds: float,
+                      nap: Callable[[float], None] = time.sleep) -> None:
     """Wait at most ``seconds`` until the peers acknowledged every frame sent on ``links``
     (``progress()`` polls and resends), or said they close.
 
-    A send is complete for its caller once its bytes are in a send slot, but on UC nothing
+    A send is complete for its caller once its bytes are in a send frame, but on UC nothing
     delivers a lost frame except this side sending it again: the peer would wait for bytes
-    that are gone.  A peer that is gone or stuck (or a failed completion) ends the wait:
-    closing must not hang on it.
+    that are gone.  A live peer answers whatever it does (its keeper thread), so this waits
+    as long as a call would; a peer that is gone (``nap`` sleeps on the side channel, whose
+    notice of it raises), or a failed completion, ends the wait at once.
     """
     links = list(links)
     deadline = time.monotonic() + seconds
-    nap = FIRST_NAP
-    while any(link.unacked and link.failure is None and not link.peer_bye for link in links):
-        if time.monotonic() >= deadline:
-            return
-        try:
+    pause = FIRST_NAP
+    try:
+        while any(link.unacked and link.failure is None and not link.peer_bye
+                  for link in links):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             if progress():
-                nap = FIRST_NAP
+                pause = FIRST_NAP
                 continue
-        except CommError:
-            return
-        time.sleep(nap)
-        nap = min(nap * 2, MAX_NAP)
+            nap(min(pause, left))
+            pause = min(pause * 2, MAX_NAP)
+    except CommError:
+        return
 
 
 def payload_at(slot: int) -> int:

@@ -7,6 +7,13 @@ Both are returned as one namespace with the same names (``Context``, ``PD``, ``M
 ``ctypes`` (``transports.verbs_ctypes``: the verbs C library through ctypes, for macOS),
 ``emulated`` (``transports.emulated_verbs``: no RDMA, for tests), or ``auto`` (the default:
 pyverbs if it imports, else ctypes if the verbs library loads and lists a device).
+
+What the transport uses of a provider (``docs/rdma-protocol.md``): UC queue pairs
+(``enums.IBV_QPT_UC``) and ``IBV_WR_SEND`` only, memory with ``IBV_ACCESS_LOCAL_WRITE``;
+``Context.query_port(1)`` with ``lid``, ``active_mtu`` and ``gid_tbl_len``;
+``Context.query_gid(1, index)`` whose ``.gid`` is eight colon-separated groups of four hex
+digits, raising ``PyverbsError`` for an index the table does not have; completions with
+``wr_id``, ``status`` and ``byte_len``.
 """
 from __future__ import annotations
 
