@@ -19,14 +19,11 @@ import atexit
 import socket
 import sys
 import weakref
-from typing import TYPE_CHECKING
 
 from . import liveness, notices
 from .base import Side
 from .errors import CommError, CommTimeoutError, PeerLostError
-
-if TYPE_CHECKING:
-    from .tcp import _Conn
+from .tcp_conn import Conn
 
 NOTICE_GRACE = 0.1        # how long a broken data connection waits for the abort notice
 _OPEN: "weakref.WeakSet[ControlConnections]" = weakref.WeakSet()  # say goodbye at exit
@@ -86,7 +83,7 @@ class ControlConnections:
 
     # -- notices on the ring's own waits -----------------------------------------------------
 
-    def _on_notice(self, c: _Conn, strict: bool = False) -> None:
+    def _on_notice(self, c: Conn, strict: bool = False) -> None:
         """Raise the error a neighbour's abort notice reports; answer its liveness probe.
 
         A control connection that just closes means the neighbour closed its group (or died):
@@ -118,7 +115,7 @@ class ControlConnections:
         """The neighbours a receive of this rank waits for now (told to a probe)."""
         return {c.peer for conns in self._conns for c in conns if c.receiving is not None}
 
-    def _lost(self, c: _Conn, what: str, e: OSError | None) -> CommError:
+    def _lost(self, c: Conn, what: str, e: OSError | None) -> CommError:
         """The error for a broken data connection: the neighbour's abort notice if it sent
         one (it does so just before closing), else a PeerLostError blaming the neighbour."""
         if self._heard.reported is not None:  # heard first, by a wait outside the ring
