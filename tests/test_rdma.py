@@ -963,6 +963,15 @@ g.close()
     assert got == [{"index": 1, "mtu": E.IBV_MTU_4096}] * 2, got
 
 
+@pytest.mark.timeout(60)
+def test_rc_queue_pairs_on_the_emulation_are_a_config_error_naming_the_setting(tmp_path):
+    res = init_one_rank(tmp_path, TWO, 0, RINGCOMM_RDMA_QP="rc")
+    assert res["type"] == "ConfigError", res
+    assert "device 'emulated0' refused a RC queue pair toward rank 1" in res["message"], res
+    assert "unreliable connected only" in res["message"], res
+    assert "RINGCOMM_RDMA_QP=uc" in res["message"], res
+
+
 def pyverbs_here() -> tuple[object | None, list[str], str]:
     """(pyverbs provider or None, the devices it lists, why not) on this interpreter."""
     from ringcomm.transports import verbs
@@ -1046,7 +1055,10 @@ PINNED_CALLS = {
     "SendWR": {(0, ("num_sge", "opcode", "send_flags", "sg", "wr_id"))},
 }
 PINNED_QPATTR_FIELDS = {"ah_attr", "path_mtu", "pkey_index", "qp_access_flags", "qp_state",
-                        "rq_psn", "sq_psn", "dest_qp_num"}
+                        "rq_psn", "sq_psn", "dest_qp_num",
+                        # RINGCOMM_RDMA_QP=rc only
+                        "max_dest_rd_atomic", "min_rnr_timer", "timeout", "retry_cnt",
+                        "rnr_retry", "max_rd_atomic"}
 PINNED_METHODS = {"QP": ("to_init", "to_rtr", "to_rts", "post_send", "post_recv", "close"),
                   "CQ": ("poll", "close"), "MR": ("close",), "PD": ("close",),
                   "Context": ("query_port", "query_gid", "close")}

@@ -100,7 +100,8 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
         deadline = time.monotonic() + timeout
         if gid_index is None:
             gid_index = settings.load().gid_index
-        setup = self._setup = RdmaSetup(self._api, rank, self.connections, gid_index)
+        setup = self._setup = RdmaSetup(self._api, rank, self.connections, gid_index,
+                                        qp_type=settings.load().rdma_qp)
         self._links, self._by_number = setup.links, setup.by_number
         setup.check_devices({*left_names, *right_names}, verbs.device_names(self._api),
                             self.emulated)

@@ -64,7 +64,7 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         self._api = transport._api
         ring = transport._setup
         self._setup = RdmaSetup(self._api, transport.rank, transport.size, ring.gid_index,
-                                budget=ring.budget)
+                                budget=ring.budget, qp_type=ring.qp_type)
         self._adding = threading.Lock()  # the acceptor thread adds queue pairs too
         self._qp_out: dict[int, DirectLink] = {}
         self._qp_in: dict[int, DirectLink] = {}

@@ -130,8 +130,12 @@ class RdmaSetup:
     """The verbs objects of one rank: opened devices (shared by their links) and links."""
 
     def __init__(self, api: SimpleNamespace | ModuleType, rank: int, connections: int,
-                 gid_index: int | None = None, budget: Budget | None = None) -> None:
+                 gid_index: int | None = None, budget: Budget | None = None,
+                 qp_type: str = "uc") -> None:
         self.api, self.rank, self.connections, self.gid_index = api, rank, connections, gid_index
+        # "rc" (RINGCOMM_RDMA_QP) where UC misbehaves under loss: Soft-RoCE's UC responder
+        # drops every later message once the last packet of one was lost (Linux 6.1)
+        self.qp_type = qp_type
         self.budget = budget or Budget()
         self.contexts: dict[str, SimpleNamespace] = {}
         self.links: tuple[list[Link], list[Link]] = ([], [])
@@ -220,7 +224,19 @@ class RdmaSetup:
                           "RINGCOMM_GID_INDEX (`ibv_devinfo -v` lists them)")
 
     def open(self, link: Link) -> None:
-        """Create the queue pair and its memory, post every receive frame, move to INIT."""
+        """Create the queue pair and its memory, post every receive frame, move to INIT; what
+        the device refuses is a ConfigError naming it."""
+        try:
+            self._open(link)
+        except self.api.PyverbsError as err:
+            hint = ("RINGCOMM_RDMA_QP=uc: Thunderbolt devices, and the emulation, refuse RC"
+                    if self.qp_type == "rc" else
+                    "RINGCOMM_RDMA_QP=rc where a device offers no UC queue pairs")
+            raise ConfigError(f"rank {self.rank}: device {link.device!r} refused a "
+                              f"{self.qp_type.upper()} queue pair toward rank {link.peer} or "
+                              f"its memory ({err}); see `ulimit -l` for memory, {hint}") from None
+
+    def _open(self, link: Link) -> None:
         api, e = self.api, self.api.enums
         ctx = self.context(link.device)
         link.context = ctx
@@ -230,8 +246,9 @@ class RdmaSetup:
         link.mem = memoryview((ctypes.c_char * REGION_BYTES).from_address(base)).cast("B")
         cap = api.QPCap(max_send_wr=2 * SEND_SLOTS, max_recv_wr=SLOTS, max_send_sge=1,
                         max_recv_sge=1)
-        link.qp = api.QP(ctx.pd, api.QPInitAttr(qp_type=e.IBV_QPT_UC, scq=ctx.cq,
-                                                 rcq=ctx.cq, cap=cap, sq_sig_all=0))
+        qp_type = e.IBV_QPT_RC if self.qp_type == "rc" else e.IBV_QPT_UC
+        link.qp = api.QP(ctx.pd, api.QPInitAttr(qp_type=qp_type, scq=ctx.cq, rcq=ctx.cq,
+                                                 cap=cap, sq_sig_all=0))
         self.budget.qps[link.device] += 1
         attr = api.QPAttr(qp_state=e.IBV_QPS_INIT, port_num=PORT)
         attr.pkey_index = 0
@@ -288,9 +305,13 @@ class RdmaSetup:
                                   gr=api.GlobalRoute(dgid=api.GID(theirs["gid"]),
                                                      sgid_index=link.context.gid_index,
                                                      hop_limit=1))
+        if self.qp_type == "rc":  # the adapter retries; a missing receive is waited for
+            attr.max_dest_rd_atomic, attr.min_rnr_timer = 1, 12
         link.qp.to_rtr(attr)
         attr.qp_state = e.IBV_QPS_RTS
         attr.sq_psn = link.psn
+        if self.qp_type == "rc":
+            attr.timeout, attr.retry_cnt, attr.rnr_retry, attr.max_rd_atomic = 14, 7, 7, 1
         link.qp.to_rts(attr)
         link.path_mtu = attr.path_mtu
 

@@ -52,6 +52,7 @@ KNOWN = {
     "RINGCOMM_EMULATED_DEVICES": "device names of the verbs emulation",
     "RINGCOMM_EMULATED_LOSS": "faults the verbs emulation injects (tests only)",
     "RINGCOMM_GID_INDEX": "RDMA: the GID table entry to use (default: the IPv4-mapped one)",
+    "RINGCOMM_RDMA_QP": "RDMA queue-pair type: uc (default: what Thunderbolt allows) or rc",
     "MLX_RANK": "this process's rank",
     "MLX_HOSTFILE": "the ring hostfile (TCP)",
     "MLX_IBV_DEVICES": "the RDMA device file (alias JACCL_IBV_DEVICES)",
@@ -132,6 +133,7 @@ class Settings:
     emulated_devices: tuple[str, ...] | None = None
     emulated_loss: EmulatedLoss | None = None  # faults the verbs emulation injects (tests)
     gid_index: int | None = None      # None: the IPv4-mapped entry, as JACCL finds it
+    rdma_qp: str = "uc"               # "rc" where UC misbehaves under loss (Soft-RoCE)
     rank: str | None = None
     hostfile: str | None = None
     ibv_devices: str | None = None
@@ -191,6 +193,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         tuple(n.strip() for n in devices.split(",") if n.strip()),
         emulated_loss=_emulated_loss(get("RINGCOMM_EMULATED_LOSS")),
         gid_index=_gid_index(get("RINGCOMM_GID_INDEX")),
+        rdma_qp=choice(get("RINGCOMM_RDMA_QP"), "RINGCOMM_RDMA_QP", ("uc", "rc"), "uc",
+                       "queue-pair type"),
         rank=get("MLX_RANK"), hostfile=get("MLX_HOSTFILE"),
         ibv_devices=get("MLX_IBV_DEVICES"), coordinator=get("MLX_JACCL_COORDINATOR"),
         world=_world(env), master_addr=host_name(get("MASTER_ADDR"), "MASTER_ADDR"),
