@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from . import settings, verbs
 from .base import Channel, Kind, Side, Transport
@@ -34,6 +34,7 @@ from .handshake import job_digest
 from .hostfile import Address
 from .arrivals import HEAD
 from .posted import Posted
+from .rdma_direct import RdmaDirectLinks
 from .rdma_idle import IdleLinks
 from .rdma_keeper import Keeper, locked
 from .rdma_frames import FRAME_BYTES, PAYLOAD_BYTES, SLOTS
@@ -41,8 +42,6 @@ from .rdma_setup import RECV, Link, RdmaSetup
 from .rdma_stream import FLUSH_SECONDS, Backoff, SlotStream, wait_acknowledged
 from .sidechannel import SideChannel
 
-if TYPE_CHECKING:
-    from .rdma_direct import RdmaDirectLinks
 
 __all__ = ["RdmaTransport", "FRAME_BYTES", "PAYLOAD_BYTES", "SLOTS"]
 
@@ -129,7 +128,6 @@ class RdmaTransport(SlotStream, IdleLinks, Transport):
     def direct_links(self) -> RdmaDirectLinks | None:
         """Queue pairs to the ranks that are not ring neighbours, opened on first use over a
         bootstrap authenticated as the ring is (``transports.rdma_direct``)."""
-        from .rdma_direct import RdmaDirectLinks
         if self._listener is None:
             return None
         self._direct = RdmaDirectLinks(self, self._direct_addresses, self._listener,

@@ -29,19 +29,36 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol, Sequence
 
 from .direct import HANDSHAKE_SECONDS, DirectLinks, HeadCheck
 from .errors import CommError, CommTimeoutError, ConfigError
 from .hostfile import Address
 from .posted import Posted
+from .rdma_keeper import Keeper
 from .rdma_setup import Link, RdmaSetup
 from .rdma_stream import (FIRST_NAP, MAX_NAP, Backoff, SlotStream,
                           wait_acknowledged)
 from .sockets import recv_exactly
 
-if TYPE_CHECKING:
-    from .rdma import RdmaTransport
+
+
+class RingTransport(Protocol):
+    """What the direct links need of the ring's RDMA transport (``rdma.RdmaTransport``), so
+    that this module, which that transport builds, never imports it."""
+
+    rank: int
+    size: int
+    flush_seconds: float
+    _api: Any
+    _setup: RdmaSetup
+    _devices: Any
+    _keeper: Keeper
+    _side: Any
+    _ok: Any
+
+    def _progress(self) -> None: ...
+    def _failed(self, link: Link) -> CommError: ...
 
 _LENGTH = struct.Struct("!I")
 MAX_DESCRIPTION = 4096  # bytes of a queue pair's description (JSON, ~200 in practice)
@@ -58,7 +75,7 @@ class DirectLink(Link):
 class RdmaDirectLinks(SlotStream, DirectLinks):
     """This rank's direct queue pairs: opened to peers on first use, accepted from them."""
 
-    def __init__(self, transport: RdmaTransport, addresses: Sequence[Address],
+    def __init__(self, transport: RingTransport, addresses: Sequence[Address],
                  listener: socket.socket, *, job_id: str, token: bytes | None) -> None:
         self._transport = transport  # its side channel carries notices; its devices, names
         self._api = transport._api
