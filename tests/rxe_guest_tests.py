@@ -80,7 +80,7 @@ def record(name: str, provider: str, **facts) -> None:
 
 
 def run_ranks(n: int, scenario: str, provider: str, tmp_path: Path, *, shared: bool = False,
-              timeout: float = 600, **extra: str) -> list[dict]:
+              timeout: float = 2 * RANK_TIMEOUT + 60, **extra: str) -> list[dict]:
     """Start n ranks of tests/rxe_work.py, wait for all; each rank's RESULT or ERROR record
     (with its exit status and the tail of its stderr)."""
     path = tmp_path / "devices.json"
@@ -96,10 +96,12 @@ def run_ranks(n: int, scenario: str, provider: str, tmp_path: Path, *, shared: b
     for r, p in enumerate(procs):
         try:
             stdout, stderr = p.communicate(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # past its own deadline: a hang, told as such
             for q in procs:
                 q.kill()
             stdout, stderr = p.communicate()
+            stderr += f"\n(killed: still running {timeout:.0f} s after start, its deadline " \
+                      f"{RANK_TIMEOUT} s)"
         rec = {"rank": r, "rc": p.returncode, "stderr": stderr[-2000:]}
         for line in stdout.splitlines():
             kind, _, blob = line.partition(" ")
