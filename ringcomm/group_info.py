@@ -14,6 +14,7 @@ from typing import Any
 
 from .transports import Side
 from .transports.devicefile import ring_devices
+from .transports.verbs import provider_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +73,7 @@ def describe(group: Any) -> GroupInfo:
     emulated = bool(getattr(transport, "emulated", False))
     verbs = None
     if kind == "rdma":
-        verbs = "emulated" if emulated else (origin.verbs if origin is not None and
-                                             origin.verbs else "pyverbs")
+        verbs = provider_name(transport._api)
     devices: tuple[str, ...] = ()
     if kind == "rdma":
         lefts, rights = ring_devices(transport._devices, rank)

@@ -77,6 +77,13 @@ def load(provider: str | None = None) -> SimpleNamespace | ModuleType:
         RecvWR=wr.RecvWR, PyverbsError=PyverbsError, PyverbsRDMAError=PyverbsRDMAError)
 
 
+def provider_name(api: SimpleNamespace | ModuleType) -> str:
+    """Which provider ``load`` gave (``auto`` resolved): pyverbs, ctypes or emulated."""
+    if getattr(api, "EMULATED", False):
+        return "emulated"
+    return "ctypes" if getattr(api, "__name__", "").endswith("verbs_ctypes") else "pyverbs"
+
+
 def device_names(api: SimpleNamespace | ModuleType) -> list[str]:
     """The names of the devices the provider lists (pyverbs gives bytes).
 
