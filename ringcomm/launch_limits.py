@@ -28,19 +28,29 @@ def open_files_needed(ranks: int, connections: int, local: bool) -> int:
     return ranks * per_rank + RESERVED_FDS
 
 
+def raise_open_file_limit(need: int) -> tuple[int, int] | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to ``need`` where the hard limit allows; None when
+    this process may now open ``need`` files, else its (soft, hard) limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return None
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return None
+        except (OSError, ValueError):
+            pass   # (macOS caps the soft limit below an unlimited hard one)
+    return soft, hard
+
+
 def ensure_open_files(ranks: int, connections: int, local: bool) -> None:
     """Raise the soft ``RLIMIT_NOFILE`` to what the job needs, or refuse the job when even
     the hard limit is too low (``ConfigError``)."""
     need = open_files_needed(ranks, connections, local)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    short = raise_open_file_limit(need)
+    if short is None:
         return
-    if hard == resource.RLIM_INFINITY or need <= hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-            return
-        except (OSError, ValueError):
-            pass   # (macOS caps the soft limit below an unlimited hard one)
+    soft, hard = short
     raise ConfigError(
         f"{ranks} {'local' if local else 'remote'} ranks need about {need} open files in the "
         f"launcher, and this process may open {soft} (ulimit -n; its hard limit is "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import resource
 import selectors
 import socket
 import time
@@ -22,6 +21,7 @@ import uuid
 from .transports import Address, CommError, CommTimeoutError, ConfigError
 from .transports.log import logger as log, ranks_text, waiting
 from . import rendezvous_frames as frames
+from .launch_limits import raise_open_file_limit
 
 HANDSHAKE_SECONDS = 5.0        # a connection must register within this, or is dropped
 # Without a token rank 0 listens this long after the last rank joined, for a second claim of a
@@ -247,15 +247,10 @@ def _check_file_limit(size: int) -> None:
     files (up to the hard one) where it is too low for that, and refuse at once a world it
     cannot hold, rather than spin on EMFILE until the deadline."""
     need = size + SPARE_FILES
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    short = raise_open_file_limit(need)
+    if short is None:
         return
-    if hard == resource.RLIM_INFINITY or need <= hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-            return
-        except (OSError, ValueError):
-            pass
+    soft, hard = short
     raise ConfigError(f"rank 0 of {size} needs about {need} open files for the rendezvous, "
                       f"and its limit is {soft} (hard limit {hard}); raise it (ulimit -n)")
 
