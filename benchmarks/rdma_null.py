@@ -20,6 +20,7 @@ import threading
 from types import SimpleNamespace
 
 from ringcomm.transports.verbs_abi import PyverbsError, PyverbsRDMAError, enums  # noqa: F401
+from ringcomm.transports.verbs_plain import GID, SGE, QPCap  # noqa: F401 (the provider namespace)
 
 EMULATED = True  # not RDMA: nothing may pass it off as such
 e = enums
@@ -36,23 +37,6 @@ class Device:
 
 def get_device_list() -> list[Device]:
     return [Device(f"null{i}") for i in range(4)]
-
-
-class GID:
-    def __init__(self, val: str | None = None) -> None:
-        self._raw = bytes(16) if val is None else bytes.fromhex(val.replace(":", ""))
-
-    @property
-    def gid(self) -> str:
-        h = self._raw.hex()
-        return ":".join(h[i:i + 4] for i in range(0, 32, 4))
-
-    @gid.setter
-    def gid(self, val: str) -> None:
-        self._raw = bytes.fromhex(val.replace(":", ""))
-
-    def __str__(self) -> str:
-        return self.gid
 
 
 class Context:
@@ -139,11 +123,6 @@ class CQ:
         pass
 
 
-class SGE:
-    def __init__(self, addr: int, length: int, lkey: int) -> None:
-        self.addr, self.length, self.lkey = addr, length, lkey
-
-
 class RecvWR:
     def __init__(self, wr_id: int = 0, num_sge: int = 0, sg: list | None = None,
                  next_wr: object = None) -> None:
@@ -160,14 +139,6 @@ class SendWR:
 
     def set_wr_rdma(self, rkey: int, addr: int) -> None:
         self.rkey, self.remote_addr = rkey, addr
-
-
-class QPCap:
-    def __init__(self, max_send_wr: int = 1, max_recv_wr: int = 10, max_send_sge: int = 1,
-                 max_recv_sge: int = 1, max_inline_data: int = 0) -> None:
-        self.max_send_wr, self.max_recv_wr = max_send_wr, max_recv_wr
-        self.max_send_sge, self.max_recv_sge = max_send_sge, max_recv_sge
-        self.max_inline_data = max_inline_data
 
 
 class QPInitAttr:

@@ -7,37 +7,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from .emulated_base import e
+from .verbs_plain import GID, SGE, GlobalRoute, QPCap  # noqa: F401 (the provider namespace)
 
 
 class PortAttr(SimpleNamespace):
     pass
 
 
-class GID:
-    """A 16-byte global identifier, printed as eight groups of four hex digits."""
-
-    def __init__(self, val: str | None = None) -> None:
-        self._raw = bytes(16) if val is None else bytes.fromhex(val.replace(":", ""))
-
-    @property
-    def gid(self) -> str:
-        h = self._raw.hex()
-        return ":".join(h[i:i + 4] for i in range(0, 32, 4))
-
-    @gid.setter
-    def gid(self, val: str) -> None:
-        self._raw = bytes.fromhex(val.replace(":", ""))
-
-    def __str__(self) -> str:
-        return self.gid
-
-
 # -- work requests ---------------------------------------------------------------------------
-
-class SGE:
-    def __init__(self, addr: int, length: int, lkey: int) -> None:
-        self.addr, self.length, self.lkey = addr, length, lkey
-
 
 class RecvWR:
     def __init__(self, wr_id: int = 0, num_sge: int = 0, sg: list[SGE] | None = None,
@@ -60,27 +37,12 @@ class SendWR:
 
 # -- queue pairs -----------------------------------------------------------------------------
 
-class QPCap:
-    def __init__(self, max_send_wr: int = 1, max_recv_wr: int = 10, max_send_sge: int = 1,
-                 max_recv_sge: int = 1, max_inline_data: int = 0) -> None:
-        self.max_send_wr, self.max_recv_wr = max_send_wr, max_recv_wr
-        self.max_send_sge, self.max_recv_sge = max_send_sge, max_recv_sge
-        self.max_inline_data = max_inline_data
-
-
 class QPInitAttr:
     def __init__(self, qp_type: int = e.IBV_QPT_RC, qp_context: object = None,
                  scq: object = None, rcq: object = None, srq: object = None,
                  cap: QPCap | None = None, sq_sig_all: int = 1) -> None:
         self.qp_type, self.scq, self.rcq, self.srq = qp_type, scq, rcq, srq
         self.cap, self.sq_sig_all = cap or QPCap(), sq_sig_all
-
-
-class GlobalRoute:
-    def __init__(self, dgid: GID | None = None, flow_label: int = 0, sgid_index: int = 0,
-                 hop_limit: int = 1, traffic_class: int = 0) -> None:
-        self.dgid, self.flow_label, self.sgid_index = dgid, flow_label, sgid_index
-        self.hop_limit, self.traffic_class = hop_limit, traffic_class
 
 
 class AHAttr:

@@ -8,35 +8,12 @@ from ctypes import POINTER, pointer
 from typing import Sequence
 
 from .verbs_abi import enums, ibv_qp_attr, ibv_recv_wr, ibv_send_wr, ibv_sge
+from .verbs_plain import GID, SGE, GlobalRoute, QPCap  # noqa: F401 (the provider namespace)
 
 e = enums
 
 
-class GID:
-    """A 16-byte global identifier, printed as eight groups of four hex digits (pyverbs')."""
-
-    def __init__(self, val: str | None = None) -> None:
-        self._raw = bytes(16) if val is None else bytes.fromhex(val.replace(":", ""))
-
-    @property
-    def gid(self) -> str:
-        h = self._raw.hex()
-        return ":".join(h[i:i + 4] for i in range(0, 32, 4))
-
-    @gid.setter
-    def gid(self, val: str) -> None:
-        self._raw = bytes.fromhex(val.replace(":", ""))
-
-    def __str__(self) -> str:
-        return self.gid
-
-
 # -- work requests ------------------------------------------------------------------------------
-
-class SGE:
-    def __init__(self, addr: int, length: int, lkey: int) -> None:
-        self.addr, self.length, self.lkey = addr, length, lkey
-
 
 def _sg_list(sg: Sequence[SGE] | None) -> ctypes.Array:
     sg = sg or []
@@ -94,27 +71,12 @@ class SendWR(_WR):
 
 # -- queue pairs ----------------------------------------------------------------------------------
 
-class QPCap:
-    def __init__(self, max_send_wr: int = 1, max_recv_wr: int = 10, max_send_sge: int = 1,
-                 max_recv_sge: int = 1, max_inline_data: int = 0) -> None:
-        self.max_send_wr, self.max_recv_wr = max_send_wr, max_recv_wr
-        self.max_send_sge, self.max_recv_sge = max_send_sge, max_recv_sge
-        self.max_inline_data = max_inline_data
-
-
 class QPInitAttr:
     def __init__(self, qp_type: int = e.IBV_QPT_UD, qp_context: object = None,
                  scq: CQ | None = None, rcq: CQ | None = None, srq: object = None,
                  cap: QPCap | None = None, sq_sig_all: int = 1) -> None:
         self.qp_type, self.scq, self.rcq, self.srq = qp_type, scq, rcq, srq
         self.cap, self.sq_sig_all = cap or QPCap(), sq_sig_all
-
-
-class GlobalRoute:
-    def __init__(self, dgid: GID | None = None, flow_label: int = 0, sgid_index: int = 0,
-                 hop_limit: int = 1, traffic_class: int = 0) -> None:
-        self.dgid, self.flow_label, self.sgid_index = dgid, flow_label, sgid_index
-        self.hop_limit, self.traffic_class = hop_limit, traffic_class
 
 
 class AHAttr:
