@@ -268,15 +268,16 @@ class RdmaDirectLinks(SlotStream, DirectLinks):
         """Stop the acceptor and the bootstraps, let the peers acknowledge what this rank
         sent (``wait_acknowledged``, as the ring does), then destroy the queue pairs."""
         super().close()
-        if self._closed_qps:
-            return
-        self._closed_qps = True
-        if flush:
-            wait_acknowledged(self._qp_out.values(), self._progress,
-                              self._transport.flush_seconds, self._nap)
-            for link in self._setup.by_number:
-                self._say_bye(link)
-        self._setup.release()
+        with self._transport._keeper.lock:  # the keeper's round progresses these links too
+            if self._closed_qps:
+                return
+            self._closed_qps = True
+            if flush:
+                wait_acknowledged(self._qp_out.values(), self._progress,
+                                  self._transport.flush_seconds, self._nap)
+                for link in self._setup.by_number:
+                    self._say_bye(link)
+            self._setup.release()
 
 
 def _send_blob(sock: socket.socket, obj: dict) -> None:
