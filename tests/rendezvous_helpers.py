@@ -11,9 +11,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from tests.procs import env
+from tests.procs import ReportingRank, env
 
 RANK = r"""
 import json, sys, time
@@ -34,7 +33,7 @@ except ringcomm.RingcommError as e:
 """
 
 
-class Launched:
+class Launched(ReportingRank):
     """One rank process of ``RANK`` with a launcher's variables ``extra``."""
 
     def __init__(self, **extra: str) -> None:
@@ -55,24 +54,6 @@ class Launched:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def result(self, timeout: float) -> dict:
-        """What the rank printed last (its sum, or its RingcommError), and its stderr; a bare
-        Python exception prints no JSON, and fails the test with its traceback."""
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"{self.name} was still running {timeout} s later: {out} {err}")
-        lines = out.strip().splitlines()
-        assert lines, f"{self.name} printed nothing (exit {self.proc.returncode}): {err}"
-        return json.loads(lines[-1]) | {"stderr": err}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
 
 
 def started(*ranks: Launched) -> list[Launched]:

@@ -24,7 +24,7 @@ import ringcomm
 from ringcomm.launch import localhost_hostfile
 from ringcomm.transports.handshake import HELLO, MAC_SIZE, Hello, job_digest
 from ringcomm.transports.hostfile import write_hostfile
-from tests.procs import env
+from tests.procs import ReportingRank, env
 
 RANK = r"""
 import json, os, sys, time
@@ -46,7 +46,7 @@ except ringcomm.RingcommError as e:
 """
 
 
-class Rank:
+class Rank(ReportingRank):
     """One rank process of ``RANK``, started at once but held before init() until ``go()``,
     so that the order in which ranks start does not depend on how long imports take."""
 
@@ -65,22 +65,6 @@ class Rank:
     def go(self) -> None:
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-
-    def result(self, timeout: float) -> dict:
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"{self.name} was still running {timeout} s later: {out} {err}")
-        lines = out.strip().splitlines()
-        assert lines, f"{self.name} printed nothing (exit {self.proc.returncode}): {err}"
-        return json.loads(lines[-1]) | {"stderr": err}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
 
 
 def start_all(ranks: list[Rank]) -> None:
